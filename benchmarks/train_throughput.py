@@ -1,0 +1,108 @@
+"""Training throughput with and without the critic pass, and model-FLOPs utilisation (MFU).
+
+    python benchmarks/train_throughput.py                   # small preset, batch 16
+    python benchmarks/train_throughput.py --batch-size 64   # the prototype's setting
+
+Prints one JSON document. MFU is measured against the fp32 (CPU) or bf16 (CUDA)
+matmul peak measured in the same run, so the ratio holds on a noisy shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from cdt.config import resolve
+from cdt.data import load_corpus
+from cdt.model import DiffusionLM
+from cdt.noise import get_schedule, sample_t
+from cdt.train import diffusion_step, pick_device
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, sizes=(1024, 2048), repeats: int = 5) -> float:
+    """Best FLOP/s of square matmuls."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        a @ b
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync(device)
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - t0))
+    return best
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def flops_per_position(cfg, n: int, critic: bool) -> float:
+    """Forward + backward FLOPs per sequence position: 6 x matmul parameters + attention scores."""
+    d, L, v = cfg.d_model, cfg.n_layers, cfg.vocab_size
+    trunk = 6 * (12 * d * d * L) + 12 * L * n * d  # qkv+proj (4d^2) and mlp (8d^2) per layer; QK^T and AV
+    head = 6 * d * v
+    return trunk + head + ((trunk + 6 * d) if critic else 0)
+
+
+def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
+    cfg.model.critic = "linear" if critic else "none"
+    torch.manual_seed(0)
+    model = DiffusionLM(cfg.model).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    schedule = get_schedule(cfg.train.schedule)
+    positions, flops, elapsed = 0, 0.0, 0.0
+    for step in range(steps + 2):  # two warm-up steps
+        g = torch.Generator().manual_seed(step)
+        batch = corpus.batch(step, cfg.train.batch_size, 0)
+        sync(device)
+        t0 = time.perf_counter()
+        out = diffusion_step(model, batch, sample_t(len(batch.ids), g), schedule, cfg.train, "answer", g, device)
+        loss = out.gen_loss + (out.critic_loss if critic else 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(device)
+        if step >= 2:
+            elapsed += time.perf_counter() - t0
+            b, n = batch.ids.shape
+            positions += b * n
+            flops += b * n * flops_per_position(cfg.model, n, critic)
+    return {"step_s": elapsed / steps, "positions_per_s": positions / elapsed, "flops_per_s": flops / elapsed}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    cfg = resolve(args.preset)
+    if args.batch_size:
+        cfg.train.batch_size = args.batch_size
+    device = pick_device(args.device)
+    corpus = load_corpus(cfg.data.source, cfg.model.block_size, min(cfg.data.n_records, 5000), cfg.data.seed)
+    cfg.model.vocab_size = len(corpus.vocab)
+    peak = matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    gen = measure(cfg, corpus, device, args.steps, critic=False)
+    both = measure(cfg, corpus, device, args.steps, critic=True)
+    print(json.dumps({
+        "preset": args.preset, "batch_size": cfg.train.batch_size, "device": str(device),
+        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "matmul_peak_gflops": peak / 1e9,
+        "generator_only": {**gen, "mfu": gen["flops_per_s"] / peak},
+        "with_critic": {**both, "mfu": both["flops_per_s"] / peak},
+        "critic_step_cost_ratio": both["step_s"] / gen["step_s"],
+        "positions_per_s_note": "padded positions per second (the compute actually spent)",
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

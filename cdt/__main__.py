@@ -1,0 +1,3 @@
+from cdt.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""The one place that turns generator logits into the critic's input and labels.
+
+Training, sampling, explore and calibrate all call `build_critic_artifacts`; a second
+copy is how a critic that works ends up measured as broken (filling every position
+instead of only the masked ones makes most "errors" artificial).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cdt.vocab import MASK_ID, NULL_ID, PAD_ID
+
+SCOPES = ("masked", "masked+context")
+
+
+@dataclass
+class CriticArtifacts:
+    pred_tokens: torch.Tensor  # (b, n) the noisy row with a generator sample at every [MASK]
+    critic_input: torch.Tensor  # (b, n) what the critic pass reads (same tensor as pred_tokens)
+    filled: torch.Tensor  # (b, n) bool, positions that were [MASK] and are now generator samples
+    critic_target: torch.Tensor | None = None  # (b, n) float, 1 = token differs from the clean row
+    critic_valid: torch.Tensor | None = None  # (b, n) bool, positions the critic is scored on
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+                  allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Gumbel-max sampling in float64 over (..., v) logits; temperature 0 = argmax.
+
+    `allowed` (v,) bool restricts the choice (specials are excluded by the caller).
+    """
+    logits = logits.double()
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+    if temperature <= 0:
+        return logits.argmax(-1)
+    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).to(logits.device)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+    return (logits / temperature + gumbel).argmax(-1)
+
+
+def build_critic_artifacts(noisy: torch.Tensor, logits: torch.Tensor, clean: torch.Tensor | None = None, *,
+                           temperature: float = 1.0, scope: str = "masked", allow_null: bool = False,
+                           generator: torch.Generator | None = None) -> CriticArtifacts:
+    """Fill the [MASK] positions of `noisy` (b, n) from `logits` (b, n, v) and label the result.
+
+    - critic_input: `noisy` with only its [MASK] positions replaced; every other token is kept.
+    - critic_target: critic_input != clean (needs `clean`).
+    - critic_valid: scope "masked" = the filled positions; "masked+context" = every non-[PAD]
+      position (context tokens are copies of the clean row, so their target is 0).
+    Specials are never sampled: [MASK]/[PAD] never, [NULL] only with allow_null (scaffolds).
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"unknown critic scope {scope!r}; choose from {', '.join(SCOPES)}")
+    filled = noisy == MASK_ID
+    allowed = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    allowed[[MASK_ID, PAD_ID]] = False
+    allowed[NULL_ID] = allow_null
+    critic_input = noisy.clone()
+    critic_input[filled] = sample_tokens(logits[filled], temperature, generator, allowed)  # only (m, v) rows
+    out = CriticArtifacts(pred_tokens=critic_input, critic_input=critic_input, filled=filled)
+    if clean is not None:
+        out.critic_target = (critic_input != clean).float()
+        out.critic_valid = filled.clone() if scope == "masked" else noisy != PAD_ID
+    return out

@@ -1,0 +1,177 @@
+"""Settings as dataclasses shared by YAML presets, config files and the CLI.
+
+Precedence: dataclass defaults (= the `small` preset) < `--preset` < `--config FILE`
+< explicit flags. Unknown keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from cdt.errors import UsageError
+
+
+@dataclass
+class ModelConfig:
+    """Architecture; together with the vocabulary it rebuilds a model exactly."""
+
+    vocab_size: int = 0  # set from the corpus vocabulary, never by hand
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: int = 4
+    block_size: int = 256  # longest row; toolcalls rows are at most ~250 characters
+    dropout: float = 0.0  # trunk dropout; small models on fresh procedural data do not overfit
+    positions: str = "rotary"  # rotary | learned
+    critic: str = "linear"  # none | linear | mlp
+    critic_dropout: float = 0.1  # mlp critic only
+
+
+@dataclass
+class DataConfig:
+    """What to train on."""
+
+    source: str = "toolcalls"  # the embedded corpus, or a path to a UTF-8 text file
+    n_records: int = 40000  # toolcalls records generated (train + validation)
+    seed: int = 0  # toolcalls generator seed (the corpus, not the training run)
+    mask_region: str = "auto"  # answer | all | auto (answer when the corpus has prompts)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, noise, critic weighting and evaluation."""
+
+    max_iters: int = 2500
+    batch_size: int = 16  # smaller batches with more steps beat large ones at equal CPU time
+    length_groups: int = 32  # batches drawn together and sorted by length: less padding; 1 = off
+    lr: float = 2e-3
+    min_lr: float = 2e-4  # cosine floor, ~lr/10
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    grad_clip: float = 1.0
+    schedule: str = "loglinear"  # loglinear | linear | cosine
+    antithetic: bool = True  # stratified t over the batch, lower-variance NELBO
+    critic_scope: str = "masked"  # masked | masked+context
+    critic_alpha_start: float = 0.1  # critic loss weight before warm-up ...
+    critic_alpha_end: float = 1.0  # ... and after it
+    critic_warmup_start: int = 0
+    critic_warmup_end: int = 500
+    fill_temperature: float = 1.0  # temperature of the generator samples the critic judges
+    eval_interval: int = 250
+    eval_rows: int = 256
+    log_interval: int = 25
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        cfg = cls()
+        apply(cfg, d, source="checkpoint")
+        return cfg
+
+
+PRESETS = ("tiny", "small", "base")
+CHOICES = {
+    "model.positions": ("rotary", "learned"),
+    "model.critic": ("none", "linear", "mlp"),
+    "data.mask_region": ("auto", "answer", "all"),
+    "train.schedule": ("loglinear", "linear", "cosine"),
+    "train.critic_scope": ("masked", "masked+context"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+
+
+def preset_text(name: str) -> str:
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return resources.files("cdt.configs").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def _read_yaml(text: str, source: str) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UsageError(f"{source} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{source} must be a mapping of sections (model, data, train)")
+    return data
+
+
+def _coerce(key: str, value, hint):
+    """Check `value` against the field's type; ints are accepted where floats are expected."""
+    base = hint
+    if base is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if base in (int, float) and isinstance(value, bool) or not isinstance(value, base):
+        raise UsageError(f"{key} must be {base.__name__}, got {value!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise UsageError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    return value
+
+
+def apply(cfg: RunConfig, data: dict, source: str) -> None:
+    """Overlay nested {section: {key: value}} onto `cfg`, rejecting unknown keys by name."""
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    for section, values in data.items():
+        if section not in sections:
+            raise UsageError(f"unknown config section {section!r} in {source}; expected {', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise UsageError(f"config section {section!r} in {source} must be a mapping")
+        target = sections[section]
+        hints = typing.get_type_hints(type(target))
+        for key, value in values.items():
+            if key not in hints:
+                raise UsageError(f"unknown config key {section}.{key} in {source}")
+            setattr(target, key, _coerce(f"{section}.{key}", value, hints[key]))
+
+
+def parse_override(item: str) -> dict:
+    """'train.lr=3e-4' -> {'train': {'lr': 0.0003}} (value parsed as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or "." not in key:
+        raise UsageError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+    section, name = key.strip().split(".", 1)
+    value = _read_yaml(f"v: {raw}", f"--set {item}")["v"] if raw.strip() else ""
+    return {section: {name: value}}
+
+
+def resolve(preset: str | None = None, config_file: Path | None = None, overrides: list[dict] = ()) -> RunConfig:
+    cfg = RunConfig()
+    if preset:
+        apply(cfg, _read_yaml(preset_text(preset), f"preset {preset}"), f"preset {preset}")
+    if config_file is not None:
+        if not config_file.is_file():
+            raise UsageError(f"config file not found: {config_file}")
+        apply(cfg, _read_yaml(config_file.read_text(encoding="utf-8"), str(config_file)), str(config_file))
+    for o in overrides:
+        apply(cfg, o, "command line")
+    return cfg
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,181 @@
+"""Corpora as training rows: token ids right-padded with [PAD], plus which positions may be masked.
+
+Two sources share one interface (`Corpus`): the embedded `toolcalls` records (prompt
+protected, answer maskable) and any UTF-8 text file (character windows, all maskable).
+Batches are a pure function of (seed, step, rank), so resuming and multi-process
+training need no sampler state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+import string
+
+import numpy as np
+import torch
+
+from cdt.data import toolcalls
+from cdt.errors import CdtError
+from cdt.vocab import PAD_ID, Vocab
+
+SEPARATOR = "\n"  # between a request and its answer
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # (b, n) long, clean tokens
+    maskable: torch.Tensor  # (b, n) bool, positions the noise may mask (never [PAD])
+
+
+@dataclass
+class Rows:
+    """Fixed rows (toolcalls) or one long token stream cut into windows (text)."""
+
+    ids: np.ndarray  # (N, L) int32 rows, or (T,) int32 stream
+    maskable: np.ndarray | None  # (N, L) bool for rows; None = every non-PAD position
+    window: int = 0  # > 0: `ids` is a stream and items are windows of this length
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """(N,) non-[PAD] length of each row."""
+        return (self.ids != PAD_ID).sum(1)
+
+    def __len__(self) -> int:
+        return max(len(self.ids) - self.window + 1, 1) if self.window else len(self.ids)
+
+    def take(self, index: np.ndarray) -> Batch:
+        if self.window:
+            span = min(self.window, len(self.ids))
+            ids = np.stack([self.ids[i : i + span] for i in index])
+            maskable = np.ones_like(ids, dtype=bool)
+        else:
+            ids, maskable = self.ids[index], self.maskable[index]
+            width = int((ids != PAD_ID).sum(1).max())  # trim the batch to its longest row
+            ids, maskable = ids[:, :width], maskable[:, :width]
+        return Batch(torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(maskable.copy()))
+
+
+@dataclass
+class Corpus:
+    name: str
+    vocab: Vocab
+    train: Rows
+    val: Rows
+    block_size: int
+    info: dict = field(default_factory=dict)  # what the loader reports (sizes, overlap)
+    records: list = field(default_factory=list, repr=False)  # validation records, where the corpus has them
+
+    def batch(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+              length_groups: int = 1) -> Batch:
+        """Rows for `rank` at `step`: epochs of a seeded permutation, ranks take disjoint slices.
+
+        length_groups > 1: that many consecutive global batches are drawn together, sorted by
+        row length and dealt out in a seeded order, so each batch pads less (fixed rows only).
+        """
+        global_batch = batch_size * world_size
+        if length_groups <= 1 or self.train.window:
+            rows = self._stream(seed, step * global_batch, global_batch)
+        else:
+            chunk = step // length_groups
+            pool = self._stream(seed, chunk * global_batch * length_groups, global_batch * length_groups)
+            pool = pool[np.argsort(self.train.lengths[pool], kind="stable")].reshape(length_groups, global_batch)
+            rows = pool[np.random.default_rng([seed, chunk, 1]).permutation(length_groups)[step % length_groups]]
+        return self.train.take(rows[rank * batch_size : (rank + 1) * batch_size])
+
+    def _stream(self, seed: int, start: int, count: int) -> np.ndarray:
+        """Items start..start+count of the endless sequence of seeded epoch permutations."""
+        n = len(self.train)
+        pos = np.arange(start, start + count)
+        return np.array([_permutation(seed, int(e), n)[o] for e, o in zip(pos // n, pos % n)])
+
+    def val_batches(self, n_rows: int, batch_size: int):
+        """The first `n_rows` validation items, in order (text: evenly spaced windows)."""
+        count = min(n_rows, len(self.val)) if not self.val.window else n_rows
+        if self.val.window:
+            index = np.linspace(0, len(self.val) - 1, num=count).astype(np.int64)
+        else:
+            index = np.arange(count)
+        for i in range(0, len(index), batch_size):
+            yield self.val.take(index[i : i + batch_size])
+
+
+@lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def load_corpus(data: str, block_size: int, n_records: int = 40000, seed: int = 0) -> Corpus:
+    """`toolcalls` (embedded) or a path to a UTF-8 text file."""
+    if data == "toolcalls":
+        return _toolcalls_corpus(n_records, block_size, seed)
+    return _text_corpus(Path(data), block_size)
+
+
+def _toolcalls_corpus(n_records: int, block_size: int, seed: int) -> Corpus:
+    records = toolcalls.generate(n_records, seed)
+    train = [r for r in records if not toolcalls.is_validation(r.prompt)]
+    val = [r for r in records if toolcalls.is_validation(r.prompt)]
+    overlap = len({r.prompt for r in train} & {r.prompt for r in val})
+    texts = [r.prompt + SEPARATOR + r.answer for r in records]
+    vocab = Vocab.from_text("".join(texts), extra=string.printable.strip() + " \n")
+    longest = max(len(t) for t in texts)
+    if longest > block_size:
+        raise CdtError(f"toolcalls rows are up to {longest} characters; raise model.block_size (now {block_size})")
+    return Corpus(
+        name="toolcalls",
+        vocab=vocab,
+        train=_record_rows(train, vocab, block_size),
+        val=_record_rows(val, vocab, block_size),
+        block_size=block_size,
+        info={"records": len(records), "train": len(train), "val": len(val), "overlap": overlap,
+              "longest_row": longest, "seed": seed},
+        records=val,
+    )
+
+
+def _record_rows(records: list, vocab: Vocab, block_size: int) -> Rows:
+    """Request + separator (protected) then answer (maskable), right-padded with [PAD]."""
+    ids = np.full((len(records), block_size), PAD_ID, dtype=np.int32)
+    maskable = np.zeros((len(records), block_size), dtype=bool)
+    for i, r in enumerate(records):
+        head, answer = vocab.encode_array(r.prompt + SEPARATOR), vocab.encode_array(r.answer)
+        ids[i, : len(head)] = head
+        ids[i, len(head) : len(head) + len(answer)] = answer
+        maskable[i, len(head) : len(head) + len(answer)] = True
+    return Rows(ids, maskable)
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's contents, or a one-line error naming the file."""
+    if not path.exists():
+        raise CdtError(f"data file not found: {path}")
+    if not path.is_file():
+        raise CdtError(f"data path is not a file: {path}")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise CdtError(f"data file is empty: {path}")
+    if b"\x00" in raw:
+        raise CdtError(f"data file looks binary (contains NUL bytes): {path}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CdtError(f"data file is not valid UTF-8 (byte {e.start}): {path}") from None
+
+
+def _text_corpus(path: Path, block_size: int) -> Corpus:
+    text = read_text(path)
+    if len(text) < 20:
+        raise CdtError(f"data file is too short to split into train and validation ({len(text)} characters): {path}")
+    vocab = Vocab.from_text(text)
+    stream = vocab.encode_array(text)
+    cut = int(len(stream) * 0.9)  # 90/10 split by position
+    return Corpus(
+        name=str(path),
+        vocab=vocab,
+        train=Rows(stream[:cut], None, window=block_size),
+        val=Rows(stream[cut:], None, window=block_size),
+        block_size=block_size,
+        info={"characters": len(stream), "train_chars": cut, "val_chars": len(stream) - cut, "overlap": 0},
+    )

@@ -1,0 +1,25 @@
+"""Training objectives: the generator's diffusion NELBO and the critic's BCE."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def diffusion_nelbo(logits: torch.Tensor, clean: torch.Tensor, masked: torch.Tensor, weight: torch.Tensor,
+                    n_tokens: int | torch.Tensor) -> torch.Tensor:
+    """MDLM NELBO in nats per token: sum over masked positions of w(t) * CE, divided by `n_tokens`.
+
+    logits (b, n, v), clean (b, n), masked (b, n) bool, weight (b,) = w(t) per row.
+    `n_tokens` counts every position the noise could have masked, masked or not.
+    """
+    ce = F.cross_entropy(logits[masked].float(), clean[masked], reduction="none")  # (m,)
+    w = weight.to(ce.device)[:, None].expand_as(masked)[masked]
+    return (w * ce).sum() / max(int(n_tokens), 1)
+
+
+def critic_bce(critic_logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over valid positions; target 1 = the token is wrong."""
+    if not bool(valid.any()):
+        return critic_logits.sum() * 0.0  # keeps the graph (and every parameter) in the backward
+    return F.binary_cross_entropy_with_logits(critic_logits[valid].float(), target[valid])

@@ -1,0 +1,155 @@
+"""Bidirectional transformer trunk with a tied generator head and a token critic head.
+
+Shape key: b batch, n sequence, d model width, h heads, v vocabulary.
+One trunk serves both passes: the generator pass on the noisy row and the critic
+pass on the filled row. [PAD] keys are masked by `trunk` itself, so training and
+inference attend identically (no training-only mask exists).
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cdt.config import ModelConfig
+from cdt.vocab import MASK_ID, PAD_ID
+
+
+# helpers
+
+
+def rotary_tables(n: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(n).float(), inv_freq)  # (n, head_dim/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (b, h, n, hd); rotate channel pairs (first half, second half) by position."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+# modules
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, key_mask, rotary):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False),
+            nn.GELU(),
+            nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False),
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, key_mask, rotary):
+        x = x + self.drop(self.attn(self.ln1(x), key_mask, rotary))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class DiffusionLM(nn.Module):
+    """Trunk + generator head (tied to the embedding) + optional critic head.
+
+    Critic polarity: a higher critic logit means the token is more likely wrong;
+    sigmoid(logit) is the critic probability of "wrong".
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_heads or (cfg.d_model // cfg.n_heads) % 2:
+            raise ValueError("d_model must split into heads of even width")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.block_size, cfg.d_model) if cfg.positions == "learned" else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        if cfg.critic == "linear":
+            self.critic = nn.Linear(cfg.d_model, 1)
+        elif cfg.critic == "mlp":
+            self.critic = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(),
+                                        nn.Dropout(cfg.critic_dropout), nn.Linear(cfg.d_model, 1))
+        else:
+            self.critic = None
+        cos, sin = rotary_tables(cfg.block_size, cfg.d_model // cfg.n_heads)
+        self.register_buffer("rot_cos", cos, persistent=False)
+        self.register_buffer("rot_sin", sin, persistent=False)
+        never = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+        never[[MASK_ID, PAD_ID]] = True  # the generator can never propose these
+        self.register_buffer("never_emit", never, persistent=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # scaled residual projections (GPT-2)
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def has_critic(self) -> bool:
+        return self.critic is not None
+
+    def trunk(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (b, n) -> hidden states (b, n, d). [PAD] positions are never attended to."""
+        b, n = ids.shape
+        if n > self.cfg.block_size:
+            raise ValueError(f"sequence of {n} exceeds block size {self.cfg.block_size}")
+        x = self.embed(ids)
+        if self.pos is not None:
+            x = x + self.pos.weight[:n]
+        pad = ids == PAD_ID
+        # (b, 1, 1, n) True = may attend; None lets SDPA take its fastest kernel when nothing is padded
+        key_mask = (~pad)[:, None, None, :] if bool(pad.any()) else None
+        rotary = (self.rot_cos[:n], self.rot_sin[:n]) if self.pos is None else None
+        for block in self.blocks:
+            x = block(x, key_mask, rotary)
+        return self.ln_f(x)
+
+    def generator_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(b, n, d) -> (b, n, v); [MASK] and [PAD] get -inf."""
+        logits = h @ self.embed.weight.t()
+        return logits.masked_fill(self.never_emit, float("-inf"))
+
+    def critic_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(b, n, d) -> (b, n); higher = more likely wrong."""
+        if self.critic is None:
+            raise RuntimeError("this model was built without a critic head")
+        return self.critic(h).squeeze(-1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.trunk(ids)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed.weight.numel() + (self.pos.weight.numel() if self.pos is not None else 0)
+        return n

@@ -1,0 +1,358 @@
+"""Training loop: generator NELBO + alpha(step) * critic BCE on one shared trunk.
+
+    cdt train                                  # small preset on the embedded toolcalls corpus
+    cdt train --preset tiny --max-iters 50     # seconds, for a smoke test
+    cdt train --out runs/x --resume            # continue exactly where runs/x stopped
+
+Everything random is drawn from generators seeded by (seed, rank, step), so a resumed
+run replays the same batches, masks and critic fills as an uninterrupted one. Rank 0
+alone writes files; other ranks only compute (torchrun support builds on this).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cdt import checkpoint
+from cdt.artifacts import build_critic_artifacts, CriticArtifacts
+from cdt.config import RunConfig, TrainConfig, to_yaml
+from cdt.data import Batch, Corpus, load_corpus
+from cdt.errors import CdtError
+from cdt.losses import critic_bce, diffusion_nelbo
+from cdt.metrics import auroc
+from cdt.model import DiffusionLM
+from cdt.noise import Schedule, corrupt, get_schedule, sample_t
+from cdt.vocab import PAD_ID
+
+METRICS_NAME, CONFIG_NAME = "metrics.jsonl", "config.yaml"
+
+
+# helpers
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    """Rank and world size as torchrun sets them (defaults: one process)."""
+    env = os.environ
+    return DistInfo(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CdtError("--device cuda was asked for, but CUDA is not available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_for(*keys: int) -> int:
+    """A 63-bit seed derived from integer keys (seed, rank, step, ...)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to min_lr at max_iters."""
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / cfg.warmup_iters
+    progress = min((step - cfg.warmup_iters) / max(cfg.max_iters - cfg.warmup_iters, 1), 1.0)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def critic_alpha(step: int, cfg: TrainConfig) -> float:
+    """Critic loss weight: alpha_start until warmup_start, linear to alpha_end at warmup_end."""
+    span = cfg.critic_warmup_end - cfg.critic_warmup_start
+    frac = 1.0 if span <= 0 else min(max((step - cfg.critic_warmup_start) / span, 0.0), 1.0)
+    return cfg.critic_alpha_start + frac * (cfg.critic_alpha_end - cfg.critic_alpha_start)
+
+
+def mask_region(cfg: RunConfig, corpus: Corpus) -> str:
+    if cfg.data.mask_region != "auto":
+        return cfg.data.mask_region
+    return "answer" if corpus.records else "all"
+
+
+# the shared two-pass step
+
+
+@dataclass
+class StepOutput:
+    gen_loss: torch.Tensor
+    critic_loss: torch.Tensor | None
+    noisy: torch.Tensor  # (b, n)
+    masked: torch.Tensor  # (b, n) bool
+    maskable: torch.Tensor  # (b, n) bool
+    logits: torch.Tensor  # (b, n, v)
+    artifacts: CriticArtifacts | None
+    critic_logits: torch.Tensor | None  # (b, n)
+
+
+def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: Schedule, cfg: TrainConfig,
+                   region: str, generator: torch.Generator, device: torch.device) -> StepOutput:
+    """Corrupt, generator pass, fill via build_critic_artifacts, critic pass. Used by training and eval."""
+    clean = batch.ids.to(device, non_blocking=True)
+    maskable = batch.maskable.to(device, non_blocking=True) if region == "answer" else clean != PAD_ID
+    noisy, masked = corrupt(clean, maskable, t, schedule, generator)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    with autocast:
+        logits = model.generator_logits(model(noisy))
+    gen_loss = diffusion_nelbo(logits, clean, masked, schedule.weight(t), maskable.sum())
+    if not model.has_critic:
+        return StepOutput(gen_loss, None, noisy, masked, maskable, logits, None, None)
+    art = build_critic_artifacts(noisy, logits.detach(), clean, temperature=cfg.fill_temperature,
+                                 scope=cfg.critic_scope, generator=generator)
+    with autocast:
+        critic_logits = model.critic_logits(model(art.critic_input)).float()
+    return StepOutput(gen_loss, critic_bce(critic_logits, art.critic_target, art.critic_valid), noisy, masked,
+                      maskable, logits, art, critic_logits)
+
+
+# evaluation
+
+
+@torch.no_grad()
+def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.device) -> dict:
+    """Validation figures, generator and critic kept apart (never mixed into one loss).
+
+    val_bpc: generator NELBO in bits per maskable character. answer_acc: greedy accuracy on
+    masked characters at t ~ U(0, 1). critic_auroc: over every non-[PAD] maskable (answer)
+    position of the filled row; critic_auroc_masked: over the filled positions only (harder).
+    """
+    was_training = model.training
+    model.eval()
+    schedule, region = get_schedule(cfg.train.schedule), mask_region(cfg, corpus)
+    gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, 7919))  # same masks at every evaluation
+    nelbo, n_tok, correct, n_masked = 0.0, 0, 0, 0
+    probs, wrong, probs_m, wrong_m = [], [], [], []
+    for batch in corpus.val_batches(cfg.train.eval_rows, 64):
+        t = sample_t(len(batch.ids), gen, cfg.train.antithetic)
+        out = diffusion_step(model, batch, t, schedule, cfg.train, region, gen, device)
+        tokens = int(out.maskable.sum())
+        nelbo += float(out.gen_loss) * tokens
+        n_tok += tokens
+        clean = batch.ids.to(device)
+        correct += int((out.logits.argmax(-1) == clean)[out.masked].sum())
+        n_masked += int(out.masked.sum())
+        if out.critic_logits is not None:
+            p = torch.sigmoid(out.critic_logits)
+            probs.append(p[out.maskable].cpu()), wrong.append(out.artifacts.critic_target[out.maskable].cpu())
+            probs_m.append(p[out.masked].cpu()), wrong_m.append(out.artifacts.critic_target[out.masked].cpu())
+    model.train(was_training)
+    result = {
+        "val_nelbo": nelbo / max(n_tok, 1),
+        "val_bpc": nelbo / max(n_tok, 1) / math.log(2),
+        "answer_acc": correct / max(n_masked, 1),
+        "masked_tokens": n_masked,
+    }
+    if probs:
+        p, y = torch.cat(probs).numpy(), torch.cat(wrong).numpy()
+        pm, ym = torch.cat(probs_m).numpy(), torch.cat(wrong_m).numpy()
+        result.update({
+            "critic_auroc": auroc(p, y),
+            "critic_auroc_masked": auroc(pm, ym),
+            "critic_p_wrong": float(p[y == 1].mean()) if (y == 1).any() else None,
+            "critic_p_right": float(p[y == 0].mean()) if (y == 0).any() else None,
+            "fill_error_rate": float(ym.mean()) if ym.size else None,
+        })
+    return result
+
+
+# the loop
+
+
+class MetricsLog:
+    """JSON lines in the run directory; on resume, lines past the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, keep_until: int | None):
+        self.path = path
+        if keep_until is not None and path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= keep_until]
+            checkpoint.atomic_write(path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in kept)))
+        elif path.exists():
+            path.unlink()
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class Reporter:
+    """Progress callbacks; the default does nothing (the CLI passes a rich display)."""
+
+    def on_start(self, info: dict) -> None: ...
+
+    def on_log(self, record: dict) -> None: ...
+
+    def on_eval(self, record: dict) -> None: ...
+
+    def on_end(self, result: "TrainResult") -> None: ...
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM (or a test); the loop saves a checkpoint and returns."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+
+    def __call__(self, signum, frame):
+        if self.signal_name is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    step: int
+    max_iters: int
+    resumed_from: int
+    interrupted: str | None  # signal name when stopped early
+    elapsed_s: float
+    tokens_per_s: float
+    params: int
+    data: dict
+    final_eval: dict = field(default_factory=dict)
+
+
+def _check_resume(ckpt: checkpoint.Checkpoint, cfg: RunConfig, corpus: Corpus) -> None:
+    if ckpt.vocab != corpus.vocab:
+        raise CdtError(f"cannot resume {ckpt.path}: it was trained with another vocabulary "
+                       f"({len(ckpt.vocab)} vs {len(corpus.vocab)} symbols); check --data")
+    old, new = ckpt.config.model, cfg.model
+    diff = [f"{k} {getattr(old, k)} vs {getattr(new, k)}" for k in vars(new) if getattr(old, k) != getattr(new, k)]
+    if diff:
+        raise CdtError(f"cannot resume {ckpt.path}: different architecture ({'; '.join(diff)})")
+
+
+def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None,
+          stop: StopRequest | None = None) -> TrainResult:
+    """Train into run directory `out`; `stop` lets a caller end the run early (it saves first)."""
+    reporter = reporter or Reporter()
+    dist = dist_info()
+    if dist.world_size > 1:
+        raise CdtError("multi-process training (torchrun) is not supported by this version of cdt yet")
+    device = pick_device(cfg.train.device)
+    ckpt_path = out / checkpoint.CHECKPOINT_NAME
+    if not resume and ckpt_path.exists():
+        raise CdtError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    ckpt = checkpoint.load(out) if resume else None  # raises when there is nothing to resume
+    corpus = load_corpus(cfg.data.source, cfg.model.block_size, cfg.data.n_records, cfg.data.seed)
+    cfg.model.vocab_size = len(corpus.vocab)
+    if ckpt is not None:
+        _check_resume(ckpt, cfg, corpus)
+
+    torch.manual_seed(cfg.train.seed)
+    model = DiffusionLM(cfg.model).to(device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
+    start = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model_state)
+        optimizer.load_state_dict(ckpt.optimizer_state)
+        start = ckpt.step
+
+    schedule, region = get_schedule(cfg.train.schedule), mask_region(cfg, corpus)
+    tc = cfg.train
+    log = None
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write(out / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(cfg)))
+        log = MetricsLog(out / METRICS_NAME, keep_until=start if resume else None)
+    extra = {"data": corpus.info, "mask_region": region}
+
+    def save(step: int, final_eval: dict | None = None) -> None:
+        if dist.is_main:
+            checkpoint.save(ckpt_path, model=model, config=cfg, vocab=corpus.vocab, step=step,
+                            optimizer=optimizer, extra={**extra, "eval": final_eval or {}})
+
+    stop = stop or StopRequest()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, stop)
+    reporter.on_start({"run_dir": str(out), "device": str(device), "params": model.num_params(),
+                       "start": start, "max_iters": tc.max_iters, "data": corpus.info, "region": region})
+    model.train()
+    step, saved, last_eval = start, start, {}
+    tokens, t0 = 0, time.perf_counter()
+    window_tokens, window_t0 = 0, t0
+    try:
+        while step < tc.max_iters and not stop.requested:
+            torch.manual_seed(seed_for(tc.seed, dist.rank, step, 1))  # dropout, if any
+            gen = torch.Generator().manual_seed(seed_for(tc.seed, dist.rank, step))
+            batch = corpus.batch(step, tc.batch_size, tc.seed, dist.rank, dist.world_size, tc.length_groups)
+            lr, alpha = lr_at(step, tc), critic_alpha(step, tc)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            t = sample_t(len(batch.ids), gen, tc.antithetic)
+            out_step = diffusion_step(model, batch, t, schedule, tc, region, gen, device)
+            loss = out_step.gen_loss if out_step.critic_loss is None else out_step.gen_loss + alpha * out_step.critic_loss
+            if not math.isfinite(loss_value := float(loss.detach())):
+                raise CdtError(f"loss became {loss_value} at step {step + 1}; lower --lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            step += 1
+            n = int((batch.ids != PAD_ID).sum())
+            tokens += n
+            window_tokens += n
+            if log and (step % tc.log_interval == 0 or step == tc.max_iters):
+                now = time.perf_counter()
+                record = {"kind": "train", "step": step, "loss": loss_value, "gen_loss": float(out_step.gen_loss.detach()),
+                          "critic_loss": None if out_step.critic_loss is None else float(out_step.critic_loss.detach()),
+                          "lr": lr, "alpha": alpha, "tokens_per_s": window_tokens / max(now - window_t0, 1e-9)}
+                window_tokens, window_t0 = 0, now
+                log.write(record)
+                reporter.on_log(record)
+            if step % tc.eval_interval == 0 or step == tc.max_iters:
+                if dist.is_main:
+                    last_eval = {"kind": "eval", "step": step, **evaluate(model, corpus, cfg, device)}
+                    log.write(last_eval)
+                    reporter.on_eval(last_eval)
+                save(step, last_eval)
+                saved = step
+    except BaseException:
+        if step > saved:  # nothing lost on a crash: the last completed step is kept
+            save(step, last_eval)
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if step > saved:
+        save(step, last_eval)
+    elapsed = time.perf_counter() - t0
+    result = TrainResult(run_dir=out, checkpoint=ckpt_path, step=step, max_iters=tc.max_iters, resumed_from=start,
+                         interrupted=stop.signal_name, elapsed_s=elapsed, tokens_per_s=tokens / max(elapsed, 1e-9),
+                         params=model.num_params(), data=corpus.info, final_eval=last_eval)
+    reporter.on_end(result)
+    return result

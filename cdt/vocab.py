@@ -1,0 +1,85 @@
+"""Character vocabulary with the specials [MASK], [PAD], [NULL].
+
+Ids 0..2 are the specials, ordinary characters follow in sorted order, so a
+vocabulary is fully described by its character list (stored in checkpoints).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cdt.errors import CdtError
+
+MASK, PAD, NULL = "[MASK]", "[PAD]", "[NULL]"
+SPECIALS = (MASK, PAD, NULL)
+MASK_ID, PAD_ID, NULL_ID = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Vocab:
+    chars: tuple[str, ...]
+    _index: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if len(set(self.chars)) != len(self.chars) or any(len(c) != 1 for c in self.chars):
+            raise CdtError("vocabulary must be distinct single characters")
+        object.__setattr__(self, "_index", {c: i + len(SPECIALS) for i, c in enumerate(self.chars)})
+
+    @classmethod
+    def from_text(cls, text: str, extra: str = "") -> "Vocab":
+        return cls(tuple(sorted(set(text) | set(extra))))
+
+    def __len__(self) -> int:
+        return len(SPECIALS) + len(self.chars)
+
+    mask_id, pad_id, null_id = MASK_ID, PAD_ID, NULL_ID
+
+    def unknown(self, text: str) -> list[str]:
+        """Characters of `text` outside the vocabulary, in order of first appearance."""
+        return list(dict.fromkeys(c for c in text if c not in self._index))
+
+    def encode(self, text: str) -> list[int]:
+        bad = self.unknown(text)
+        if bad:
+            shown = ", ".join(repr(c) for c in bad[:10])
+            raise CdtError(f"characters outside the model's vocabulary: {shown}")
+        return [self._index[c] for c in text]
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Vectorised encode for corpora: (len(text),) int32."""
+        if not text:
+            return np.zeros(0, dtype=np.int32)
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        known = np.array(sorted(ord(c) for c in self.chars), dtype=np.uint32)
+        pos = np.searchsorted(known, codes)
+        pos = np.minimum(pos, len(known) - 1)
+        if not np.all(known[pos] == codes):
+            self.encode(text)  # raises with the offending characters
+        return (pos + len(SPECIALS)).astype(np.int32)
+
+    def decode(self, ids, mask_char: str = "_") -> str:
+        """Text of `ids`: [PAD] and [NULL] dropped, [MASK] shown as `mask_char`."""
+        out = []
+        for i in (ids.tolist() if hasattr(ids, "tolist") else ids):
+            if i == MASK_ID:
+                out.append(mask_char)
+            elif i >= len(SPECIALS):
+                out.append(self.chars[i - len(SPECIALS)])
+        return "".join(out)
+
+    def emittable(self, allow_null: bool = False) -> torch.Tensor:
+        """(v,) bool: ids a sampler may write into text. Never [MASK]/[PAD]; [NULL] only in scaffolds."""
+        ok = torch.ones(len(self), dtype=torch.bool)
+        ok[MASK_ID] = ok[PAD_ID] = False
+        ok[NULL_ID] = allow_null
+        return ok
+
+    def to_dict(self) -> dict:
+        return {"chars": "".join(self.chars)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Vocab":
+        return cls(tuple(d["chars"]))

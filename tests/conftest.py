@@ -1,0 +1,24 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from cdt.config import resolve
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_config(**train):
+    """The tiny preset, with optional train.* overrides."""
+    return resolve("tiny", overrides=[{"train": train}] if train else [])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One tiny training run shared by tests that only read a checkpoint."""
+    from cdt.train import train
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    train(tiny_config(), out)
+    return out

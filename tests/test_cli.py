@@ -1,0 +1,95 @@
+"""The real command line, through CliRunner and once as a subprocess."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from cdt.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def assert_one_line_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_train_json_prints_one_document(tmp_path):
+    result = run("train", "--preset", "tiny", "--max-iters", "12", "--out", str(tmp_path / "r"), "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["step"] == 12 and doc["checkpoint"].endswith("checkpoint.pt") and doc["config"]["train"]["max_iters"] == 12
+    assert doc["data"]["overlap"] == 0 and "val_bpc" in doc["final_eval"]
+    assert (tmp_path / "r" / "config.yaml").read_text().count("max_iters: 12") == 1
+
+
+def test_train_human_summary_names_checkpoint_and_next_steps(tmp_path):
+    result = run("train", "--preset", "tiny", "--max-iters", "6", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.stderr
+    assert "checkpoint.pt" in result.stdout and "--resume" in result.stdout
+
+
+def test_set_and_config_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  max_iters: 4\n")
+    result = run("train", "--preset", "tiny", "--config", str(f), "--set", "model.critic=mlp",
+                 "--out", str(tmp_path / "r"), "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["step"] == 4 and doc["config"]["model"]["critic"] == "mlp"
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["--preset", "medium"], 2, "unknown preset 'medium'"),
+    (["--set", "train.nope=1"], 2, "unknown config key train.nope"),
+    (["--set", "oops"], 2, "SECTION.KEY=VALUE"),
+    (["--data", "/no/such/file.txt"], 1, "data file not found: /no/such/file.txt"),
+    (["--resume"], 2, "--resume needs --out"),
+])
+def test_bad_input_gives_one_line_and_exit_code(args, code, fragment, tmp_path):
+    assert_one_line_error(run("train", "--preset", "tiny", *args), code, fragment)
+
+
+def test_non_utf8_data(tmp_path):
+    f = tmp_path / "latin1.txt"
+    f.write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1") * 5)
+    assert_one_line_error(run("train", "--preset", "tiny", "--data", str(f), "--out", str(tmp_path / "r")), 1,
+                          "not valid UTF-8", str(f))
+
+
+def test_resume_with_broken_checkpoints(tmp_path, tiny_run):
+    good = (tiny_run / "checkpoint.pt").read_bytes()
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(good[: len(good) // 3])
+    assert_one_line_error(run("train", "--preset", "tiny", "--out", str(run_dir), "--resume"), 1, "truncated or corrupt")
+    import torch
+    torch.save({"x": object.__new__(Exception)}, run_dir / "checkpoint.pt")
+    assert_one_line_error(run("train", "--preset", "tiny", "--out", str(run_dir), "--resume"), 1, "pickled Python objects")
+    assert_one_line_error(run("train", "--preset", "tiny", "--out", str(tiny_run)), 1, "already holds a run")
+
+
+def test_help_explains():
+    result = run("train", "--help")
+    assert result.exit_code == 0
+    for flag in ("--preset", "--config", "--data", "--out", "--max-iters", "--resume", "--json", "--set"):
+        assert flag in result.stdout
+
+
+def test_python_dash_m_as_a_subprocess(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cdt", "train", "--preset", "tiny", "--max-iters", "5",
+                           "--out", str(tmp_path / "r"), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["step"] == 5
+    assert proc.stderr == ""  # quiet in a pipe: no progress bar, no warnings

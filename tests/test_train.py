@@ -1,0 +1,134 @@
+"""The training loop: it learns, it resumes bit for bit, it refuses what it must."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cdt import checkpoint
+from cdt.errors import CdtError
+from cdt.train import Reporter, StopRequest, critic_alpha, lr_at, train
+from tests.conftest import tiny_config
+
+
+def evals(run_dir):
+    lines = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if r["kind"] == "eval"]
+
+
+def same_state(a, b):
+    sa, sb = checkpoint.load(a), checkpoint.load(b)
+    assert sa.step == sb.step
+    assert sa.model_state.keys() == sb.model_state.keys()
+    assert all(torch.equal(sa.model_state[k], sb.model_state[k]) for k in sa.model_state)
+    oa, ob = sa.optimizer_state["state"], sb.optimizer_state["state"]
+    assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
+
+
+def test_schedules():
+    cfg = tiny_config(lr=1.0, min_lr=0.1, warmup_iters=10, max_iters=110).train
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
+    cfg = tiny_config(critic_alpha_start=0.2, critic_alpha_end=1.0, critic_warmup_start=10, critic_warmup_end=30).train
+    assert [critic_alpha(s, cfg) for s in (0, 10, 20, 30, 99)] == pytest.approx([0.2, 0.2, 0.6, 1.0, 1.0])
+
+
+def test_loss_falls_and_files_are_written(tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny_config(max_iters=60, eval_interval=20), out)
+    e = evals(out)
+    assert [r["step"] for r in e] == [20, 40, 60]
+    assert e[-1]["val_nelbo"] < e[0]["val_nelbo"] - 0.2  # nats per character
+    assert 0.0 <= e[-1]["critic_auroc"] <= 1.0 and e[-1]["critic_p_wrong"] is not None
+    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "config.yaml", "metrics.jsonl"}
+    assert result.step == 60 and result.final_eval == e[-1]
+    assert checkpoint.load(out).extra["eval"] == e[-1]
+
+
+class StopAt(Reporter):
+    def __init__(self, stop, step):
+        self.stop, self.step = stop, step
+
+    def on_log(self, record):
+        if record["step"] >= self.step:
+            self.stop.signal_name = "SIGTERM"
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    cfg = dict(max_iters=24, eval_interval=10, log_interval=5)
+    train(tiny_config(**cfg), tmp_path / "full")
+    stop = StopRequest()
+    part = train(tiny_config(**cfg), tmp_path / "part", reporter=StopAt(stop, 15), stop=stop)
+    assert part.interrupted == "SIGTERM" and part.step == 15
+    assert checkpoint.load(tmp_path / "part").step == 15
+    resumed = train(tiny_config(**cfg), tmp_path / "part", resume=True)
+    assert resumed.resumed_from == 15 and resumed.step == 24
+    same_state(tmp_path / "full", tmp_path / "part")
+    assert evals(tmp_path / "full") == evals(tmp_path / "part")  # the log has no duplicated or lost steps
+
+
+def test_sigterm_to_a_real_process_saves_and_resumes_exactly(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    args = [sys.executable, "-m", "cdt", "train", "--preset", "tiny", "--max-iters", "300", "--eval-interval", "1000"]
+    part = tmp_path / "part"
+    proc = subprocess.Popen(args + ["--out", str(part)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    log = part / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "stopped by SIGTERM" in err.decode() and "--resume" in err.decode()
+    stopped_at = checkpoint.load(part).step
+    assert 15 <= stopped_at < 300
+    subprocess.run(args + ["--out", str(part), "--resume", "--json"], check=True, env=env, capture_output=True)
+    subprocess.run(args + ["--out", str(tmp_path / "full"), "--json"], check=True, env=env, capture_output=True)
+    same_state(tmp_path / "full", part)
+
+
+def test_existing_run_is_never_overwritten(tiny_run):
+    before = (tiny_run / "checkpoint.pt").read_bytes()
+    with pytest.raises(CdtError, match="already holds a run"):
+        train(tiny_config(), tiny_run)
+    assert (tiny_run / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_refuses_another_architecture_or_vocabulary(tiny_run, tmp_path):
+    cfg = tiny_config(max_iters=40)
+    cfg.model.d_model = 64
+    with pytest.raises(CdtError, match="different architecture.*d_model 32 vs 64"):
+        train(cfg, tiny_run, resume=True)
+    text = tmp_path / "t.txt"
+    text.write_text("just a few words of plain text, repeated. " * 20)
+    cfg = tiny_config(max_iters=40)
+    cfg.data.source = str(text)
+    with pytest.raises(CdtError, match="another vocabulary"):
+        train(cfg, tiny_run, resume=True)
+
+
+def test_resume_without_a_checkpoint(tmp_path):
+    with pytest.raises(CdtError, match="no checkpoint"):
+        train(tiny_config(), tmp_path / "empty", resume=True)
+
+
+def test_trains_on_a_text_file_with_every_position_maskable(tmp_path):
+    text = tmp_path / "poem.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 60, encoding="utf-8")
+    cfg = tiny_config(max_iters=10, eval_interval=10)
+    cfg.data.source = str(text)
+    cfg.model.block_size = 64
+    result = train(cfg, tmp_path / "run")
+    assert result.step == 10 and checkpoint.load(tmp_path / "run").extra["mask_region"] == "all"
+
+
+def test_model_without_critic_trains(tmp_path):
+    cfg = tiny_config(max_iters=5, eval_interval=5)
+    cfg.model.critic = "none"
+    result = train(cfg, tmp_path / "run")
+    assert "critic_auroc" not in result.final_eval and result.final_eval["val_bpc"] > 0
