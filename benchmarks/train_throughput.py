@@ -23,8 +23,8 @@ from cdt.noise import get_schedule, sample_t
 from cdt.train import diffusion_step, pick_device
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, sizes=(1024, 2048), repeats: int = 5) -> float:
-    """Best FLOP/s of square matmuls."""
+def matmul_peak(device: torch.device, dtype: torch.dtype, sizes=(1024, 2048, 1024, 2048), repeats: int = 10) -> float:
+    """Best FLOP/s of square matmuls (best of several rounds: a shared machine only ever slows them)."""
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -90,9 +90,11 @@ def main():
     device = pick_device(args.device)
     corpus = load_corpus(cfg.data.source, cfg.model.block_size, min(cfg.data.n_records, 5000), cfg.data.seed)
     cfg.model.vocab_size = len(corpus.vocab)
-    peak = matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_peak(device, dtype)
     gen = measure(cfg, corpus, device, args.steps, critic=False)
     both = measure(cfg, corpus, device, args.steps, critic=True)
+    peak = max(peak, matmul_peak(device, dtype))  # measured before and after the steps
     print(json.dumps({
         "preset": args.preset, "batch_size": cfg.train.batch_size, "device": str(device),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

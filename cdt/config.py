@@ -49,7 +49,7 @@ class TrainConfig:
 
     max_iters: int = 2500
     batch_size: int = 16  # smaller batches with more steps beat large ones at equal CPU time
-    length_groups: int = 32  # batches drawn together and sorted by length: less padding; 1 = off
+    length_groups: int = 4  # batches drawn together, sorted by length: ~25% less padding; 32 learned slower per step; 1 = off
     lr: float = 2e-3
     min_lr: float = 2e-4  # cosine floor, ~lr/10
     warmup_iters: int = 100

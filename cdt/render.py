@@ -42,7 +42,7 @@ class TrainProgress(Reporter):
         split = f"{d['train']} train / {d['val']} validation records, overlap {d['overlap']}" if "train" in d else \
             f"{d['train_chars']} train / {d['val_chars']} validation characters"
         self.console.print(f"[dim]run {info['run_dir']} · {info['device']} · {info['params'] / 1e6:.2f}M parameters · "
-                           f"{split} · masking: {info['region']}[/dim]")
+                           f"{split} · masking: {info['region']}[/dim]", highlight=False)
         self.progress.start()
         self.task = self.progress.add_task("train", total=info["max_iters"], completed=info["start"], status="")
 
@@ -54,7 +54,7 @@ class TrainProgress(Reporter):
 
     def on_eval(self, r: dict) -> None:
         if self.task is not None:
-            self.progress.console.print(eval_line(r))
+            self.progress.console.print(eval_line(r), highlight=False)
 
     def on_end(self, result) -> None:
         if self.task is not None:

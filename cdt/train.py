@@ -341,8 +341,10 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
                     reporter.on_eval(last_eval)
                 save(step, last_eval)
                 saved = step
-    except BaseException:
-        if step > saved:  # nothing lost on a crash: the last completed step is kept
+    except Exception:
+        # nothing lost on a crash: parameters and optimizer still hold the last completed step.
+        # (A second Ctrl-C is a KeyboardInterrupt that may land mid-update: that state is not saved.)
+        if step > saved:
             save(step, last_eval)
         raise
     finally:

@@ -75,7 +75,8 @@ def test_resume_with_broken_checkpoints(tmp_path, tiny_run):
     (run_dir / "checkpoint.pt").write_bytes(good[: len(good) // 3])
     assert_one_line_error(run("train", "--preset", "tiny", "--out", str(run_dir), "--resume"), 1, "truncated or corrupt")
     import torch
-    torch.save({"x": object.__new__(Exception)}, run_dir / "checkpoint.pt")
+    from tests.test_checkpoint import NotWeights
+    torch.save({"format": "cdt-checkpoint", "x": NotWeights()}, run_dir / "checkpoint.pt")
     assert_one_line_error(run("train", "--preset", "tiny", "--out", str(run_dir), "--resume"), 1, "pickled Python objects")
     assert_one_line_error(run("train", "--preset", "tiny", "--out", str(tiny_run)), 1, "already holds a run")
 

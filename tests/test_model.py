@@ -59,3 +59,15 @@ def test_no_critic_head_raises():
 def test_block_size_enforced():
     with pytest.raises(ValueError, match="block size"):
         make()(torch.randint(3, 20, (1, 25)))
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    from cdt.model import apply_rotary, rotary_table
+
+    torch.manual_seed(0)
+    rot = rotary_table(32, 8)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    def score(i, j):
+        return (apply_rotary(q, rot[i : i + 1]) * apply_rotary(k, rot[j : j + 1])).sum()
+    assert torch.allclose(score(3, 7), score(20, 24), atol=1e-5)
+    assert not torch.allclose(score(3, 7), score(3, 9), atol=1e-3)

@@ -132,3 +132,17 @@ def test_model_without_critic_trains(tmp_path):
     cfg.model.critic = "none"
     result = train(cfg, tmp_path / "run")
     assert "critic_auroc" not in result.final_eval and result.final_eval["val_bpc"] > 0
+
+
+class CrashAt(Reporter):
+    def on_log(self, record):
+        if record["step"] == 10:
+            raise RuntimeError("disk on fire")
+
+
+def test_a_crash_keeps_the_last_completed_step(tmp_path):
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train(tiny_config(max_iters=30, eval_interval=100, log_interval=5), tmp_path / "run", reporter=CrashAt())
+    assert checkpoint.load(tmp_path / "run").step == 10
+    resumed = train(tiny_config(max_iters=12, eval_interval=100), tmp_path / "run", resume=True)
+    assert resumed.resumed_from == 10 and resumed.step == 12

@@ -1,0 +1,21 @@
+"""Benchmarks run by hand and under `pytest -m slow`; figures are printed, never asserted as wall-clock."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_train_throughput_prints_its_figures():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--preset", "tiny",
+                           "--steps", "3"], capture_output=True, text=True, timeout=600, check=True)
+    doc = json.loads(proc.stdout)
+    for part in ("generator_only", "with_critic"):
+        assert doc[part]["positions_per_s"] > 0 and 0 < doc[part]["mfu"] < 1.5
+    assert doc["critic_step_cost_ratio"] > 1.0  # the critic pass is never free
+    print(json.dumps(doc, indent=2))
