@@ -28,7 +28,7 @@ from cdt import checkpoint
 from cdt.artifacts import build_critic_artifacts, CriticArtifacts
 from cdt.config import RunConfig, TrainConfig, to_yaml
 from cdt.data import Batch, Corpus, load_corpus
-from cdt.errors import CdtError
+from cdt.errors import CdtError, UsageError
 from cdt.losses import critic_bce, diffusion_nelbo
 from cdt.metrics import auroc
 from cdt.model import DiffusionLM
@@ -180,6 +180,14 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
 # the loop
 
 
+def make_optimizer(model: DiffusionLM, tc: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on norms and biases)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(tc.beta1, tc.beta2))
+
+
 class MetricsLog:
     """JSON lines in the run directory; on resume, lines past the checkpoint's step are dropped."""
 
@@ -222,6 +230,12 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
+
+    def install(self) -> dict:
+        """Handle SIGINT and SIGTERM (main thread only); returns the handlers it replaced."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 @dataclass
@@ -268,16 +282,14 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
 
     torch.manual_seed(cfg.train.seed)
     model = DiffusionLM(cfg.model).to(device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
+    optimizer = make_optimizer(model, cfg.train)
     start = 0
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state)
         optimizer.load_state_dict(ckpt.optimizer_state)
         start = ckpt.step
+        if start >= cfg.train.max_iters:
+            raise UsageError(f"{out} already reached step {start}; pass --max-iters above {start} to continue")
 
     schedule, region = get_schedule(cfg.train.schedule), mask_region(cfg, corpus)
     tc = cfg.train
@@ -294,10 +306,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
                             optimizer=optimizer, extra={**extra, "eval": final_eval or {}})
 
     stop = stop or StopRequest()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, stop)
+    previous = stop.install()
     reporter.on_start({"run_dir": str(out), "device": str(device), "params": model.num_params(),
                        "start": start, "max_iters": tc.max_iters, "data": corpus.info, "region": region})
     model.train()
@@ -348,7 +357,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
             save(step, last_eval)
         raise
     finally:
-        for sig, handler in previous.items():
+        for sig, handler in previous.items():  # give the caller its own handlers back
             signal.signal(sig, handler)
     if step > saved:
         save(step, last_eval)

@@ -146,3 +146,9 @@ def test_a_crash_keeps_the_last_completed_step(tmp_path):
     assert checkpoint.load(tmp_path / "run").step == 10
     resumed = train(tiny_config(max_iters=12, eval_interval=100), tmp_path / "run", resume=True)
     assert resumed.resumed_from == 10 and resumed.step == 12
+
+
+def test_resume_of_a_finished_run_asks_for_more_steps(tiny_run):
+    from cdt.errors import UsageError
+    with pytest.raises(UsageError, match="pass --max-iters above 30"):
+        train(tiny_config(), tiny_run, resume=True)
