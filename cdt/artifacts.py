@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cdt.rng import RowGenerators
 from cdt.vocab import MASK_ID, NULL_ID, PAD_ID
 
 SCOPES = ("masked", "masked+context")
@@ -25,9 +26,9 @@ class CriticArtifacts:
     critic_valid: torch.Tensor | None = None  # (b, n) bool, positions the critic is scored on
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+def sample_tokens(logits: torch.Tensor, temperature: float, uniform: torch.Tensor | None,
                   allowed: torch.Tensor | None = None) -> torch.Tensor:
-    """Gumbel-max sampling in float64 over (..., v) logits; temperature 0 = argmax.
+    """Gumbel-max sampling in float64 over (..., v) logits with matching `uniform` noise; temperature 0 = argmax.
 
     `allowed` (v,) bool restricts the choice (specials are excluded by the caller).
     """
@@ -36,14 +37,21 @@ def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Gen
         logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
     if temperature <= 0:
         return logits.argmax(-1)
-    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).to(logits.device)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+    gumbel = -torch.log(-torch.log(uniform.to(logits.device).clamp_min(1e-300)))
     return (logits / temperature + gumbel).argmax(-1)
+
+
+def _fill_noise(filled: torch.Tensor, v: int, generator) -> torch.Tensor:
+    """(m, v) float64 uniforms for the m filled positions. Per-row generators draw whole rows,
+    so a row's samples do not depend on the other rows of its batch."""
+    if isinstance(generator, RowGenerators):
+        return generator.uniform((filled.shape[1], v), torch.float64)[filled.cpu()]
+    return torch.rand((int(filled.sum()), v), generator=generator, dtype=torch.float64)
 
 
 def build_critic_artifacts(noisy: torch.Tensor, logits: torch.Tensor, clean: torch.Tensor | None = None, *,
                            temperature: float = 1.0, scope: str = "masked", allow_null: bool = False,
-                           generator: torch.Generator | None = None) -> CriticArtifacts:
+                           generator: torch.Generator | RowGenerators | None = None) -> CriticArtifacts:
     """Fill the [MASK] positions of `noisy` (b, n) from `logits` (b, n, v) and label the result.
 
     - critic_input: `noisy` with only its [MASK] positions replaced; every other token is kept.
@@ -59,7 +67,8 @@ def build_critic_artifacts(noisy: torch.Tensor, logits: torch.Tensor, clean: tor
     allowed[[MASK_ID, PAD_ID]] = False
     allowed[NULL_ID] = allow_null
     critic_input = noisy.clone()
-    critic_input[filled] = sample_tokens(logits[filled], temperature, generator, allowed)  # only (m, v) rows
+    noise = _fill_noise(filled, logits.shape[-1], generator) if temperature > 0 else None
+    critic_input[filled] = sample_tokens(logits[filled], temperature, noise, allowed)  # only (m, v) rows
     out = CriticArtifacts(pred_tokens=critic_input, critic_input=critic_input, filled=filled)
     if clean is not None:
         out.critic_target = (critic_input != clean).float()

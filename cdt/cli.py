@@ -111,6 +111,115 @@ def train(
                    f"resume with: cdt train --out {out} --resume", 1)
 
 
+@app.command()
+@friendly_errors
+def sample(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint file, or the run directory that holds it."),
+    prompt: str = typer.Option("", help="Protected text; for toolcalls models, the request."),
+    length: int = typer.Option(96, min=1, help="Characters to generate after the prompt."),
+    n: int = typer.Option(1, "--n", min=1, help="Rows generated in one batch (each with its own seeded draws)."),
+    steps: int = typer.Option(16, min=1, help="Denoising steps."),
+    policy: str = typer.Option("confidence", help="Remasking policy: random, confidence, margin, entropy, critic."),
+    commit: str = typer.Option("remask", help="remask (committed tokens may be remasked), lock (final once "
+                                               "committed), threshold (commit all above --threshold)."),
+    threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="threshold mode: confidence (1 - score) needed to commit."),
+    schedule: str = typer.Option("cosine", help="How many positions stay masked after each step: linear | cosine."),
+    temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
+    top_k: int = typer.Option(0, min=0, help="Sample among the k most likely characters; 0 = off."),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling mass; 1 = off."),
+    randomness: float = typer.Option(0.0, min=0.0, max=1.0, help="Blend scores with noise: (1-r)*score + r*U."),
+    selection: str = typer.Option("topk", help="topk: remask the worst; gumbel: sample them, p ~ score."),
+    seed: int = typer.Option(0, help="Seed; the same seed gives the same output."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    show_steps: bool = typer.Option(False, "--show-steps", help="Print the denoising trajectory (stderr)."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON document: text, per-token critic P(wrong), passes."),
+):
+    """Generate by iterative unmasking, one line of text per row on stdout.
+
+    Critic probabilities in --json are P(token is wrong): higher = more likely wrong.
+    """
+    from cdt import checkpoint as ckpt_mod
+    from cdt.render import trajectory
+    from cdt.sampling.loop import SampleConfig
+    from cdt.sampling.run import sample as run_sample
+
+    cfg = SampleConfig(steps=steps, policy=policy, commit=commit, threshold=threshold, schedule=schedule,
+                       temperature=temperature, top_k=top_k, top_p=top_p, randomness=randomness,
+                       selection=selection, seed=seed)
+    cfg.validate()
+    ckpt = ckpt_mod.load(checkpoint)
+    result = run_sample(ckpt, prompt, length, n, cfg, device=device, record=show_steps)
+    if show_steps:
+        err_console.print(trajectory(result, ckpt.vocab, plain=not err_console.is_terminal), soft_wrap=True,
+                          highlight=False)
+    if json_out:
+        emit_json({
+            "checkpoint": str(ckpt.path), "prompt": prompt, "config": asdict(cfg),
+            "passes": result.generation.passes, "report_passes": result.report_passes,
+            "critic_polarity": "probability that the token is wrong (higher = more likely wrong)",
+            "samples": [{"row": i, "text": t,
+                         "critic_probs": None if result.critic_probs is None else [round(p, 5) for p in result.critic_probs[i]]}
+                        for i, t in enumerate(result.texts)],
+        })
+    else:
+        for text in result.texts:
+            sys.stdout.write(text + "\n")
+
+
+def _csv(value: str, cast, name: str) -> list:
+    try:
+        items = [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise fail(f"{name} expects a comma-separated list, got {value!r}", 2) from None
+    if not items:
+        raise fail(f"{name} is empty", 2)
+    return items
+
+
+@app.command("eval")
+@friendly_errors
+def eval_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint file, or the run directory that holds it."),
+    policies: str = typer.Option("confidence,critic", help="Comma-separated policies to compare."),
+    steps: str = typer.Option("8,16,32", help="Comma-separated step counts."),
+    n: int = typer.Option(256, "--n", min=1, help="Held-out records (their answers are masked and infilled)."),
+    batch_size: int = typer.Option(64, min=1, help="Rows per generation batch (results do not depend on it)."),
+    commit: str = typer.Option("remask", help="remask | lock | threshold."),
+    temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
+    seed: int = typer.Option(0, help="Seed: the same for every policy, so they see the same draws."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON document with every row of the table."),
+):
+    """Compare remasking policies on held-out toolcalls answers.
+
+    Rows are ordered by trunk passes, so policies at equal cost stand together
+    (critic at T steps spends as many passes as confidence at 2T).
+    """
+    from rich.progress import Progress
+
+    from cdt import checkpoint as ckpt_mod
+    from cdt.render import eval_table
+    from cdt.sampling.evaluate import evaluate_policies
+    from cdt.sampling.loop import SampleConfig
+
+    policy_list, steps_list = _csv(policies, str, "--policies"), _csv(steps, int, "--steps")
+    base = SampleConfig(commit=commit, temperature=temperature, seed=seed)
+    for p in policy_list:
+        SampleConfig(**{**base.__dict__, "policy": p}).validate()
+    if min(steps_list) < 1:
+        raise fail("--steps must be at least 1", 2)
+    ckpt = ckpt_mod.load(checkpoint)
+    with Progress(console=err_console, disable=not err_console.is_terminal, transient=True) as progress:
+        task = progress.add_task("eval", total=len(policy_list) * len(steps_list) * n)
+        rows = evaluate_policies(ckpt, policy_list, steps_list, n, batch_size, base, device,
+                                 on_batch=lambda k: progress.advance(task, k))
+    if json_out:
+        emit_json({"checkpoint": str(ckpt.path), "n": n, "commit": commit, "temperature": temperature,
+                   "rows": [asdict(r) for r in rows]})
+    else:
+        out_console.print(eval_table(rows, n))
+
+
 def main() -> None:
     app(prog_name="cdt")
 

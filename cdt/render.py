@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 from rich.text import Text
 
 from cdt.train import Reporter
@@ -86,3 +87,37 @@ def train_summary(result, next_commands: list[str]) -> Text:
         for c in next_commands:
             text.append(f"  {c}\n")
     return text
+
+
+def trajectory(result, vocab, plain: bool) -> Text:
+    """The denoising steps of each row: masks as '_', positions remasked after the step highlighted."""
+    start, end = result.region
+    text = Text()
+    for i in range(len(result.texts)):
+        text.append(f"row {i}\n", style="bold")
+        for rec in result.generation.steps:
+            text.append(f"  step {rec.step:>3}  ")
+            for pos in range(start, end):
+                ch = vocab.decode([int(rec.filled[i, pos])]) or " "
+                remasked = bool(rec.remasked[i, pos])
+                if plain:
+                    text.append("_" if remasked else ch)
+                else:
+                    text.append(ch, style="reverse red" if remasked else "")
+            text.append("\n")
+    return text
+
+
+def eval_table(rows, n: int) -> Table:
+    """Policies x steps, ordered by trunk passes so equal-cost rows stand together."""
+    table = Table(title=f"cdt eval · {n} held-out answers infilled", title_justify="left")
+    width = max(len(r.policy) for r in rows)
+    for col in ("passes", "policy", "steps", "char acc", "exact", "JSON ok", "fields", "s"):
+        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True,
+                         min_width=width if col == "policy" else None)
+    best = max(r.exact for r in rows)
+    for r in sorted(rows, key=lambda r: (r.passes, r.policy)):
+        table.add_row(f"{r.passes:.0f}", r.policy, str(r.steps), _pct(r.char_acc),
+                      f"[bold]{_pct(r.exact)}[/bold]" if r.exact == best else _pct(r.exact),
+                      _pct(r.json_valid), _pct(r.field_acc), f"{r.seconds:.1f}")
+    return table

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cdt import checkpoint
@@ -33,6 +32,7 @@ from cdt.losses import critic_bce, diffusion_nelbo
 from cdt.metrics import auroc
 from cdt.model import DiffusionLM
 from cdt.noise import Schedule, corrupt, get_schedule, sample_t
+from cdt.rng import seed_for
 from cdt.vocab import PAD_ID
 
 METRICS_NAME, CONFIG_NAME = "metrics.jsonl", "config.yaml"
@@ -64,11 +64,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
-
-
-def seed_for(*keys: int) -> int:
-    """A 63-bit seed derived from integer keys (seed, rank, step, ...)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -1,0 +1,196 @@
+"""Generation by iterative unmasking, with only the trunk passes a policy needs.
+
+Each step: generator pass on the current row (reused when the row has not changed
+since the last pass, MDLM's cache trick) -> fill every [MASK] through
+`build_critic_artifacts` -> critic pass on the filled row (critic policies only) ->
+the policy scores positions -> the worst-scored ones are masked again.
+
+Commit modes: `remask` (any generated position may be remasked later, ReMDM-style),
+`lock` (a committed token is final, LLaDA-style), `threshold` (commit every new token
+whose confidence clears a threshold, at least one per row and step, Fast-dLLM-style).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from cdt.artifacts import build_critic_artifacts
+from cdt.errors import CdtError, UsageError
+from cdt.model import DiffusionLM
+from cdt.rng import RowGenerators, seed_for
+from cdt.sampling.policies import ScoreContext, get_policy
+from cdt.vocab import MASK_ID, NULL_ID, PAD_ID
+
+COMMITS = ("remask", "lock", "threshold")
+SCHEDULES = ("linear", "cosine")
+SELECTIONS = ("topk", "gumbel")
+
+
+@dataclass
+class SampleConfig:
+    """How to generate; every field is a `cdt sample` flag."""
+
+    steps: int = 16
+    policy: str = "confidence"
+    commit: str = "remask"  # remask | lock | threshold
+    threshold: float = 0.9  # threshold mode: commit tokens whose confidence (1 - score) reaches this
+    schedule: str = "cosine"  # linear | cosine: how many positions stay masked after each step
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    randomness: float = 0.0  # blend scores with uniform noise: (1 - r) * score + r * U
+    selection: str = "topk"  # topk: remask the k worst; gumbel: sample k without replacement, p ~ score
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise UsageError("--steps must be at least 1")
+        get_policy(self.policy)
+        for name, value, allowed in (("commit", self.commit, COMMITS), ("schedule", self.schedule, SCHEDULES),
+                                     ("selection", self.selection, SELECTIONS)):
+            if value not in allowed:
+                raise UsageError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
+        if not 0.0 <= self.randomness <= 1.0:
+            raise UsageError("--randomness must be between 0 and 1")
+        if not 0.0 < self.top_p <= 1.0 or self.top_k < 0 or self.temperature < 0:
+            raise UsageError("--top-p must be in (0, 1], --top-k and --temperature at least 0")
+
+
+@dataclass
+class StepRecord:
+    step: int
+    filled: torch.Tensor  # (b, n) the row after the fill, before remasking
+    scores: torch.Tensor  # (b, n) the policy's scores (higher = remask first)
+    remasked: torch.Tensor  # (b, n) bool, positions masked again after this step
+    critic_probs: torch.Tensor | None  # (b, n) when the critic ran
+
+
+@dataclass
+class Generation:
+    tokens: torch.Tensor  # (b, n) final rows
+    critic_probs: torch.Tensor | None  # (b, n) critic P(wrong) of the final rows, when the critic ran on them
+    passes: dict  # trunk passes spent: {"generator": g, "critic": c}
+    steps: list[StepRecord] = field(default_factory=list)
+
+
+# helpers
+
+
+def masked_after(step: int, steps: int, total: torch.Tensor, schedule: str) -> torch.Tensor:
+    """(b,) positions still masked after `step` of `steps` (1-based); 0 after the last step."""
+    frac = 1.0 - step / steps if schedule == "linear" else math.cos(math.pi / 2 * step / steps)
+    return torch.floor(total.double() * max(frac, 0.0) + 1e-9).long()
+
+
+def filter_logits(logits: torch.Tensor, cfg: SampleConfig, allowed: torch.Tensor) -> torch.Tensor:
+    """Temperature, top-k, top-p and the emittable-id restriction on (b, n, v) logits (float32)."""
+    x = logits.float().masked_fill(~allowed, float("-inf"))
+    if cfg.temperature > 0:
+        x = x / cfg.temperature
+    if cfg.top_k > 0:
+        kth = x.topk(min(cfg.top_k, x.shape[-1]), dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_x, order = x.sort(dim=-1, descending=True)
+        cum = sorted_x.softmax(-1).cumsum(-1)
+        drop = cum - sorted_x.softmax(-1) >= cfg.top_p  # keep the smallest prefix reaching top_p
+        x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return x
+
+
+def pick_worst(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, cfg: SampleConfig,
+               gens: RowGenerators) -> torch.Tensor:
+    """(b, n) bool: per row, the k candidates to remask (highest score, or Gumbel-top-k sampled)."""
+    keys = scores.double()
+    if cfg.selection == "gumbel":  # sampling without replacement with probability proportional to score
+        u = gens.uniform(scores.shape[1:], torch.float64).clamp(1e-300, 1 - 1e-16)
+        keys = keys.clamp_min(1e-12).log() - torch.log(-torch.log(u))
+    keys = keys.masked_fill(~candidates, float("-inf"))
+    rank = keys.argsort(dim=1, descending=True).argsort(dim=1)
+    return (rank < k[:, None]) & candidates
+
+
+# the loop
+
+
+@torch.no_grad()
+def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg: SampleConfig,
+             row_seeds: list[int] | None = None, record: bool = False, allow_null: bool = False) -> Generation:
+    """Fill the [MASK] positions of `ids` (b, n); `protected` (b, n) positions never change.
+
+    Row i draws its randomness from `row_seeds[i]` (default: seed_for(cfg.seed, i)), so the same
+    seed gives the same rows and a row does not depend on what else is in its batch.
+    """
+    cfg.validate()
+    policy = get_policy(cfg.policy)
+    if policy.needs_critic and not model.has_critic:
+        raise CdtError(f"policy {cfg.policy!r} needs a critic, and this checkpoint was trained without one")
+    model.eval()
+    device = next(model.parameters()).device
+    b, n = ids.shape
+    gens = RowGenerators(row_seeds if row_seeds is not None else [seed_for(cfg.seed, i) for i in range(b)])
+    x = ids.to(device).clone()
+    editable = (x == MASK_ID) & ~protected.to(device)  # the region this call may write
+    total = editable.sum(1)
+    allowed = torch.ones(model.cfg.vocab_size, dtype=torch.bool, device=device)
+    allowed[[MASK_ID, PAD_ID]] = False
+    allowed[NULL_ID] = allow_null
+    memory = torch.zeros(b, n, device=device)  # confidence-like scores are kept from the step that sampled
+    passes = {"generator": 0, "critic": 0}
+    cache_in, cache_logits, critic_probs, history = None, None, None, []
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    for step in range(1, cfg.steps + 1):
+        newly = x == MASK_ID
+        if not newly.any():
+            break
+        if cache_in is None or not torch.equal(x, cache_in):
+            with autocast:
+                cache_logits = model.generator_logits(model(x)).float()
+            cache_in = x.clone()
+            passes["generator"] += 1
+        logits = filter_logits(cache_logits, cfg, allowed)
+        art = build_critic_artifacts(x, logits, temperature=1.0 if cfg.temperature > 0 else 0.0,
+                                     allow_null=allow_null, generator=gens)
+        filled = art.critic_input
+        critic_logits = None
+        if policy.needs_critic:
+            with autocast:
+                critic_logits = model.critic_logits(model(filled)).float()
+            passes["critic"] += 1
+            critic_probs = torch.sigmoid(critic_logits)
+        ctx = ScoreContext(probs=logits.softmax(-1), tokens=filled, critic_logits=critic_logits, generator=gens)
+        scores = policy.score(ctx).float()
+        if not policy.needs_critic:  # a generator score means something only where the token was sampled
+            scores = torch.where(newly, scores, memory)
+            memory = scores
+        if cfg.randomness > 0:
+            scores = (1 - cfg.randomness) * scores + cfg.randomness * gens.uniform((n,)).to(device)
+        remask = _choose(step, scores, newly, editable, total, cfg, gens)
+        x = filled.masked_fill(remask, MASK_ID)
+        if record:
+            history.append(StepRecord(step, filled.cpu(), scores.cpu(), remask.cpu(),
+                                      None if critic_logits is None else critic_probs.cpu()))
+    if (x == MASK_ID).any():
+        raise CdtError("generation ended with masked positions left")  # cannot happen: the last step commits all
+    # the loop only ends once a step remasked nothing, so the last critic pass scored exactly `x`
+    return Generation(tokens=x.cpu(), critic_probs=None if critic_probs is None else critic_probs.cpu(),
+                      passes=passes, steps=history)
+
+
+def _choose(step, scores, newly, editable, total, cfg: SampleConfig, gens) -> torch.Tensor:
+    """Which positions go back to [MASK] after this step."""
+    if step == cfg.steps:
+        return torch.zeros_like(newly)
+    if cfg.commit == "threshold":
+        below = newly & (1.0 - scores < cfg.threshold)
+        best = scores.masked_fill(~newly, float("inf")).argmin(dim=1)  # the most confident new token per row
+        keep_one = torch.zeros_like(newly).scatter_(1, best[:, None], True) & newly
+        return below & ~keep_one
+    k = masked_after(step, cfg.steps, total, cfg.schedule).to(newly.device)
+    if cfg.commit == "lock":
+        return pick_worst(scores, newly, torch.minimum(k, newly.sum(1)), cfg, gens)
+    return pick_worst(scores, editable, k, cfg, gens)

@@ -1,0 +1,70 @@
+"""Remasking policies: one signature, registered by name.
+
+A policy scores every position of the filled row; a higher score means "worse, remask
+it first". Scores live in [0, 1] so `--randomness` can blend them with uniform noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from cdt.errors import UsageError
+from cdt.rng import RowGenerators
+
+
+@dataclass
+class ScoreContext:
+    probs: torch.Tensor  # (b, n, v) generator distribution after temperature/top-k/top-p
+    tokens: torch.Tensor  # (b, n) the filled row
+    critic_logits: torch.Tensor | None  # (b, n), present when the policy needs the critic
+    generator: RowGenerators
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    score: Callable[[ScoreContext], torch.Tensor]  # -> (b, n) in [0, 1], higher = remask first
+    needs_critic: bool = False
+    help: str = ""
+
+
+def _confidence(ctx):
+    return 1.0 - ctx.probs.gather(-1, ctx.tokens[..., None]).squeeze(-1)
+
+
+def _margin(ctx):
+    top2 = ctx.probs.topk(2, dim=-1).values
+    return 1.0 - (top2[..., 0] - top2[..., 1])
+
+
+def _entropy(ctx):
+    p = ctx.probs.clamp_min(1e-12)
+    h = -(p * p.log()).sum(-1)
+    return h / torch.log(torch.tensor(float(p.shape[-1])))  # normalised to [0, 1]
+
+
+def _random(ctx):
+    return ctx.generator.uniform(ctx.tokens.shape[1:])
+
+
+def _critic(ctx):
+    return torch.sigmoid(ctx.critic_logits)
+
+
+POLICIES = {p.name: p for p in (
+    Policy("random", _random, help="uniform scores: remask positions at random"),
+    Policy("confidence", _confidence, help="1 - p(sampled token): remask what the generator doubts"),
+    Policy("margin", _margin, help="1 - (p1 - p2): remask where the top two candidates are close"),
+    Policy("entropy", _entropy, help="normalised entropy of the generator's distribution"),
+    Policy("critic", _critic, needs_critic=True,
+           help="critic probability that the token is wrong (higher = more likely wrong)"),
+)}
+
+
+def get_policy(name: str) -> Policy:
+    if name not in POLICIES:
+        raise UsageError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    return POLICIES[name]

@@ -1,0 +1,46 @@
+"""`cdt sample` as a library call: checkpoint + prompt -> generated text and critic probabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cdt.checkpoint import Checkpoint
+from cdt.sampling.loop import Generation, SampleConfig, generate
+from cdt.sampling.template import prompt_template
+from cdt.train import pick_device
+
+
+@dataclass
+class SampleResult:
+    prompt: str
+    texts: list[str]  # the generated region of each row
+    region: tuple[int, int]  # [start, end) of the generated region in every row
+    critic_probs: list[list[float]] | None  # per row, per generated token: critic P(wrong)
+    generation: Generation
+    report_passes: int  # an extra critic pass for the output, when the policy did not run the critic
+
+
+def sample(ckpt: Checkpoint, prompt: str, length: int, n: int, cfg: SampleConfig, device: str = "auto",
+           record: bool = False) -> SampleResult:
+    cfg.validate()
+    dev = pick_device(device)
+    model = ckpt.build_model(dev)
+    separator = ckpt.extra.get("mask_region") == "answer"  # trained as request + separator + answer
+    ids, protected = prompt_template(ckpt.vocab, prompt, length, ckpt.config.model.block_size, n, separator)
+    gen = generate(model, ids, protected, cfg, record=record)
+    start, end = int(protected[0].sum()), ids.shape[1]
+    probs, extra = gen.critic_probs, 0
+    if probs is None and model.has_critic:
+        with torch.no_grad():
+            probs = torch.sigmoid(model.critic_logits(model(gen.tokens.to(dev)))).cpu()
+        extra = 1
+    return SampleResult(
+        prompt=prompt,
+        texts=[ckpt.vocab.decode(row[start:end]) for row in gen.tokens],
+        region=(start, end),
+        critic_probs=None if probs is None else probs[:, start:end].tolist(),
+        generation=gen,
+        report_passes=extra,
+    )

@@ -1,0 +1,111 @@
+"""`cdt sample` and `cdt eval` through the real command line."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cdt.cli import app
+from tests.test_cli import assert_one_line_error
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_sample_prints_one_line_per_row(tiny_run):
+    result = run("sample", "--checkpoint", str(tiny_run), "--prompt", "Set an alarm for 7 am", "--length", "20",
+                 "--n", "3", "--steps", "4")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and all(len(line) == 20 for line in lines)
+
+
+def test_sample_json_and_determinism(tiny_run):
+    args = ("sample", "--checkpoint", str(tiny_run / "checkpoint.pt"), "--prompt", "Weather in Oslo today",
+            "--length", "12", "--n", "2", "--steps", "4", "--policy", "critic", "--seed", "5", "--json")
+    first, second = run(*args), run(*args)
+    assert first.exit_code == 0, first.stderr
+    doc = json.loads(first.stdout)
+    assert doc == json.loads(second.stdout)
+    assert doc["passes"] == {"generator": 4, "critic": 4} and doc["report_passes"] == 0
+    assert "more likely wrong" in doc["critic_polarity"]
+    for s in doc["samples"]:
+        assert len(s["text"]) == 12 and len(s["critic_probs"]) == 12
+        assert all(0.0 <= p <= 1.0 for p in s["critic_probs"])
+
+
+def test_sample_confidence_policy_reports_critic_probs_with_one_extra_pass(tiny_run):
+    result = run("sample", "--checkpoint", str(tiny_run), "--prompt", "Hi", "--length", "8", "--steps", "4",
+                 "--schedule", "linear", "--json")
+    doc = json.loads(result.stdout)
+    assert doc["passes"] == {"generator": 4, "critic": 0} and doc["report_passes"] == 1
+    assert len(doc["samples"][0]["critic_probs"]) == 8
+
+
+def test_show_steps_plain_in_a_pipe(tiny_run):
+    result = run("sample", "--checkpoint", str(tiny_run), "--prompt", "Hi", "--length", "8", "--steps", "4",
+                 "--schedule", "linear", "--show-steps")
+    assert result.exit_code == 0
+    steps = [ln for ln in result.stderr.splitlines() if ln.strip().startswith("step")]
+    assert len(steps) == 4 and steps[0].count("_") == 6 and "_" not in steps[-1]
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["--prompt", "naïve ☃"], 1, "'☃'"),
+    (["--steps", "0"], 2, "--steps"),
+    (["--n", "0"], 2, "--n"),
+    (["--length", "5000"], 1, "exceeds the model's block size"),
+    (["--policy", "oracle"], 2, "unknown policy 'oracle'"),
+])
+def test_sample_bad_input(tiny_run, args, code, fragment):
+    result = run("sample", "--checkpoint", str(tiny_run), *args)
+    if code == 2 and fragment.startswith("--"):  # rejected by the flag parser itself
+        assert result.exit_code == 2 and "Traceback" not in result.output
+    else:
+        assert_one_line_error(result, code, fragment)
+
+
+def test_sample_missing_checkpoint_and_critic_without_critic(tmp_path):
+    assert_one_line_error(run("sample", "--checkpoint", str(tmp_path / "nope")), 1, "no checkpoint at")
+    from cdt.train import train
+    from tests.conftest import tiny_config
+    cfg = tiny_config(max_iters=2, eval_interval=2)
+    cfg.model.critic = "none"
+    train(cfg, tmp_path / "nocritic")
+    assert_one_line_error(run("sample", "--checkpoint", str(tmp_path / "nocritic"), "--policy", "critic"), 1,
+                          "trained without one")
+    ok = run("sample", "--checkpoint", str(tmp_path / "nocritic"), "--length", "5", "--json")
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["samples"][0]["critic_probs"] is None
+
+
+def test_eval_table_and_json(tiny_run):
+    result = run("eval", "--checkpoint", str(tiny_run), "--policies", "confidence,critic", "--steps", "2,4",
+                 "--n", "6", "--batch-size", "4", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    assert [(r["policy"], r["steps"]) for r in rows] == [("confidence", 2), ("confidence", 4), ("critic", 2), ("critic", 4)]
+    by = {(r["policy"], r["steps"]): r for r in rows}
+    assert by[("critic", 2)]["passes"] == 4 and by[("confidence", 4)]["passes"] == 4  # equal cost
+    for r in rows:
+        assert 0 <= r["exact"] <= r["char_acc"] <= 1 or r["exact"] == 0
+        assert 0 <= r["json_valid"] <= 1 and 0 <= r["field_acc"] <= 1
+    table = run("eval", "--checkpoint", str(tiny_run), "--policies", "confidence", "--steps", "2", "--n", "3")
+    assert table.exit_code == 0 and "passes" in table.stdout and "confidence" in table.stdout
+
+
+def test_eval_results_do_not_depend_on_batch_size(tiny_run):
+    a = run("eval", "--checkpoint", str(tiny_run), "--policies", "critic", "--steps", "3", "--n", "5",
+            "--batch-size", "5", "--json")
+    b = run("eval", "--checkpoint", str(tiny_run), "--policies", "critic", "--steps", "3", "--n", "5",
+            "--batch-size", "2", "--json")
+    ra, rb = json.loads(a.stdout)["rows"][0], json.loads(b.stdout)["rows"][0]
+    assert (ra["char_acc"], ra["exact"], ra["field_acc"]) == (rb["char_acc"], rb["exact"], rb["field_acc"])
+
+
+@pytest.mark.parametrize("args, fragment", [(["--steps", "4,x"], "comma-separated"),
+                                            (["--policies", "confidence,oracle"], "unknown policy")])
+def test_eval_bad_input(tiny_run, args, fragment):
+    assert_one_line_error(run("eval", "--checkpoint", str(tiny_run), *args), 2, fragment)

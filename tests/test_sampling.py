@@ -1,0 +1,154 @@
+"""The generation loop: every policy and commit mode, pass counts, determinism."""
+
+import pytest
+import torch
+
+from cdt.config import ModelConfig
+from cdt.errors import CdtError, UsageError
+from cdt.model import DiffusionLM
+from cdt.rng import seed_for
+from cdt.sampling import POLICIES, SampleConfig, generate
+from cdt.sampling.loop import filter_logits, masked_after
+from cdt.vocab import MASK_ID
+
+V = 24
+
+
+def model(critic="linear"):
+    torch.manual_seed(0)
+    return DiffusionLM(ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=2, block_size=40, critic=critic))
+
+
+def template(n_masks=16, prompt=(5, 6, 7, 8), rows=1):
+    ids = torch.tensor(list(prompt) + [MASK_ID] * n_masks).repeat(rows, 1)
+    protected = torch.zeros_like(ids, dtype=torch.bool)
+    protected[:, : len(prompt)] = True
+    return ids, protected
+
+
+def run(m=None, n_masks=16, rows=1, **kw):
+    ids, protected = template(n_masks, rows=rows)
+    return generate(m or model(), ids, protected, SampleConfig(**kw), record=True), ids, protected
+
+
+def committed_history(gen):
+    """Per step, the row as it stands after remasking (MASK where remasked)."""
+    return [rec.filled.masked_fill(rec.remasked, MASK_ID) for rec in gen.steps]
+
+
+def test_masked_after_schedules():
+    total = torch.tensor([16])
+    assert [int(masked_after(s, 8, total, "linear")) for s in range(1, 9)] == [14, 12, 10, 8, 6, 4, 2, 0]
+    cos = [int(masked_after(s, 8, total, "cosine")) for s in range(1, 9)]
+    assert cos[-1] == 0 and cos == sorted(cos, reverse=True) and cos[0] == 15  # slow start
+
+
+def test_filter_logits_top_k_top_p_and_specials():
+    logits = torch.log(torch.tensor([[[0.0, 0.0, 0.0, 0.5, 0.3, 0.15, 0.05]]]) + 1e-12)
+    allowed = torch.tensor([False, False, False, True, True, True, True])
+    p = filter_logits(logits, SampleConfig(top_k=2), allowed).softmax(-1)[0, 0]
+    assert (p[:3] == 0).all() and (p[5:] == 0).all() and torch.allclose(p[3:5].sum(), torch.tensor(1.0))
+    p = filter_logits(logits, SampleConfig(top_p=0.9), allowed).softmax(-1)[0, 0]
+    assert (p[3:6] > 0).all() and p[6] == 0  # 0.5 + 0.3 + 0.15 reaches 0.9; 0.05 is cut
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_every_policy_fills_every_mask_with_text_and_keeps_the_prompt(policy):
+    gen, ids, protected = run(policy=policy, steps=8)
+    assert torch.equal(gen.tokens[protected], ids[protected])
+    assert (gen.tokens[~protected] >= 3).all()  # no [MASK], [PAD] or [NULL]
+
+
+@pytest.mark.parametrize("policy, expected", [("confidence", {"generator": 8, "critic": 0}),
+                                              ("entropy", {"generator": 8, "critic": 0}),
+                                              ("critic", {"generator": 8, "critic": 8})])
+def test_pass_counts(policy, expected):
+    gen, _, _ = run(policy=policy, steps=8, schedule="linear")
+    assert gen.passes == expected
+
+
+def test_unchanged_rows_reuse_the_generator_pass():
+    # 4 masks over 8 linear steps, lock mode: every other step leaves the row as it was
+    gen, _, _ = run(n_masks=4, policy="confidence", commit="lock", steps=8, schedule="linear")
+    assert gen.passes == {"generator": 4, "critic": 0}
+
+
+def test_lock_never_changes_a_committed_token():
+    gen, _, protected = run(policy="random", commit="lock", steps=8)
+    rows = committed_history(gen) + [gen.tokens]
+    for before, after in zip(rows, rows[1:]):
+        kept = before != MASK_ID
+        assert torch.equal(after[kept], before[kept])
+
+
+def test_remask_mode_can_revise_committed_tokens():
+    gen, _, _ = run(policy="random", commit="remask", steps=12, schedule="linear")
+    rows = committed_history(gen)
+    revised = any(((b != MASK_ID) & (a == MASK_ID)).any() for b, a in zip(rows, rows[1:]))
+    assert revised
+
+
+def test_threshold_commits_at_least_one_per_step_and_all_at_once_when_easy():
+    gen, _, _ = run(policy="confidence", commit="threshold", threshold=0.999, steps=40)
+    masks_left = [int(r.remasked.sum()) for r in gen.steps]
+    assert masks_left[-1] == 0 and len(masks_left) > 1
+    assert all(before > after for before, after in zip([16] + masks_left, masks_left))  # >= 1 commit per step
+    easy, _, _ = run(policy="confidence", commit="threshold", threshold=0.0, steps=40)
+    assert easy.passes["generator"] == 1 and len(easy.steps) == 1
+
+
+def test_critic_policy_remasks_the_highest_critic_scores():
+    gen, _, protected = run(policy="critic", commit="remask", steps=6, schedule="linear")
+    for rec in gen.steps[:-1]:
+        assert torch.allclose(rec.scores, rec.critic_probs)
+        editable = ~protected
+        lowest_remasked = rec.scores[rec.remasked].min()
+        highest_kept = rec.scores[editable & ~rec.remasked].max()
+        assert lowest_remasked >= highest_kept
+    assert gen.critic_probs is not None and gen.critic_probs.shape == gen.tokens.shape
+
+
+def test_confidence_remasks_the_least_confident_new_tokens():
+    gen, _, protected = run(policy="confidence", commit="lock", steps=4, schedule="linear")
+    rec = gen.steps[0]
+    assert rec.scores[rec.remasked].min() >= rec.scores[~protected & ~rec.remasked].max()
+
+
+def test_randomness_blends_scores_with_noise():
+    plain, _, _ = run(policy="confidence", steps=4, seed=3)
+    noisy, _, _ = run(policy="confidence", steps=4, seed=3, randomness=0.4)
+    a, b = plain.steps[0].scores, noisy.steps[0].scores  # the same fill at step 1, so the same base scores
+    assert torch.equal(plain.steps[0].filled, noisy.steps[0].filled)
+    diff = b - 0.6 * a
+    assert (diff >= -1e-6).all() and (diff <= 0.4 + 1e-6).all() and not torch.allclose(a, b)
+
+
+def test_gumbel_selection_remasks_k_positions_but_not_always_the_worst():
+    gen, _, _ = run(policy="confidence", steps=4, schedule="linear", selection="gumbel", commit="remask")
+    assert [int(r.remasked.sum()) for r in gen.steps] == [12, 8, 4, 0]
+    top = lambda r: set(r.scores[0].topk(int(r.remasked.sum())).indices.tolist())
+    chosen = lambda r: set(r.remasked[0].nonzero().flatten().tolist())
+    assert any(top(r) != chosen(r) for r in gen.steps[:-1])
+
+
+def test_same_seed_same_rows_and_rows_do_not_depend_on_their_batch():
+    m = model()
+    ids, protected = template(rows=3)
+    cfg = SampleConfig(policy="critic", steps=6, seed=11)
+    batch = generate(m, ids, protected, cfg).tokens
+    assert torch.equal(batch, generate(m, ids, protected, cfg).tokens)
+    alone = generate(m, ids[1:2], protected[1:2], cfg, row_seeds=[seed_for(11, 1)]).tokens
+    assert torch.equal(alone[0], batch[1])
+    assert not torch.equal(batch[0], batch[1])  # rows draw their own noise
+
+
+def test_critic_policy_needs_a_critic_head():
+    with pytest.raises(CdtError, match="trained without one"):
+        run(m=model(critic="none"), policy="critic")
+
+
+@pytest.mark.parametrize("kw, match", [({"steps": 0}, "at least 1"), ({"policy": "oracle"}, "unknown policy"),
+                                       ({"commit": "maybe"}, "unknown commit"), ({"randomness": 2.0}, "randomness")])
+def test_bad_settings(kw, match):
+    with pytest.raises(UsageError, match=match):
+        run(**kw)
