@@ -19,6 +19,9 @@ from rich.console import Console
 
 from cdt.errors import CdtError
 
+EXAMPLE_PROMPT = "Set an alarm for 7:30 pm called gym"
+EXAMPLE_ANSWER = '{"name": "set_alarm", "arguments": {"time": "19:30", "label": "gym"}}'
+
 app = typer.Typer(
     help="Masked diffusion language models with a learned token critic.",
     no_args_is_help=True,
@@ -99,7 +102,14 @@ def train(
     if out is None:
         out = Path("runs") / f"{preset or 'small'}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = run_train(cfg, out, resume=resume, reporter=None if json_out else TrainProgress(err_console))
-    next_commands = [f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # keep training"]
+    next_commands = [
+        f"cdt eval --checkpoint {out} --n 128   # compare remasking policies on held-out answers",
+        f"cdt sample --checkpoint {out} --prompt {EXAMPLE_PROMPT!r} --length {len(EXAMPLE_ANSWER)} --policy critic",
+        f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # keep training",
+    ] if cfg.data.source == "toolcalls" else [
+        f"cdt sample --checkpoint {out} --prompt 'The ' --length 64",
+        f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # keep training",
+    ]
     if json_out:
         doc = asdict(result)
         doc.update(run_dir=str(out), checkpoint=str(result.checkpoint), config=cfg.to_dict())

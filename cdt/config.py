@@ -59,6 +59,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     schedule: str = "loglinear"  # loglinear | linear | cosine
     antithetic: bool = True  # stratified t over the batch, lower-variance NELBO
+    loss_weighting: str = "nelbo"  # nelbo: w(t)-weighted (MDLM); flat: mean cross-entropy over masked tokens
     critic_scope: str = "masked"  # masked | masked+context
     critic_alpha_start: float = 0.1  # critic loss weight before warm-up ...
     critic_alpha_end: float = 1.0  # ... and after it
@@ -94,6 +95,7 @@ CHOICES = {
     "model.critic": ("none", "linear", "mlp"),
     "data.mask_region": ("auto", "answer", "all"),
     "train.schedule": ("loglinear", "linear", "cosine"),
+    "train.loss_weighting": ("nelbo", "flat"),
     "train.critic_scope": ("masked", "masked+context"),
     "train.device": ("auto", "cpu", "cuda"),
 }

@@ -111,7 +111,10 @@ def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with autocast:
         logits = model.generator_logits(model(noisy))
-    gen_loss = diffusion_nelbo(logits, clean, masked, schedule.weight(t), maskable.sum())
+    if cfg.loss_weighting == "flat":  # every masked token counts the same, whatever its t
+        gen_loss = diffusion_nelbo(logits, clean, masked, torch.ones_like(t), masked.sum())
+    else:
+        gen_loss = diffusion_nelbo(logits, clean, masked, schedule.weight(t), maskable.sum())
     if not model.has_critic:
         return StepOutput(gen_loss, None, noisy, masked, maskable, logits, None, None)
     art = build_critic_artifacts(noisy, logits.detach(), clean, temperature=cfg.fill_temperature,
@@ -143,9 +146,10 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
         t = sample_t(len(batch.ids), gen, cfg.train.antithetic)
         out = diffusion_step(model, batch, t, schedule, cfg.train, region, gen, device)
         tokens = int(out.maskable.sum())
-        nelbo += float(out.gen_loss) * tokens
-        n_tok += tokens
         clean = batch.ids.to(device)
+        # always the NELBO, whatever weighting training uses, so bits/char stay comparable
+        nelbo += float(diffusion_nelbo(out.logits, clean, out.masked, schedule.weight(t), tokens)) * tokens
+        n_tok += tokens
         correct += int((out.logits.argmax(-1) == clean)[out.masked].sum())
         n_masked += int(out.masked.sum())
         if out.critic_logits is not None:

@@ -19,3 +19,14 @@ def test_train_throughput_prints_its_figures():
         assert doc[part]["positions_per_s"] > 0 and 0 < doc[part]["mfu"] < 1.5
     assert doc["critic_step_cost_ratio"] > 1.0  # the critic pass is never free
     print(json.dumps(doc, indent=2))
+
+
+@pytest.mark.slow
+def test_sample_throughput_prints_its_figures():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sample_throughput.py"), "--preset", "tiny",
+                           "--rows", "8", "--steps", "4", "--batches", "1,8"], capture_output=True, text=True,
+                          timeout=600, check=True)
+    doc = json.loads(proc.stdout)
+    assert doc["results"]["confidence@1"]["passes_per_step"] == 1.0
+    assert doc["results"]["critic@8"]["passes_per_step"] == 2.0
+    print(json.dumps(doc, indent=2))

@@ -152,3 +152,25 @@ def test_resume_of_a_finished_run_asks_for_more_steps(tiny_run):
     from cdt.errors import UsageError
     with pytest.raises(UsageError, match="pass --max-iters above 30"):
         train(tiny_config(), tiny_run, resume=True)
+
+
+def test_validation_nelbo_does_not_depend_on_the_training_weighting():
+    from cdt.data import load_corpus
+    from cdt.model import DiffusionLM
+    from cdt.train import evaluate
+
+    cfg = tiny_config()
+    corpus = load_corpus("toolcalls", cfg.model.block_size, 400)
+    cfg.model.vocab_size = len(corpus.vocab)
+    torch.manual_seed(0)
+    model = DiffusionLM(cfg.model)
+    nelbo = evaluate(model, corpus, cfg, torch.device("cpu"))
+    cfg.train.loss_weighting = "flat"
+    flat = evaluate(model, corpus, cfg, torch.device("cpu"))
+    assert nelbo["val_nelbo"] == flat["val_nelbo"] and nelbo["answer_acc"] == flat["answer_acc"]
+
+
+def test_flat_weighting_trains(tmp_path):
+    result = train(tiny_config(max_iters=20, eval_interval=10, loss_weighting="flat"), tmp_path / "run")
+    e = evals(tmp_path / "run")
+    assert result.step == 20 and e[-1]["val_nelbo"] < e[0]["val_nelbo"]
