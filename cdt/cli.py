@@ -107,7 +107,7 @@ def train(
         f"cdt sample --checkpoint {out} --prompt {EXAMPLE_PROMPT!r} --length {len(EXAMPLE_ANSWER)} --policy critic",
         f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # keep training",
     ] if cfg.data.source == "toolcalls" else [
-        f"cdt sample --checkpoint {out} --prompt 'The ' --length 64",
+        f"cdt sample --checkpoint {out} --length 64",
         f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # keep training",
     ]
     if json_out:

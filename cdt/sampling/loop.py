@@ -107,7 +107,7 @@ def pick_worst(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, 
     """(b, n) bool: per row, the k candidates to remask (highest score, or Gumbel-top-k sampled)."""
     keys = scores.double()
     if cfg.selection == "gumbel":  # sampling without replacement with probability proportional to score
-        u = gens.uniform(scores.shape[1:], torch.float64).clamp(1e-300, 1 - 1e-16)
+        u = gens.uniform(scores.shape[1:], torch.float64).clamp(1e-300, 1 - 1e-16).to(keys.device)
         keys = keys.clamp_min(1e-12).log() - torch.log(-torch.log(u))
     keys = keys.masked_fill(~candidates, float("-inf"))
     rank = keys.argsort(dim=1, descending=True).argsort(dim=1)

@@ -47,7 +47,7 @@ def _entropy(ctx):
 
 
 def _random(ctx):
-    return ctx.generator.uniform(ctx.tokens.shape[1:])
+    return ctx.generator.uniform(ctx.tokens.shape[1:]).to(ctx.tokens.device)
 
 
 def _critic(ctx):
