@@ -20,6 +20,7 @@ def _num(x, fmt=".3f") -> str:
 
 def eval_line(r: dict) -> str:
     return (f"step {r['step']}: val bpc {_num(r['val_bpc'])} · answer acc {_pct(r['answer_acc'])}"
+            + (f" · value acc {_pct(r['value_acc'])}" if r.get("value_acc") is not None else "")
             + (f" · critic AUROC {_num(r.get('critic_auroc'))} (masked only {_num(r.get('critic_auroc_masked'))})"
                if "critic_auroc" in r else ""))
 
@@ -73,7 +74,9 @@ def train_summary(result, next_commands: list[str]) -> Text:
     e = result.final_eval
     if e:
         rows.append(("generator", f"validation bits/char {_num(e['val_bpc'])} · "
-                                  f"answer-character accuracy {_pct(e['answer_acc'])} (t ~ U(0,1))"))
+                                  f"answer-character accuracy {_pct(e['answer_acc'])} (t ~ U(0,1))"
+                                  + (f" · values restored {_pct(e['value_acc'])} (one masked at a time)"
+                                     if e.get("value_acc") is not None else "")))
         if "critic_auroc" in e:
             rows.append(("critic", f"AUROC {_num(e['critic_auroc'])} on answer positions, "
                                    f"{_num(e['critic_auroc_masked'])} on filled positions only · "

@@ -26,16 +26,17 @@ import torch
 from cdt import checkpoint
 from cdt.artifacts import build_critic_artifacts, CriticArtifacts
 from cdt.config import RunConfig, TrainConfig, to_yaml
-from cdt.data import Batch, Corpus, load_corpus
+from cdt.data import SEPARATOR, Batch, Corpus, load_corpus
 from cdt.errors import CdtError, UsageError
 from cdt.losses import critic_bce, diffusion_nelbo
 from cdt.metrics import auroc
 from cdt.model import DiffusionLM
 from cdt.noise import Schedule, corrupt, get_schedule, sample_t
 from cdt.rng import seed_for
-from cdt.vocab import PAD_ID
+from cdt.vocab import MASK_ID, PAD_ID
 
 METRICS_NAME, CONFIG_NAME = "metrics.jsonl", "config.yaml"
+VALUE_RECORDS = 64  # held-out records probed for value accuracy at each evaluation
 
 
 # helpers
@@ -133,7 +134,7 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
     """Validation figures, generator and critic kept apart (never mixed into one loss).
 
     val_bpc: generator NELBO in bits per maskable character. answer_acc: greedy accuracy on
-    masked characters at t ~ U(0, 1). critic_auroc: over every non-[PAD] maskable (answer)
+    masked characters at t ~ U(0, 1). value_acc: see `value_accuracy`. critic_auroc: over every non-[PAD] maskable (answer)
     position of the filled row; critic_auroc_masked: over the filled positions only (harder).
     """
     was_training = model.training
@@ -156,8 +157,10 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
             p = torch.sigmoid(out.critic_logits)
             probs.append(p[out.maskable].cpu()), wrong.append(out.artifacts.critic_target[out.maskable].cpu())
             probs_m.append(p[out.masked].cpu()), wrong_m.append(out.artifacts.critic_target[out.masked].cpu())
+    values = value_accuracy(model, corpus.records[:VALUE_RECORDS], corpus.vocab, device) if corpus.records else None
     model.train(was_training)
     result = {
+        "value_acc": values,
         "val_nelbo": nelbo / max(n_tok, 1),
         "val_bpc": nelbo / max(n_tok, 1) / math.log(2),
         "answer_acc": correct / max(n_masked, 1),
@@ -174,6 +177,38 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
             "fill_error_rate": float(ym.mean()) if ym.size else None,
         })
     return result
+
+
+@torch.no_grad()
+def value_accuracy(model: DiffusionLM, records: list, vocab, device: torch.device, batch_size: int = 128) -> float | None:
+    """Share of argument values restored exactly when each value alone is masked (greedy).
+
+    The rest of the answer stays visible, so structure cannot carry the score: this asks
+    whether the generator copies and transforms values from the request.
+    """
+    rows, spans = [], []
+    for r in records:
+        text = r.prompt + SEPARATOR + r.answer
+        for key, value in r.arguments.items():
+            val = json.dumps(value, ensure_ascii=False)
+            start = len(r.prompt) + 1 + r.answer.index(f'"{key}": {val}') + len(f'"{key}": ')
+            rows.append(vocab.encode(text))
+            spans.append((start, start + len(val)))
+    if not rows:
+        return None
+    right = 0
+    for lo in range(0, len(rows), batch_size):
+        chunk, chunk_spans = rows[lo : lo + batch_size], spans[lo : lo + batch_size]
+        width = max(len(x) for x in chunk)
+        clean = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
+        for i, x in enumerate(chunk):
+            clean[i, : len(x)] = torch.tensor(x)
+        noisy = clean.clone()
+        for i, (a, b) in enumerate(chunk_spans):
+            noisy[i, a:b] = MASK_ID
+        pred = model.generator_logits(model(noisy.to(device))).argmax(-1).cpu()
+        right += sum(bool(torch.equal(pred[i, a:b], clean[i, a:b])) for i, (a, b) in enumerate(chunk_spans))
+    return right / len(rows)
 
 
 # the loop

@@ -175,3 +175,39 @@ def test_flat_weighting_trains(tmp_path):
     result = train(tiny_config(max_iters=20, eval_interval=10, loss_weighting="flat"), tmp_path / "run")
     e = evals(tmp_path / "run")
     assert result.step == 20 and e[-1]["val_nelbo"] < e[0]["val_nelbo"]
+
+
+class LookupModel(torch.nn.Module):
+    """A stand-in generator: fills masks from known clean rows (oracle) or with one character."""
+
+    def __init__(self, rows_by_prompt, sep_id, constant=None, vocab_size=120):
+        super().__init__()
+        self.rows, self.sep, self.constant, self.v = rows_by_prompt, sep_id, constant, vocab_size
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids):
+        return ids
+
+    def generator_logits(self, ids):
+        out = torch.zeros(*ids.shape, self.v)
+        for i, row in enumerate(ids):
+            head = tuple(row[: row.tolist().index(self.sep) + 1].tolist())
+            truth = self.rows[head] if self.constant is None else [self.constant] * len(row)
+            for j, tok in enumerate(truth[: len(row)]):
+                out[i, j, tok] = 1.0
+        return out
+
+
+def test_value_accuracy_against_an_oracle_and_a_constant_guess():
+    from cdt.data import SEPARATOR, load_corpus
+    from cdt.train import value_accuracy
+
+    corpus = load_corpus("toolcalls", 256, 300)
+    records, vocab = corpus.records[:10], corpus.vocab
+    sep = vocab.encode(SEPARATOR)[0]
+    rows = {tuple(vocab.encode(r.prompt + SEPARATOR)): vocab.encode(r.prompt + SEPARATOR + r.answer) for r in records}
+    n_fields = sum(len(r.arguments) for r in records)
+    assert value_accuracy(LookupModel(rows, sep, vocab_size=len(vocab)), records, vocab, torch.device("cpu"), 7) == 1.0
+    guess = LookupModel(rows, sep, constant=vocab.encode("x")[0], vocab_size=len(vocab))
+    assert value_accuracy(guess, records, vocab, torch.device("cpu")) == 0.0
+    assert n_fields > 20
