@@ -22,15 +22,8 @@ from cdt.data import load_corpus
 from cdt.model import DiffusionLM
 from cdt.rng import seed_for
 from cdt.sampling import SampleConfig, generate
-from cdt.vocab import MASK_ID, PAD_ID
-
-
-def rows(corpus, n: int):
-    ids = torch.from_numpy(corpus.val.ids[:n].astype("int64"))
-    answer = torch.from_numpy(corpus.val.maskable[:n].copy())
-    width = int((ids != PAD_ID).sum(1).max())
-    ids, answer = ids[:, :width], answer[:, :width]
-    return ids.masked_fill(answer, MASK_ID), ~answer
+from cdt.sampling.template import answer_templates
+from cdt.vocab import MASK_ID
 
 
 def main():
@@ -52,7 +45,7 @@ def main():
         cfg.model.vocab_size = len(corpus.vocab)
         torch.manual_seed(0)
         model = DiffusionLM(cfg.model).eval()
-    template, protected = rows(corpus, args.rows)
+    _, template, protected = answer_templates(corpus, args.rows)
     results = {}
     for policy in args.policies.split(","):
         for b in (int(x) for x in args.batches.split(",")):

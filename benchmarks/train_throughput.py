@@ -20,7 +20,8 @@ from cdt.config import resolve
 from cdt.data import load_corpus
 from cdt.model import DiffusionLM
 from cdt.noise import get_schedule, sample_t
-from cdt.train import diffusion_step, pick_device
+from cdt.device import pick_device
+from cdt.train import diffusion_step
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, sizes=(1024, 2048, 1024, 2048), repeats: int = 10) -> float:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from cdt.rng import RowGenerators
-from cdt.vocab import MASK_ID, NULL_ID, PAD_ID
+from cdt.vocab import MASK_ID, PAD_ID, emittable
 
 SCOPES = ("masked", "masked+context")
 
@@ -63,9 +63,7 @@ def build_critic_artifacts(noisy: torch.Tensor, logits: torch.Tensor, clean: tor
     if scope not in SCOPES:
         raise ValueError(f"unknown critic scope {scope!r}; choose from {', '.join(SCOPES)}")
     filled = noisy == MASK_ID
-    allowed = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    allowed[[MASK_ID, PAD_ID]] = False
-    allowed[NULL_ID] = allow_null
+    allowed = emittable(logits.shape[-1], allow_null, logits.device)
     critic_input = noisy.clone()
     noise = _fill_noise(filled, logits.shape[-1], generator) if temperature > 0 else None
     critic_input[filled] = sample_tokens(logits[filled], temperature, noise, allowed)  # only (m, v) rows

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cdt.config import ModelConfig
-from cdt.vocab import MASK_ID, PAD_ID
+from cdt.vocab import PAD_ID, emittable
 
 
 # helpers
@@ -95,9 +95,8 @@ class DiffusionLM(nn.Module):
         else:
             self.critic = None
         self.register_buffer("rotary", rotary_table(cfg.block_size, cfg.d_model // cfg.n_heads), persistent=False)
-        never = torch.zeros(cfg.vocab_size, dtype=torch.bool)
-        never[[MASK_ID, PAD_ID]] = True  # the generator can never propose these
-        self.register_buffer("never_emit", never, persistent=False)
+        # the generator can never propose [MASK] or [PAD] ([NULL] stays possible for scaffolds)
+        self.register_buffer("never_emit", ~emittable(cfg.vocab_size, allow_null=True), persistent=False)
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled residual projections (GPT-2)
             if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):

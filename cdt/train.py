@@ -12,7 +12,6 @@ alone writes files; other ranks only compute (torchrun support builds on this).
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 import math
 import os
 import signal
@@ -27,6 +26,7 @@ from cdt import checkpoint
 from cdt.artifacts import build_critic_artifacts, CriticArtifacts
 from cdt.config import RunConfig, TrainConfig, to_yaml
 from cdt.data import SEPARATOR, Batch, Corpus, load_corpus
+from cdt.device import autocast, pick_device
 from cdt.errors import CdtError, UsageError
 from cdt.losses import critic_bce, diffusion_nelbo
 from cdt.metrics import auroc
@@ -57,14 +57,6 @@ def dist_info() -> DistInfo:
     """Rank and world size as torchrun sets them (defaults: one process)."""
     env = os.environ
     return DistInfo(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CdtError("--device cuda was asked for, but CUDA is not available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -109,8 +101,7 @@ def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: 
     clean = batch.ids.to(device, non_blocking=True)
     maskable = batch.maskable.to(device, non_blocking=True) if region == "answer" else clean != PAD_ID
     noisy, masked = corrupt(clean, maskable, t, schedule, generator)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    with autocast:
+    with autocast(device):
         logits = model.generator_logits(model(noisy))
     if cfg.loss_weighting == "flat":  # every masked token counts the same, whatever its t
         gen_loss = diffusion_nelbo(logits, clean, masked, torch.ones_like(t), masked.sum())
@@ -120,7 +111,7 @@ def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: 
         return StepOutput(gen_loss, None, noisy, masked, maskable, logits, None, None)
     art = build_critic_artifacts(noisy, logits.detach(), clean, temperature=cfg.fill_temperature,
                                  scope=cfg.critic_scope, generator=generator)
-    with autocast:
+    with autocast(device):
         critic_logits = model.critic_logits(model(art.critic_input)).float()
     return StepOutput(gen_loss, critic_bce(critic_logits, art.critic_target, art.critic_valid), noisy, masked,
                       maskable, logits, art, critic_logits)

@@ -18,6 +18,14 @@ SPECIALS = (MASK, PAD, NULL)
 MASK_ID, PAD_ID, NULL_ID = 0, 1, 2
 
 
+def emittable(vocab_size: int, allow_null: bool = False, device=None) -> torch.Tensor:
+    """(v,) bool: ids a sampler may write into text. Never [MASK]/[PAD]; [NULL] only in scaffolds."""
+    ok = torch.ones(vocab_size, dtype=torch.bool, device=device)
+    ok[MASK_ID] = ok[PAD_ID] = False
+    ok[NULL_ID] = allow_null
+    return ok
+
+
 @dataclass(frozen=True)
 class Vocab:
     chars: tuple[str, ...]
@@ -71,11 +79,7 @@ class Vocab:
         return "".join(out)
 
     def emittable(self, allow_null: bool = False) -> torch.Tensor:
-        """(v,) bool: ids a sampler may write into text. Never [MASK]/[PAD]; [NULL] only in scaffolds."""
-        ok = torch.ones(len(self), dtype=torch.bool)
-        ok[MASK_ID] = ok[PAD_ID] = False
-        ok[NULL_ID] = allow_null
-        return ok
+        return emittable(len(self), allow_null)
 
     def to_dict(self) -> dict:
         return {"chars": "".join(self.chars)}

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from cdt.errors import CdtError
 from cdt.vocab import MASK_ID, NULL_ID, PAD_ID, Vocab

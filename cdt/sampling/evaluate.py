@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
 
 from cdt.checkpoint import Checkpoint
 from cdt.data import SEPARATOR, load_corpus
@@ -17,8 +16,9 @@ from cdt.data.toolcalls import check_answer
 from cdt.errors import CdtError
 from cdt.rng import seed_for
 from cdt.sampling.loop import SampleConfig, generate
-from cdt.train import pick_device
-from cdt.vocab import MASK_ID, PAD_ID
+from cdt.device import pick_device
+from cdt.sampling.template import answer_templates
+from cdt.vocab import PAD_ID
 
 
 @dataclass
@@ -28,8 +28,8 @@ class EvalRow:
     passes: float  # trunk passes per generation (generator + critic), mean over batches
     char_acc: float  # share of masked characters restored exactly
     exact: float  # share of rows whose whole masked region is right
-    json_valid: float | None  # toolcalls: share of answers that parse as JSON
-    field_acc: float | None  # toolcalls: share of argument values (and tool names) right
+    json_valid: float  # share of answers that parse as JSON
+    field_acc: float  # share of argument values (and tool names) right
     seconds: float
 
 
@@ -42,12 +42,7 @@ def heldout_rows(ckpt: Checkpoint, n: int):
     if corpus.vocab != ckpt.vocab:
         raise CdtError("the toolcalls corpus no longer matches this checkpoint's vocabulary")
     records = corpus.records[:n]
-    clean = torch.from_numpy(corpus.val.ids[: len(records)].astype("int64"))
-    answer = torch.from_numpy(corpus.val.maskable[: len(records)].copy())
-    width = int((clean != PAD_ID).sum(1).max())
-    clean, answer = clean[:, :width], answer[:, :width]
-    protected = ~answer
-    return clean, clean.masked_fill(answer, MASK_ID), protected, records
+    return (*answer_templates(corpus, len(records)), records)
 
 
 def evaluate_policies(ckpt: Checkpoint, policies: list[str], steps_list: list[int], n: int, batch_size: int,

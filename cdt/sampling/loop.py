@@ -13,7 +13,6 @@ whose confidence clears a threshold, at least one per row and step, Fast-dLLM-st
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +22,8 @@ from cdt.errors import CdtError, UsageError
 from cdt.model import DiffusionLM
 from cdt.rng import RowGenerators, seed_for
 from cdt.sampling.policies import ScoreContext, get_policy
-from cdt.vocab import MASK_ID, NULL_ID, PAD_ID
+from cdt.device import autocast
+from cdt.vocab import MASK_ID, emittable
 
 COMMITS = ("remask", "lock", "threshold")
 SCHEDULES = ("linear", "cosine")
@@ -136,19 +136,16 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
     x = ids.to(device).clone()
     editable = (x == MASK_ID) & ~protected.to(device)  # the region this call may write
     total = editable.sum(1)
-    allowed = torch.ones(model.cfg.vocab_size, dtype=torch.bool, device=device)
-    allowed[[MASK_ID, PAD_ID]] = False
-    allowed[NULL_ID] = allow_null
+    allowed = emittable(model.cfg.vocab_size, allow_null, device)
     memory = torch.zeros(b, n, device=device)  # confidence-like scores are kept from the step that sampled
     passes = {"generator": 0, "critic": 0}
     cache_in, cache_logits, critic_probs, history = None, None, None, []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     for step in range(1, cfg.steps + 1):
         newly = x == MASK_ID
         if not newly.any():
             break
         if cache_in is None or not torch.equal(x, cache_in):
-            with autocast:
+            with autocast(device):
                 cache_logits = model.generator_logits(model(x)).float()
             cache_in = x.clone()
             passes["generator"] += 1
@@ -158,7 +155,7 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
         filled = art.critic_input
         critic_logits = None
         if policy.needs_critic:
-            with autocast:
+            with autocast(device):
                 critic_logits = model.critic_logits(model(filled)).float()
             passes["critic"] += 1
             critic_probs = torch.sigmoid(critic_logits)

@@ -9,7 +9,7 @@ import torch
 from cdt.checkpoint import Checkpoint
 from cdt.sampling.loop import Generation, SampleConfig, generate
 from cdt.sampling.template import prompt_template
-from cdt.train import pick_device
+from cdt.device import pick_device
 
 
 @dataclass

@@ -6,7 +6,16 @@ import torch
 
 from cdt.data import SEPARATOR
 from cdt.errors import CdtError
-from cdt.vocab import MASK_ID, Vocab
+from cdt.vocab import MASK_ID, PAD_ID, Vocab
+
+
+def answer_templates(corpus, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first n held-out rows of a prompted corpus: (clean, template with the answer masked, protected)."""
+    clean = torch.from_numpy(corpus.val.ids[:n].astype("int64"))
+    answer = torch.from_numpy(corpus.val.maskable[:n].copy())
+    width = int((clean != PAD_ID).sum(1).max())  # trim the shared padding
+    clean, answer = clean[:, :width], answer[:, :width]
+    return clean, clean.masked_fill(answer, MASK_ID), ~answer
 
 
 def prompt_template(vocab: Vocab, prompt: str, length: int, block_size: int, n: int = 1,
