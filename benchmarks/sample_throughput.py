@@ -22,7 +22,7 @@ from cdt.data import load_corpus
 from cdt.model import DiffusionLM
 from cdt.rng import seed_for
 from cdt.sampling import SampleConfig, generate
-from cdt.sampling.template import answer_templates
+from cdt.sampling.template import heldout_templates
 from cdt.vocab import MASK_ID
 
 
@@ -45,7 +45,7 @@ def main():
         cfg.model.vocab_size = len(corpus.vocab)
         torch.manual_seed(0)
         model = DiffusionLM(cfg.model).eval()
-    _, template, protected = answer_templates(corpus, args.rows)
+    _, template, protected = heldout_templates(corpus, args.rows)
     results = {}
     for policy in args.policies.split(","):
         for b in (int(x) for x in args.batches.split(",")):

@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cdt.errors import CdtError
 
@@ -42,7 +43,7 @@ def _root() -> None:
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -59,6 +60,11 @@ def friendly_errors(fn):
             raise fail("interrupted", 1) from None
 
     return wrapper
+
+
+def warn(message: str | None) -> None:
+    if message:
+        err_console.print(f"[bold yellow]warning:[/bold yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def emit_json(doc: dict) -> None:
@@ -104,10 +110,12 @@ def train(
     result = run_train(cfg, out, resume=resume, reporter=None if json_out else TrainProgress(err_console))
     next_commands = [
         f"cdt eval --checkpoint {out} --n 128   # compare remasking policies on held-out answers",
+        f"cdt calibrate --checkpoint {out} --n-samples 200   # can the critic's P(wrong) be trusted?",
         f"cdt sample --checkpoint {out} --prompt {EXAMPLE_PROMPT!r} --length {len(EXAMPLE_ANSWER)} --policy critic",
         f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # keep training",
     ] if cfg.data.source == "toolcalls" else [
         f"cdt sample --checkpoint {out} --length 64",
+        f"cdt calibrate --checkpoint {out} --n-samples 200   # can the critic's P(wrong) be trusted?",
         f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # keep training",
     ]
     if json_out:
@@ -128,8 +136,8 @@ def sample(
     prompt: str = typer.Option("", help="Protected text; for toolcalls models, the request."),
     length: int = typer.Option(96, min=1, help="Characters to generate after the prompt."),
     n: int = typer.Option(1, "--n", min=1, help="Rows generated in one batch (each with its own seeded draws)."),
-    steps: int = typer.Option(16, min=1, help="Denoising steps."),
-    policy: str = typer.Option("confidence", help="Remasking policy: random, confidence, margin, entropy, critic."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps [default: the checkpoint's sample.steps, 16]."),
+    policy: str = typer.Option("confidence", help="Remasking policy: random, confidence, margin, entropy, critic, critic-calibrated."),
     commit: str = typer.Option("remask", help="remask (committed tokens may be remasked), lock (final once "
                                                "committed), threshold (commit all above --threshold)."),
     threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="threshold mode: confidence (1 - score) needed to commit."),
@@ -153,12 +161,15 @@ def sample(
     from cdt.sampling.loop import SampleConfig
     from cdt.sampling.run import sample as run_sample
 
-    cfg = SampleConfig(steps=steps, policy=policy, commit=commit, threshold=threshold, schedule=schedule,
+    cfg = SampleConfig(steps=steps or 1, policy=policy, commit=commit, threshold=threshold, schedule=schedule,
                        temperature=temperature, top_k=top_k, top_p=top_p, randomness=randomness,
                        selection=selection, seed=seed)
     cfg.validate()
     ckpt = ckpt_mod.load(checkpoint)
+    cfg.steps = steps or ckpt.config.sample.steps
     result = run_sample(ckpt, prompt, length, n, cfg, device=device, record=show_steps)
+    for w in result.warnings:
+        warn(w)
     if show_steps:
         err_console.print(trajectory(result, ckpt.vocab, plain=not err_console.is_terminal), soft_wrap=True,
                           highlight=False)
@@ -192,7 +203,10 @@ def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint file, or the run directory that holds it."),
     policies: str = typer.Option("confidence,critic", help="Comma-separated policies to compare."),
     steps: str = typer.Option("8,16,32", help="Comma-separated step counts."),
-    n: int = typer.Option(256, "--n", min=1, help="Held-out records (their answers are masked and infilled)."),
+    n: int = typer.Option(256, "--n", min=1, help="Held-out rows to infill (toolcalls records or text windows)."),
+    mask: Optional[str] = typer.Option(None, help="Region to infill: answer (toolcalls default), random (each "
+                                                  "position with p = --mask-ratio), span (one run; text default)."),
+    mask_ratio: float = typer.Option(0.3, min=0.0, max=1.0, help="random/span: share of maskable positions masked."),
     batch_size: int = typer.Option(64, min=1, help="Rows per generation batch (results do not depend on it)."),
     commit: str = typer.Option("remask", help="remask | lock | threshold."),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
@@ -200,16 +214,19 @@ def eval_cmd(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document with every row of the table."),
 ):
-    """Compare remasking policies on held-out toolcalls answers.
+    """Compare remasking policies by infilling held-out validation rows.
 
     Rows are ordered by trunk passes, so policies at equal cost stand together
-    (critic at T steps spends as many passes as confidence at 2T).
+    (critic at T steps spends as many passes as confidence at 2T). JSON validity and
+    field accuracy are reported for toolcalls checkpoints.
     """
     from rich.progress import Progress
 
+    from cdt import calibration_map
     from cdt import checkpoint as ckpt_mod
     from cdt.render import eval_table
     from cdt.sampling.evaluate import evaluate_policies
+    from cdt.sampling.heldout import load_heldout
     from cdt.sampling.loop import SampleConfig
 
     policy_list, steps_list = _csv(policies, str, "--policies"), _csv(steps, int, "--steps")
@@ -219,15 +236,149 @@ def eval_cmd(
     if min(steps_list) < 1:
         raise fail("--steps must be at least 1", 2)
     ckpt = ckpt_mod.load(checkpoint)
+    held = load_heldout(ckpt, n, mask, mask_ratio, seed)
+    for p in policy_list:
+        warn(calibration_map.for_policy(ckpt.path.parent, p)[1])
     with Progress(console=err_console, disable=not err_console.is_terminal, transient=True) as progress:
         task = progress.add_task("eval", total=len(policy_list) * len(steps_list) * n)
-        rows = evaluate_policies(ckpt, policy_list, steps_list, n, batch_size, base, device,
+        rows = evaluate_policies(ckpt, held, policy_list, steps_list, batch_size, base, device,
                                  on_batch=lambda k: progress.advance(task, k))
     if json_out:
-        emit_json({"checkpoint": str(ckpt.path), "n": n, "commit": commit, "temperature": temperature,
-                   "rows": [asdict(r) for r in rows]})
+        emit_json({"checkpoint": str(ckpt.path), "n": n, "mask": held.masking,
+                   "mask_ratio": None if held.masking == "answer" else mask_ratio,
+                   "commit": commit, "temperature": temperature, "rows": [asdict(r) for r in rows]})
     else:
-        out_console.print(eval_table(rows, n))
+        out_console.print(eval_table(rows, n, held.masking, mask_ratio))
+
+
+@app.command()
+@friendly_errors
+def calibrate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint file, or the run directory that holds it."),
+    n_samples: int = typer.Option(500, "--n-samples", min=1, help="Generations to score (held-out prompts x --samples-per-prompt)."),
+    samples_per_prompt: int = typer.Option(1, "--samples-per-prompt", min=1, help="Seeded generations per prompt (for pairwise work)."),
+    mode: str = typer.Option("generate", help="generate: full generations; step: one training-style step at random t."),
+    policy: str = typer.Option("critic", help="Remasking policy of the generations."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps [default: the checkpoint's sample.steps]."),
+    temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
+    mask: Optional[str] = typer.Option(None, help="Region to generate: answer (toolcalls default), random, span (text default)."),
+    mask_ratio: float = typer.Option(0.3, min=0.0, max=1.0, help="random/span: share of maskable positions masked."),
+    buckets: int = typer.Option(20, min=1, help="Reliability buckets."),
+    binning: str = typer.Option("uniform", help="uniform: equal-width buckets; quantile: equal token counts."),
+    top: int = typer.Option(5, min=1, help="A sample's score = mean of its top-N token critic probabilities."),
+    fit: Optional[str] = typer.Option(None, help="Recalibrate: temperature | isotonic (fit on half, ECE on the other half)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Scores file (JSON lines) [default: RUN/calibration_scores.jsonl]."),
+    plot: Optional[Path] = typer.Option(None, help="Draw the reliability diagram to this PNG (needs matplotlib)."),
+    batch_size: int = typer.Option(32, min=1, help="Generations per batch (results do not depend on it)."),
+    seed: int = typer.Option(0, help="Seed of the masks and generations."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
+):
+    """Measure how far the critic can be trusted: one generation per held-out sample.
+
+    Writes into the run directory the per-sample scores (input of `cdt sweep-tau`), the
+    report, and a calibration map (critic P(wrong) -> observed error rate) that the
+    `critic-calibrated` policy uses. Critic probabilities: higher = more likely wrong.
+    """
+    from dataclasses import asdict
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from cdt import checkpoint as ckpt_mod
+    from cdt.calibrate import REPORT_NAME, SCORES_NAME, CalibrateSettings, calibrate as run_calibrate
+    from cdt.checkpoint import atomic_write
+    from cdt.plot import reliability_diagram, require_matplotlib
+    from cdt.render import calibration_summary, reliability_table
+    from cdt.sampling.loop import SampleConfig
+
+    cfg = CalibrateSettings(n_samples=n_samples, samples_per_prompt=samples_per_prompt, mode=mode, policy=policy,
+                            steps=steps, temperature=temperature, masking=mask, mask_ratio=mask_ratio,
+                            buckets=buckets, binning=binning, top=top, fit=fit, batch_size=batch_size, seed=seed,
+                            device=device)
+    cfg.validate()
+    SampleConfig(policy=policy).validate()
+    if plot is not None:
+        require_matplotlib()
+    ckpt = ckpt_mod.load(checkpoint)
+    run_dir = ckpt.path.parent
+    with Progress(TextColumn("[bold]calibrate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console, disable=not err_console.is_terminal, transient=True) as progress:
+        task = progress.add_task("calibrate", total=n_samples)
+        result = run_calibrate(ckpt, cfg, out or run_dir / SCORES_NAME, run_dir,
+                               on_samples=lambda k: progress.advance(task, k))
+    for w in result.warnings:
+        warn(w)
+    doc = asdict(result)
+    doc["critic_polarity"] = "probability that the token is wrong (higher = more likely wrong)"
+    doc["settings"] = asdict(cfg)
+    report_path = run_dir / REPORT_NAME
+    atomic_write(report_path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8"))
+    if plot is not None:
+        reliability_diagram(result.tokens, plot, f"critic reliability · {run_dir.name}")
+    if json_out:
+        emit_json(doc | {"report_path": str(report_path), "plot": str(plot) if plot else None})
+        return
+    out_console.print(reliability_table(result.tokens, f"critic reliability · {result.tokens.n:,} generated tokens"))
+    out_console.print(calibration_summary(result), soft_wrap=True, end="")
+    out_console.print(f"{'report':>11}  {report_path}" + (f"\n{'plot':>11}  {plot}" if plot else ""),
+                      soft_wrap=True, highlight=False)
+    out_console.print(f"\nnext:\n  cdt sweep-tau {result.scores_path} --recall-target 0.9", soft_wrap=True,
+                      highlight=False)
+
+
+@app.command("sweep-tau")
+@friendly_errors
+def sweep_tau(
+    scores: str = typer.Argument(..., help="Scores file (JSON lines, e.g. from cdt calibrate), or - for stdin."),
+    score_key: str = typer.Option("score", help="Field holding the score."),
+    label_key: str = typer.Option("label", help="Field holding the label (1 = wrong)."),
+    direction: str = typer.Option("auto", help="ge: flag score >= τ; le: flag score <= τ; auto: by AUROC (explained)."),
+    recall_target: float = typer.Option(0.9, help="Pick the most precise τ whose recall is at least this, in (0, 1]."),
+    grid: str = typer.Option("exact", help="exact: every distinct score; quantile: --n-tau quantiles in [--q-lo, --q-hi]; "
+                                           "range: --tau-start..--tau-stop by --tau-step."),
+    n_tau: int = typer.Option(40, min=1, help="quantile grid: number of thresholds."),
+    q_lo: float = typer.Option(0.6, help="quantile grid: lowest quantile."),
+    q_hi: float = typer.Option(0.99, help="quantile grid: highest quantile."),
+    tau_start: Optional[float] = typer.Option(None, help="range grid: first τ (implies --grid range)."),
+    tau_stop: Optional[float] = typer.Option(None, help="range grid: last τ."),
+    tau_step: Optional[float] = typer.Option(None, help="range grid: step."),
+    examples: int = typer.Option(5, min=0, help="Examples shown per quadrant (flagged/unflagged x wrong/right)."),
+    model: Optional[str] = typer.Option(None, help="Model name in the report file name [default: from the scores]."),
+    out_dir: Path = typer.Option(Path("calibrated_params"), help="Where the report goes; earlier reports are never overwritten."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
+):
+    """Choose a flagging threshold τ over stored scores, without touching the model.
+
+    Highest precision subject to recall >= target; ties go to the higher recall. The
+    report lands in `{out-dir}/{model}_{timestamp}_n{samples}.json`.
+    """
+    from cdt.render import examples_table, sweep_summary, sweep_table
+    from cdt.scores import read_scores, write_report
+    from cdt.thresholds import analyze, candidate_taus
+
+    if not 0.0 < recall_target <= 1.0:
+        raise fail(f"--recall-target must be in (0, 1], got {recall_target}", 2)
+    if tau_start is not None or tau_stop is not None or tau_step is not None:
+        grid = "range"
+    data = read_scores(scores, score_key, label_key)
+    taus = candidate_taus(data.scores, grid, n_tau, q_lo, q_hi, tau_start, tau_stop, tau_step)
+    doc = analyze(data.scores, data.labels, direction=direction, recall_target=recall_target, taus=taus,
+                  ids=data.ids, texts=data.texts, examples=examples)
+    name = model or data.model or ("stdin" if scores == "-" else Path(scores).stem)
+    doc = {"source": data.source, "model": name, "score_key": score_key, "label_key": label_key, "grid": grid,
+           "tie_break": "highest precision with recall >= target; then highest recall; then the stricter τ", **doc}
+    path = write_report(doc, out_dir, name, doc["n"])
+    for w in doc["warnings"]:
+        warn(w)
+    if json_out:
+        emit_json(doc | {"report_path": str(path)})
+        return
+    out_console.print(sweep_summary(doc), soft_wrap=True, end="")
+    out_console.print(sweep_table(doc))
+    ex = examples_table(doc)
+    if ex is not None:
+        out_console.print(ex)
+    out_console.print(f"report: {path}", soft_wrap=True, highlight=False)
 
 
 def main() -> None:

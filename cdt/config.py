@@ -74,10 +74,18 @@ class TrainConfig:
 
 
 @dataclass
+class SampleDefaults:
+    """What `cdt sample` and `cdt calibrate` use for this checkpoint when their flags are not given."""
+
+    steps: int = 16
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleDefaults = field(default_factory=SampleDefaults)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,7 +123,7 @@ def _read_yaml(text: str, source: str) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UsageError(f"{source} must be a mapping of sections (model, data, train)")
+        raise UsageError(f"{source} must be a mapping of sections (model, data, train, sample)")
     return data
 
 

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from cdt.rng import RowGenerators
+
 from cdt.errors import UsageError
 from cdt.vocab import MASK_ID
 
@@ -88,9 +90,14 @@ def sample_t(b: int, generator: torch.Generator, antithetic: bool = True, t_min:
 
 
 def corrupt(clean: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor, schedule: Schedule,
-            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask each maskable token with probability 1 - alpha(t). Returns (noisy, masked), both (b, n)."""
+            generator: torch.Generator | RowGenerators) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask each maskable token with probability 1 - alpha(t). Returns (noisy, masked), both (b, n).
+
+    With RowGenerators each row draws from its own stream (independent of its batch)."""
     p = schedule.mask_prob(t).to(clean.device)[:, None]  # (b, 1)
-    u = torch.rand(clean.shape, generator=generator).to(clean.device)
+    if isinstance(generator, RowGenerators):
+        u = generator.uniform(clean.shape[1:]).to(clean.device)
+    else:
+        u = torch.rand(clean.shape, generator=generator).to(clean.device)
     masked = (u < p) & maskable
     return clean.masked_fill(masked, MASK_ID), masked

@@ -111,16 +111,127 @@ def trajectory(result, vocab, plain: bool) -> Text:
     return text
 
 
-def eval_table(rows, n: int) -> Table:
+def eval_table(rows, n: int, masking: str = "answer", ratio: float = 0.0) -> Table:
     """Policies x steps, ordered by trunk passes so equal-cost rows stand together."""
-    table = Table(title=f"cdt eval · {n} held-out answers infilled", title_justify="left")
+    region = "answers" if masking == "answer" else f"{masking} regions ({ratio:.0%} masked)"
+    table = Table(title=f"cdt eval · {n} held-out {region} infilled", title_justify="left")
     width = max(len(r.policy) for r in rows)
-    for col in ("passes", "policy", "steps", "char acc", "exact", "JSON ok", "fields", "s"):
+    graded = rows[0].json_valid is not None
+    columns = ("passes", "policy", "steps", "char acc", "exact") + (("JSON ok", "fields") if graded else ()) + ("s",)
+    for col in columns:
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True,
                          min_width=width if col == "policy" else None)
     best = max(r.exact for r in rows)
     for r in sorted(rows, key=lambda r: (r.passes, r.policy)):
-        table.add_row(f"{r.passes:.0f}", r.policy, str(r.steps), _pct(r.char_acc),
-                      f"[bold]{_pct(r.exact)}[/bold]" if r.exact == best else _pct(r.exact),
-                      _pct(r.json_valid), _pct(r.field_acc), f"{r.seconds:.1f}")
+        cells = [f"{r.passes:.0f}", r.policy, str(r.steps), _pct(r.char_acc),
+                 f"[bold]{_pct(r.exact)}[/bold]" if r.exact == best else _pct(r.exact)]
+        cells += [_pct(r.json_valid), _pct(r.field_acc)] if graded else []
+        table.add_row(*cells, f"{r.seconds:.1f}")
+    return table
+
+
+# calibration and thresholds
+
+
+def reliability_table(report, title: str) -> Table:
+    """Buckets of critic P(wrong) against the observed error rate; a calibrated critic has them equal."""
+    table = Table(title=title, title_justify="left")
+    for col in ("critic P(wrong)", "tokens", "mean P(wrong)", "observed error", "gap"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for b in report.buckets:
+        gap = None if not b.count else b.mean_prob - b.error_rate
+        table.add_row(f"({b.lo:.3f}, {b.hi:.3f}]", f"{b.count:,}", _num(b.mean_prob), _num(b.error_rate),
+                      "-" if gap is None else f"{gap:+.3f}")
+    return table
+
+
+def calibration_summary(result) -> Text:
+    """The headline numbers of `cdt calibrate` (stdout, plain lines)."""
+    t, s = result.tokens, result.samples
+    what = (f"{result.n_samples} generations ({result.policy}, {result.steps} steps) of {result.n_prompts} held-out prompts"
+            if result.mode == "generate" else f"{result.n_samples} held-out rows, one training-style step each")
+    rows = [
+        ("mode", f"{result.mode}: {what}"),
+        ("tokens", f"{t.n:,} scored · {_pct(t.accuracy)} restored right · {t.n_wrong:,} wrong"),
+        ("calibration", f"ECE {_num(t.ece)} · MCE {_num(t.mce)} · Brier {_num(t.brier)} ({t.binning} buckets)"),
+        ("ranking", f"token AUROC {_num(t.auroc)} · average precision {_num(t.average_precision)}"),
+        ("P(wrong)", _class_line("wrong tokens", t.wrong) + "  |  " + _class_line("right tokens", t.right)),
+        ("samples", f"{_pct(s['wrong'])} wrong · sample AUROC {_num(s['auroc'])} · AP {_num(s['average_precision'])}"),
+    ]
+    if result.fit:
+        f = result.fit
+        rows.append(("fit", f"{f['kind']} on even samples: ECE {_num(f['ece_before'])} -> {_num(f['ece_after'])} "
+                            f"on odd samples" + (f" (T = {f['temperature']:.3f})" if f.get("temperature") else "")))
+    rows.append(("scores", result.scores_path))
+    if result.map_path:
+        rows.append(("map", f"{result.map_path} (used by --policy critic-calibrated)"))
+    rows.append(("time", f"{result.seconds:.1f} s · {result.passes['generator'] + result.passes['critic']:,} batched trunk passes"))
+    return _key_values(rows)
+
+
+def _class_line(name: str, c: dict) -> str:
+    if not c["count"]:
+        return f"{name}: none"
+    return f"{name} mean {c['mean']:.3f} (p10 {c['p10']:.3f}, p50 {c['p50']:.3f}, p90 {c['p90']:.3f})"
+
+
+def _key_values(rows) -> Text:
+    text = Text()
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        text.append(f"{key:>{width}}  ", style="bold").append(str(value) + "\n")
+    return text
+
+
+def sweep_summary(doc: dict) -> Text:
+    """The headline of a `cdt sweep-tau` report."""
+    c = doc["chosen"]
+    rows = [
+        ("samples", f"{doc['n']:,} · {doc['n_wrong']:,} wrong (base rate {doc['base_rate']:.3f})"),
+        ("direction", f"{doc['direction']} — {doc['flag_rule']} ({doc['direction_reason']})"),
+        ("ranking", f"AUROC {_num(doc['auroc'])} · average precision {_num(doc['average_precision'])} · "
+                    f"Cohen's d {_num(doc['cohens_d'])}"),
+        ("means", f"wrong {_num(doc['class_means']['wrong'])} · right {_num(doc['class_means']['right'])}"),
+    ]
+    if c:
+        m = c["confusion"]
+        rows.append(("chosen τ", f"{c['tau']:.6g}: precision {_num(c['precision'])} · recall {_num(c['recall'])} "
+                                 f"(target {doc['recall_target']}) · F1 {_num(c['f1'])} · FPR {_num(c['fpr'])} · "
+                                 f"TP {m['tp']} FP {m['fp']} FN {m['fn']} TN {m['tn']}"))
+    else:
+        rows.append(("chosen τ", f"none reaches recall {doc['recall_target']}"))
+    for key, label in (("best_f1", "best F1"), ("best_youden", "best Youden")):
+        p = doc[key]
+        rows.append((label, "-" if p is None else f"τ {p['tau']:.6g}: precision {_num(p['precision'])} · "
+                                                 f"recall {_num(p['recall'])} · F1 {_num(p['f1'])}"))
+    s = doc["sanity"]
+    rows.append(("sanity", f"flagging the {'upper' if doc['direction'] == 'ge' else 'lower'} half (median "
+                           f"{s['median']:.4g}) gives precision {_num(s['median_split_precision'])} vs base rate "
+                           f"{s['base_rate']:.3f}"))
+    return _key_values(rows)
+
+
+def sweep_table(doc: dict) -> Table:
+    table = Table(title=f"sweep ({doc['candidates']:,} candidate thresholds; {len(doc['sweep'])} shown)",
+                  title_justify="left")
+    for col in ("τ", "flagged", "precision", "recall", "F1", "FPR", ""):
+        table.add_column(col, justify="right", no_wrap=True)
+    for p in doc["sweep"]:
+        table.add_row(f"{p['tau']:.6g}", f"{p['flagged']:,}", _num(p["precision"]), _num(p["recall"]), _num(p["f1"]),
+                      _num(p["fpr"]), "[bold]◀ chosen[/bold]" if p["chosen"] else "",
+                      style="bold" if p["chosen"] else None)
+    return table
+
+
+def examples_table(doc: dict) -> Table | None:
+    if not doc["examples"]:
+        return None
+    table = Table(title="examples at the chosen τ", title_justify="left")
+    for col in ("quadrant", "id", "score", "text"):
+        table.add_column(col, no_wrap=col != "text", overflow="ellipsis")
+    for quadrant, items in doc["examples"].items():
+        for ex in items:
+            text = " ".join(ex.get("text", "").split())
+            table.add_row(quadrant.replace("_", " "), str(ex["id"]), f"{ex['score']:.4f}",
+                          text if len(text) <= 80 else text[:79] + "…")
     return table

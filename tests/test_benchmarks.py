@@ -30,3 +30,23 @@ def test_sample_throughput_prints_its_figures():
     assert doc["results"]["confidence@1"]["passes_per_step"] == 1.0
     assert doc["results"]["critic@8"]["passes_per_step"] == 2.0
     print(json.dumps(doc, indent=2))
+
+
+@pytest.mark.slow
+def test_sweep_tau_benchmark_finds_the_naive_optimum():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep_tau.py"), "--n", "20000", "--n-tau", "100",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=600, check=True)
+    doc = json.loads(proc.stdout)
+    assert doc["same_optimum"] is True and doc["exact_candidates"] > 1000
+    print(json.dumps(doc, indent=2))
+
+
+@pytest.mark.slow
+def test_calibrate_scaling_prints_its_figures():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "calibrate_scaling.py"), "--preset", "tiny",
+                           "--sizes", "4,12", "--steps", "2", "--batch-size", "4"], capture_output=True, text=True,
+                          timeout=600, check=True)
+    doc = json.loads(proc.stdout)
+    assert [r["n"] for r in doc["runs"]] == [4, 12] and doc["n_ratio"] == 3
+    assert all(r["seconds"] > 0 and r["peak_rss_mib"] > 0 for r in doc["runs"])
+    print(json.dumps(doc, indent=2))

@@ -119,11 +119,13 @@ def pick_worst(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, 
 
 @torch.no_grad()
 def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg: SampleConfig,
-             row_seeds: list[int] | None = None, record: bool = False, allow_null: bool = False) -> Generation:
+             row_seeds: list[int] | None = None, record: bool = False, allow_null: bool = False,
+             calibration=None) -> Generation:
     """Fill the [MASK] positions of `ids` (b, n); `protected` (b, n) positions never change.
 
     Row i draws its randomness from `row_seeds[i]` (default: seed_for(cfg.seed, i)), so the same
     seed gives the same rows and a row does not depend on what else is in its batch.
+    `calibration` maps critic probabilities for the `critic-calibrated` policy.
     """
     cfg.validate()
     policy = get_policy(cfg.policy)
@@ -159,7 +161,8 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
                 critic_logits = model.critic_logits(model(filled)).float()
             passes["critic"] += 1
             critic_probs = torch.sigmoid(critic_logits)
-        ctx = ScoreContext(probs=logits.softmax(-1), tokens=filled, critic_logits=critic_logits, generator=gens)
+        ctx = ScoreContext(probs=logits.softmax(-1), tokens=filled, critic_logits=critic_logits, generator=gens,
+                           calibration=calibration)
         scores = policy.score(ctx).float()
         if not policy.needs_critic:  # a generator score means something only where the token was sampled
             scores = torch.where(newly, scores, memory)
@@ -176,6 +179,17 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
     # the loop only ends once a step remasked nothing, so the last critic pass scored exactly `x`
     return Generation(tokens=x.cpu(), critic_probs=None if critic_probs is None else critic_probs.cpu(),
                       passes=passes, steps=history)
+
+
+def final_critic_probs(model: DiffusionLM, gen: Generation) -> tuple[torch.Tensor | None, int]:
+    """(b, n) critic P(wrong) of the final rows and the extra trunk passes that cost (0 when the
+    policy's last critic pass already scored them; None without a critic)."""
+    if gen.critic_probs is not None or not model.has_critic:
+        return gen.critic_probs, 0
+    device = next(model.parameters()).device
+    with torch.no_grad(), autocast(device):
+        logits = model.critic_logits(model(gen.tokens.to(device))).float()
+    return torch.sigmoid(logits).cpu(), 1
 
 
 def _choose(step, scores, newly, editable, total, cfg: SampleConfig, gens) -> torch.Tensor:

@@ -21,6 +21,7 @@ class ScoreContext:
     tokens: torch.Tensor  # (b, n) the filled row
     critic_logits: torch.Tensor | None  # (b, n), present when the policy needs the critic
     generator: RowGenerators
+    calibration: Callable | None = None  # critic probability -> observed error rate (`cdt calibrate`)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,11 @@ def _critic(ctx):
     return torch.sigmoid(ctx.critic_logits)
 
 
+def _critic_calibrated(ctx):
+    p = torch.sigmoid(ctx.critic_logits)
+    return ctx.calibration(p) if ctx.calibration is not None else p  # callers warn when the map is missing
+
+
 POLICIES = {p.name: p for p in (
     Policy("random", _random, help="uniform scores: remask positions at random"),
     Policy("confidence", _confidence, help="1 - p(sampled token): remask what the generator doubts"),
@@ -61,6 +67,8 @@ POLICIES = {p.name: p for p in (
     Policy("entropy", _entropy, help="normalised entropy of the generator's distribution"),
     Policy("critic", _critic, needs_critic=True,
            help="critic probability that the token is wrong (higher = more likely wrong)"),
+    Policy("critic-calibrated", _critic_calibrated, needs_critic=True,
+           help="the critic probability through the map `cdt calibrate` wrote (observed error rate)"),
 )}
 
 

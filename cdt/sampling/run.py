@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from cdt import calibration_map
 from cdt.checkpoint import Checkpoint
-from cdt.sampling.loop import Generation, SampleConfig, generate
+from cdt.sampling.loop import Generation, SampleConfig, final_critic_probs, generate
 from cdt.sampling.template import prompt_template
 from cdt.device import pick_device
 
@@ -20,6 +19,7 @@ class SampleResult:
     critic_probs: list[list[float]] | None  # per row, per generated token: critic P(wrong)
     generation: Generation
     report_passes: int  # an extra critic pass for the output, when the policy did not run the critic
+    warnings: list[str]
 
 
 def sample(ckpt: Checkpoint, prompt: str, length: int, n: int, cfg: SampleConfig, device: str = "auto",
@@ -28,13 +28,10 @@ def sample(ckpt: Checkpoint, prompt: str, length: int, n: int, cfg: SampleConfig
     model = ckpt.build_model(dev)
     separator = ckpt.extra.get("mask_region") == "answer"  # trained as request + separator + answer
     ids, protected = prompt_template(ckpt.vocab, prompt, length, ckpt.config.model.block_size, n, separator)
-    gen = generate(model, ids, protected, cfg, record=record)
+    calibration, warning = calibration_map.for_policy(ckpt.path.parent, cfg.policy)
+    gen = generate(model, ids, protected, cfg, record=record, calibration=calibration)
     start, end = int(protected[0].sum()), ids.shape[1]
-    probs, extra = gen.critic_probs, 0
-    if probs is None and model.has_critic:
-        with torch.no_grad():
-            probs = torch.sigmoid(model.critic_logits(model(gen.tokens.to(dev)))).cpu()
-        extra = 1
+    probs, extra = final_critic_probs(model, gen)
     return SampleResult(
         prompt=prompt,
         texts=[ckpt.vocab.decode(row[start:end]) for row in gen.tokens],
@@ -42,4 +39,5 @@ def sample(ckpt: Checkpoint, prompt: str, length: int, n: int, cfg: SampleConfig
         critic_probs=None if probs is None else probs[:, start:end].tolist(),
         generation=gen,
         report_passes=extra,
+        warnings=[warning] if warning else [],
     )

@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from cdt.data import SEPARATOR
-from cdt.errors import CdtError
+from cdt.errors import CdtError, UsageError
+from cdt.rng import seed_for
 from cdt.vocab import MASK_ID, PAD_ID, Vocab
 
+MASKINGS = ("answer", "random", "span")
 
-def answer_templates(corpus, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first n held-out rows of a prompted corpus: (clean, template with the answer masked, protected)."""
-    clean = torch.from_numpy(corpus.val.ids[:n].astype("int64"))
-    answer = torch.from_numpy(corpus.val.maskable[:n].copy())
-    width = int((clean != PAD_ID).sum(1).max())  # trim the shared padding
-    clean, answer = clean[:, :width], answer[:, :width]
-    return clean, clean.masked_fill(answer, MASK_ID), ~answer
+
+def heldout_templates(corpus, n: int, masking: str = "answer", ratio: float = 0.3,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first n held-out rows as (clean, template, protected); the masked region is what to infill.
+
+    masking: `answer` masks every maskable position (a toolcalls answer; a whole text window);
+    `random` masks each maskable position with probability `ratio` (at least one per row);
+    `span` masks one contiguous run of round(ratio * maskable) positions at a random start.
+    Draws come from seed_for(seed, row), so a row's region does not depend on n.
+    """
+    if masking not in MASKINGS:
+        raise UsageError(f"unknown masking {masking!r}; choose from {', '.join(MASKINGS)}")
+    if masking != "answer" and not 0.0 < ratio <= 1.0:
+        raise UsageError("--mask-ratio must be in (0, 1]")
+    batch = next(corpus.val_batches(n, n))
+    clean, maskable = batch.ids, batch.maskable & (batch.ids != PAD_ID)
+    region = maskable.clone() if masking == "answer" else torch.zeros_like(maskable)
+    for i in range(len(clean)) if masking != "answer" else ():
+        rng = np.random.default_rng(seed_for(seed, i))
+        where = maskable[i].nonzero().flatten().numpy()
+        if masking == "random":
+            pick = where[rng.random(len(where)) < ratio]
+            pick = pick if len(pick) else where[rng.integers(len(where)):][:1]
+        else:
+            span = max(1, round(ratio * len(where)))
+            start = int(rng.integers(len(where) - span + 1))
+            pick = where[start : start + span]
+        region[i, torch.from_numpy(pick)] = True
+    return clean, clean.masked_fill(region, MASK_ID), ~region
 
 
 def prompt_template(vocab: Vocab, prompt: str, length: int, block_size: int, n: int = 1,

@@ -1,0 +1,44 @@
+"""The reliability diagram as a PNG (matplotlib is an optional extra: pip install 'cdt[plot]')."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdt.errors import CdtError
+
+HINT = "--plot needs matplotlib, an optional extra: pip install 'cdt[plot]' (or pip install matplotlib)"
+
+
+def require_matplotlib() -> None:
+    """Fail before any long work when the plot cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CdtError(HINT) from None
+
+
+def reliability_diagram(report, path: Path, title: str) -> Path:
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    filled = [b for b in report.buckets if b.count]
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    ax.plot([b.mean_prob for b in filled], [b.error_rate for b in filled], marker="o", label="critic")
+    ax.set_ylabel("observed error rate")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    hist.bar([(b.lo + b.hi) / 2 for b in report.buckets], [b.count for b in report.buckets],
+             width=[b.hi - b.lo for b in report.buckets], color="steelblue")
+    hist.set_xlabel("critic P(wrong)")
+    hist.set_ylabel("tokens")
+    hist.set_yscale("log")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

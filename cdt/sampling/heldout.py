@@ -1,0 +1,69 @@
+"""Held-out rows to infill and grade, shared by `cdt eval` and `cdt calibrate`.
+
+The rows come from the checkpoint's own validation split (toolcalls records, or
+evenly spaced windows of a text file's last 10%), so no command grades on training data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cdt.checkpoint import Checkpoint
+from cdt.data import SEPARATOR, load_corpus
+from cdt.data.toolcalls import AnswerCheck, check_answer
+from cdt.errors import CdtError, UsageError
+from cdt.sampling.template import heldout_templates
+from cdt.vocab import PAD_ID
+
+
+@dataclass
+class HeldOut:
+    clean: torch.Tensor  # (n, L) the reference rows
+    template: torch.Tensor  # (n, L) the rows with the region to infill masked
+    protected: torch.Tensor  # (n, L) bool, everything outside that region
+    records: list | None  # toolcalls records (grading by field), None for text
+    masking: str
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    def region(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """(rows, L) bool: the masked positions a generation is graded on."""
+        return ~self.protected[lo:hi] & (self.clean[lo:hi] != PAD_ID)
+
+
+def default_masking(ckpt: Checkpoint) -> str:
+    """`answer` for a corpus with prompts, `span` for plain text (masking a whole window leaves no context)."""
+    return "answer" if ckpt.config.data.source == "toolcalls" else "span"
+
+
+def load_heldout(ckpt: Checkpoint, n: int, masking: str | None = None, ratio: float = 0.3,
+                 seed: int = 0) -> HeldOut:
+    """The first n validation rows of the checkpoint's corpus, with a region masked for infilling."""
+    if n < 1:
+        raise UsageError("the number of held-out rows must be at least 1")
+    data, block = ckpt.config.data, ckpt.config.model.block_size
+    masking = masking or default_masking(ckpt)
+    if data.source != "toolcalls" and masking == "answer":
+        raise UsageError(f"--mask answer needs a corpus with prompts; {data.source} is plain text: "
+                         "use --mask span or --mask random")
+    corpus = load_corpus(data.source, block, data.n_records, data.seed)
+    if corpus.vocab != ckpt.vocab:
+        raise CdtError(f"the corpus {data.source} no longer matches this checkpoint's vocabulary")
+    available = len(corpus.val) if not corpus.val.window else n
+    if n > available:
+        raise UsageError(f"asked for {n} held-out rows; the validation split has {available}")
+    clean, template, protected = heldout_templates(corpus, n, masking, ratio, seed)
+    records = corpus.records[:n] if corpus.records else None
+    return HeldOut(clean, template, protected, records, masking)
+
+
+def answer_text(vocab, row) -> str:
+    """The answer part of a generated toolcalls row (after the request separator)."""
+    return vocab.decode(row).split(SEPARATOR, 1)[-1]
+
+
+def grade(vocab, record, row) -> AnswerCheck:
+    return check_answer(record, answer_text(vocab, row))

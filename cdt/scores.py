@@ -1,0 +1,131 @@
+"""The per-sample scores file (JSON lines) and the threshold reports: the files between the two passes.
+
+One sample per line: at least {"id", "score", "label"} (label 1 = the sample is wrong),
+optionally more score fields, "group", "text", "reference". `calibrate` writes it,
+`sweep-tau` reads it; nothing else defines the format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cdt.errors import CdtError
+
+
+@dataclass
+class Scores:
+    scores: np.ndarray  # (n,) float64
+    labels: np.ndarray  # (n,) int64, 0 or 1
+    ids: list
+    texts: list | None  # None when no line has "text"
+    model: str | None  # the "model" field of the first line, when present
+    source: str
+
+
+def _label(value, lineno: int, key: str, where: str) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return int(value)
+    raise CdtError(f"{where} line {lineno}: {key!r} must be 0 or 1 (1 = wrong), got {value!r}")
+
+
+def _score(value, lineno: int, key: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CdtError(f"{where} line {lineno}: {key!r} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise CdtError(f"{where} line {lineno}: {key!r} is {value} (NaN and infinite scores cannot be swept)")
+    return float(value)
+
+
+def read_scores(source: str | Path, score_key: str = "score", label_key: str = "label") -> Scores:
+    """Parse a scores file ('-' = stdin); every problem is a one-line error naming the line."""
+    where = "stdin" if str(source) == "-" else str(source)
+    if str(source) == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise CdtError(f"scores file not found: {path}")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise CdtError(f"scores file is not UTF-8 text: {path}") from None
+    scores, labels, ids, texts, model = [], [], [], [], None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CdtError(f"{where} line {lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise CdtError(f"{where} line {lineno}: expected a JSON object, got {type(obj).__name__}")
+        for key in (score_key, label_key):
+            if key not in obj:
+                raise CdtError(f"{where} line {lineno}: missing key {key!r} (keys: {', '.join(obj) or 'none'})")
+        scores.append(_score(obj[score_key], lineno, score_key, where))
+        labels.append(_label(obj[label_key], lineno, label_key, where))
+        ids.append(obj.get("id", lineno))
+        texts.append(obj.get("text"))
+        if model is None and isinstance(obj.get("model"), str):
+            model = obj["model"]
+    if not scores:
+        raise CdtError(f"{where} holds no samples")
+    return Scores(np.array(scores), np.array(labels, dtype=np.int64), ids,
+                  texts if any(t is not None for t in texts) else None, model, where)
+
+
+class ScoreWriter:
+    """Streams sample lines to `path`; the file appears under its name only once complete."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.partial, "w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def close(self, complete: bool = True) -> Path:
+        """Complete: rename into place. Interrupted: keep the lines written so far as `<name>.partial`."""
+        self._f.close()
+        if complete:
+            self.partial.replace(self.path)
+            return self.path
+        return self.partial
+
+
+def safe_name(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-.")
+    return keep or "scores"
+
+
+def write_report(doc: dict, out_dir: Path, model: str, n: int) -> Path:
+    """`{model}_{timestamp}_n{n}.json` under out_dir, created exclusively: an earlier report is never replaced."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CdtError(f"cannot create {out_dir}: {e.strerror}") from None
+    stem = f"{safe_name(model)}_{time.strftime('%Y%m%d-%H%M%S')}_n{n}"
+    for attempt in range(1, 1000):
+        path = out_dir / (stem + (f"-{attempt}" if attempt > 1 else "") + ".json")
+        try:
+            with open(path, "x", encoding="utf-8") as f:
+                f.write(json.dumps(doc, indent=2) + "\n")
+            return path
+        except FileExistsError:
+            continue
+    raise CdtError(f"could not find a free report name under {out_dir}")
+

@@ -1,0 +1,138 @@
+"""`cdt calibrate` as a library: the shared sampler and artifact builder, scores, map, fits."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cdt import calibration_map
+from cdt.calibrate import CalibrateSettings, calibrate, sample_scores
+from cdt.checkpoint import load
+from cdt.errors import CdtError, UsageError
+from cdt.rng import seed_for
+from cdt.sampling.heldout import load_heldout
+from cdt.sampling.loop import SampleConfig, generate
+
+
+def run(tiny_run, tmp_path, **kw):
+    cfg = CalibrateSettings(**{"n_samples": 12, "steps": 3, "batch_size": 5, **kw})
+    path = tmp_path / "scores.jsonl"
+    result = calibrate(load(tiny_run), cfg, path, tmp_path)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return result, lines
+
+
+def test_scores_equal_an_independent_generation_and_critic_pass(tiny_run, tmp_path):
+    result, lines = run(tiny_run, tmp_path)
+    assert len(lines) == 12 and result.n_samples == 12
+    ckpt = load(tiny_run)
+    model = ckpt.build_model()
+    held = load_heldout(ckpt, 12)
+    i = 7  # regenerate sample 7 alone, through the public sampler, with its seed
+    gen = generate(model, held.template[i : i + 1], held.protected[i : i + 1],
+                   SampleConfig(steps=3, policy="critic"), row_seeds=[seed_for(0, i, 0)])
+    with torch.no_grad():
+        probs = torch.sigmoid(model.critic_logits(model(gen.tokens)))[0]
+    region = held.region(i, i + 1)[0]
+    p = probs[region].double().numpy()
+    wrong = (gen.tokens[0] != held.clean[i])[region]
+    rec = lines[i]
+    assert rec["id"] == f"{i}-0" and rec["group"] == i
+    assert rec["score"] == pytest.approx(np.sort(p)[::-1][:5].mean(), abs=1e-6)
+    assert rec["score_max"] == pytest.approx(p.max(), abs=1e-6)
+    assert rec["wrong_tokens"] == int(wrong.sum()) and rec["tokens"] == int(region.sum())
+    assert rec["label"] == int(bool(wrong.any()) or not rec["json_valid"] or not rec["name_ok"] or bool(rec["wrong_fields"]))
+    assert rec["reference"] == held.records[i].answer
+    assert result.tokens.n == sum(r["tokens"] for r in lines)
+    assert result.tokens.n_wrong == sum(r["wrong_tokens"] for r in lines)
+
+
+def test_results_do_not_depend_on_batch_size(tiny_run, tmp_path):
+    _, a = run(tiny_run, tmp_path / "a", batch_size=12)
+    _, b = run(tiny_run, tmp_path / "b", batch_size=5)
+    assert a == b
+
+
+def test_samples_per_prompt_draws_distinct_generations(tiny_run, tmp_path):
+    result, lines = run(tiny_run, tmp_path, n_samples=7, samples_per_prompt=3)
+    assert result.n_prompts == 3
+    assert [r["id"] for r in lines] == ["0-0", "0-1", "0-2", "1-0", "1-1", "1-2", "2-0"]
+    assert [r["group"] for r in lines] == [0, 0, 0, 1, 1, 1, 2]
+    assert len({r["text"] for r in lines[:3]}) > 1  # seeded per draw
+
+
+def test_step_mode_scores_only_the_filled_positions(tiny_run, tmp_path):
+    result, lines = run(tiny_run, tmp_path, mode="step", n_samples=16)
+    assert result.mode == "step" and result.passes == {"generator": 4, "critic": 4}  # one of each per batch
+    answer_tokens = int(load_heldout(load(tiny_run), 16).region().sum())
+    assert 0 < result.tokens.n < answer_tokens  # only the positions masked at t are judged
+    assert result.tokens.n == sum(r["tokens"] for r in lines)
+
+
+def test_map_is_written_and_used_by_critic_calibrated(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes((tiny_run / "checkpoint.pt").read_bytes())
+    cmap, warning = calibration_map.for_policy(run_dir, "critic-calibrated")
+    assert cmap is None and "run cdt calibrate first" in warning
+    result = calibrate(load(run_dir), CalibrateSettings(n_samples=8, steps=2), run_dir / "s.jsonl", run_dir)
+    cmap, warning = calibration_map.for_policy(run_dir, "critic-calibrated")
+    assert warning is None and cmap.kind == "buckets" and result.map_path == str(run_dir / "calibration.json")
+    filled = [b for b in result.tokens.buckets if b.count]
+    assert cmap(np.array([filled[0].mean_prob]))[0] == pytest.approx(filled[0].error_rate)
+
+
+def test_fits_report_ece_before_and_after(tiny_run, tmp_path):
+    for kind in ("isotonic", "temperature"):
+        result, _ = run(tiny_run, tmp_path / kind, fit=kind, n_samples=10)
+        assert result.fit["kind"] == kind and result.fit["ece_before"] is not None
+        assert calibration_map.load(tmp_path / kind).kind == kind
+    iso = calibration_map.load(tmp_path / "isotonic")
+    assert all(b >= a for a, b in zip(iso.ys, iso.ys[1:]))  # isotonic = non-decreasing
+
+
+def test_calibration_map_by_hand():
+    m = calibration_map.CalibrationMap("buckets", [0.1, 0.5, 0.9], [0.0, 0.4, 1.0])
+    assert m(np.array([0.0, 0.3, 0.5, 0.95])).tolist() == pytest.approx([0.0, 0.2, 0.4, 1.0])
+    t = calibration_map.CalibrationMap("temperature", temperature=2.0)
+    assert float(t(torch.tensor([0.5]))[0]) == pytest.approx(0.5)
+    z = np.log(0.9 / 0.1)
+    assert t(np.array([0.9]))[0] == pytest.approx(1 / (1 + np.exp(-z / 2)))
+    with pytest.raises(ValueError):
+        calibration_map.CalibrationMap.from_dict({"kind": "buckets", "xs": [0.5, 0.1], "ys": [0, 1]})
+
+
+def test_broken_map_file_is_a_clear_error(tmp_path):
+    (tmp_path / "calibration.json").write_text("{not json")
+    with pytest.raises(CdtError, match="not a valid calibration map"):
+        calibration_map.load(tmp_path)
+
+
+def test_sample_scores_aggregates():
+    s = sample_scores(np.array([0.1, 0.9, 0.5, 0.3, 0.7, 0.2]), top=5)
+    assert s["score"] == pytest.approx((0.9 + 0.7 + 0.5 + 0.3 + 0.2) / 5)
+    assert s["score_max"] == 0.9 and s["score_mean"] == pytest.approx(2.7 / 6)
+
+
+@pytest.mark.parametrize("kw, fragment", [({"n_samples": 0}, "--n-samples"), ({"mode": "dream"}, "unknown mode"),
+                                          ({"binning": "log"}, "unknown binning"), ({"fit": "platt"}, "unknown fit"),
+                                          ({"samples_per_prompt": 0}, "--samples-per-prompt")])
+def test_bad_settings(kw, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        CalibrateSettings(**kw).validate()
+
+
+def test_interrupted_run_keeps_what_it_scored(tiny_run, tmp_path):
+    calls = []
+
+    def stop_after_first(k):
+        calls.append(k)
+        raise KeyboardInterrupt
+
+    with pytest.raises(CdtError, match="4 samples scored so far"):
+        calibrate(load(tiny_run), CalibrateSettings(n_samples=10, steps=2, batch_size=4), tmp_path / "s.jsonl", tmp_path,
+                  on_samples=stop_after_first)
+    assert not (tmp_path / "s.jsonl").exists()
+    partial = (tmp_path / "s.jsonl.partial").read_text().splitlines()
+    assert len(partial) == 4 and json.loads(partial[0])["id"] == "0-0"

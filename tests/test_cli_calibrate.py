@@ -1,0 +1,167 @@
+"""`cdt calibrate` and `cdt sweep-tau` through the real command line, end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from cdt.cli import app
+from tests.test_cli import assert_one_line_error
+
+runner = CliRunner()
+
+
+def run(*args, **kw):
+    return runner.invoke(app, [str(a) for a in args], **kw)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_run, tmp_path_factory):
+    """calibrate on the shared tiny checkpoint, scores written outside the run directory."""
+    out = tmp_path_factory.mktemp("cal")
+    result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 24, "--steps", 3, "--buckets", 10,
+                 "--out", out / "scores.jsonl", "--json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout), out / "scores.jsonl"
+
+
+def test_calibrate_json_report(calibrated, tiny_run):
+    doc, scores = calibrated
+    assert doc["n_samples"] == 24 and doc["policy"] == "critic" and doc["steps"] == 3
+    assert len(doc["tokens"]["buckets"]) == 10 and "more likely wrong" in doc["critic_polarity"]
+    assert sum(b["count"] for b in doc["tokens"]["buckets"]) == doc["tokens"]["n"]
+    assert doc["scores_path"] == str(scores) and len(scores.read_text().splitlines()) == 24
+    assert json.loads((tiny_run / "calibration_report.json").read_text())["n_samples"] == 24
+    assert (tiny_run / "calibration.json").is_file()
+
+
+def test_calibrate_scores_feed_sweep_tau(calibrated, tmp_path):
+    _, scores = calibrated
+    result = run("sweep-tau", scores, "--out-dir", tmp_path / "params", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    lines = [json.loads(x) for x in scores.read_text().splitlines()]
+    assert doc["n"] == 24 and doc["n_wrong"] == sum(r["label"] for r in lines)
+    assert doc["model"] == lines[0]["model"]
+    saved = json.loads(open(doc["report_path"]).read())
+    assert saved["chosen"] == doc["chosen"]
+
+
+def test_calibrate_table_and_next_command(tiny_run, tmp_path):
+    result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 6, "--steps", 2, "--binning", "quantile",
+                 "--out", tmp_path / "s.jsonl", "--plot", tmp_path / "rel.png")
+    assert result.exit_code == 0, result.stderr
+    assert "critic reliability" in result.stdout and "ECE" in result.stdout
+    assert f"cdt sweep-tau {tmp_path / 's.jsonl'}" in result.stdout
+    assert (tmp_path / "rel.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_without_matplotlib_fails_before_any_work(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--out", tmp_path / "s.jsonl",
+                 "--plot", tmp_path / "p.png")
+    assert_one_line_error(result, 1, "pip install 'cdt[plot]'")
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_calibrated_policy_warns_without_a_map(tmp_path, tiny_run):
+    run_dir = tmp_path / "fresh"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes((tiny_run / "checkpoint.pt").read_bytes())
+    result = run("sample", "--checkpoint", run_dir, "--length", 8, "--steps", 2, "--policy", "critic-calibrated")
+    assert result.exit_code == 0 and "falls back to the raw critic" in result.stderr
+    assert len(result.stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["--n-samples", "0"], 2, "--n-samples"),
+    (["--mode", "dream"], 2, "unknown mode"),
+    (["--policy", "oracle"], 2, "unknown policy"),
+    (["--fit", "platt"], 2, "unknown fit"),
+])
+def test_calibrate_bad_input(tiny_run, args, code, fragment):
+    result = run("calibrate", "--checkpoint", tiny_run, *args)
+    if args[0] == "--n-samples":  # rejected by the flag parser itself
+        assert result.exit_code == 2 and "Traceback" not in result.output and "--n-samples" in result.output
+    else:
+        assert_one_line_error(result, code, fragment)
+
+
+def test_calibrate_missing_checkpoint(tmp_path):
+    assert_one_line_error(run("calibrate", "--checkpoint", tmp_path / "nope"), 1, "no checkpoint at")
+
+
+def write(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+@pytest.mark.parametrize("lines, fragment", [
+    ([], "holds no samples"),
+    (['{"score": 0.1, "label": 0}', "{oops"], "line 2: not valid JSON"),
+    (['{"score": 0.1}'], "line 1: missing key 'label'"),
+    (['{"score": NaN, "label": 1}'], "NaN and infinite"),
+    (['{"score": Infinity, "label": 1}'], "NaN and infinite"),
+    (['{"score": "high", "label": 1}'], "must be a number"),
+    (['{"score": 0.2, "label": 2}'], "must be 0 or 1"),
+    (["[0.1, 1]"], "expected a JSON object"),
+])
+def test_sweep_tau_bad_files(tmp_path, lines, fragment):
+    f = write(tmp_path / "s.jsonl", lines)
+    assert_one_line_error(run("sweep-tau", f, "--out-dir", tmp_path / "p"), 1, fragment)
+    assert not (tmp_path / "p").exists() or not list((tmp_path / "p").iterdir())
+
+
+def test_sweep_tau_bad_flags(tmp_path):
+    f = write(tmp_path / "s.jsonl", ['{"score": 0.1, "label": 0}', '{"score": 0.9, "label": 1}'])
+    assert_one_line_error(run("sweep-tau", f, "--recall-target", "0"), 2, "(0, 1]")
+    assert_one_line_error(run("sweep-tau", f, "--recall-target", "1.5"), 2, "(0, 1]")
+    assert_one_line_error(run("sweep-tau", f, "--direction", "up"), 2, "unknown direction")
+    assert_one_line_error(run("sweep-tau", f, "--tau-start", "0.5", "--tau-stop", "0.1", "--tau-step", "0.1"), 2,
+                          "τ range")
+    assert_one_line_error(run("sweep-tau", tmp_path / "missing.jsonl"), 1, "scores file not found")
+
+
+def test_sweep_tau_single_class_warns_and_still_sweeps(tmp_path):
+    f = write(tmp_path / "s.jsonl", [json.dumps({"id": i, "score": i / 10, "label": 0}) for i in range(10)])
+    result = run("sweep-tau", f, "--out-dir", tmp_path / "p", "--json")
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert doc["auroc"] is None and doc["candidates"] == 10 and "one class" in result.stderr
+
+
+def test_sweep_tau_reads_stdin_and_never_overwrites(tmp_path):
+    lines = [json.dumps({"id": i, "score": (i * 7 % 10) / 10, "label": int(i % 3 == 0)}) for i in range(30)]
+    stdin = "\n".join(lines) + "\n"
+    paths = set()
+    for _ in range(3):  # same second, same name stem
+        result = run("sweep-tau", "-", "--out-dir", tmp_path, "--model", "m/x", "--json", input=stdin)
+        assert result.exit_code == 0, result.stderr
+        paths.add(json.loads(result.stdout)["report_path"])
+    assert len(paths) == 3 and len(list(tmp_path.iterdir())) == 3
+    assert all(os.path.basename(p).startswith("m-x_") and "_n30" in p for p in paths)
+
+
+def test_sweep_tau_grids_and_custom_keys(tmp_path):
+    lines = [json.dumps({"id": i, "risk": (i * 13 % 50) / 50, "bad": i % 4 == 0}) for i in range(50)]
+    f = write(tmp_path / "s.jsonl", lines)
+    q = run("sweep-tau", f, "--score-key", "risk", "--label-key", "bad", "--grid", "quantile", "--n-tau", 5,
+            "--q-lo", 0.1, "--q-hi", 0.9, "--out-dir", tmp_path / "p", "--json")
+    assert q.exit_code == 0, q.stderr
+    assert json.loads(q.stdout)["candidates"] <= 5
+    r = run("sweep-tau", f, "--score-key", "risk", "--label-key", "bad", "--tau-start", 0, "--tau-stop", 1,
+            "--tau-step", 0.25, "--out-dir", tmp_path / "p", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["grid"] == "range" and [p["tau"] for p in doc["sweep"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_sweep_tau_as_a_subprocess(tmp_path):
+    f = write(tmp_path / "s.jsonl", [json.dumps({"id": i, "score": i / 20, "label": int(i > 12)}) for i in range(20)])
+    proc = subprocess.run([sys.executable, "-m", "cdt", "sweep-tau", str(f), "--out-dir", str(tmp_path / "p"),
+                           "--recall-target", "1.0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "chosen τ" in proc.stdout and "0.65: precision 1.000 · recall 1.000" in proc.stdout
+    assert proc.stderr == ""
