@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -114,13 +115,15 @@ def trajectory(result, vocab, plain: bool) -> Text:
 def eval_table(rows, n: int, masking: str = "answer", ratio: float = 0.0) -> Table:
     """Policies x steps, ordered by trunk passes so equal-cost rows stand together."""
     region = "answers" if masking == "answer" else f"{masking} regions ({ratio:.0%} masked)"
-    table = Table(title=f"cdt eval · {n} held-out {region} infilled", title_justify="left")
+    # no vertical rules and fixed minimum widths: 80 columns hold every cell unabridged
+    table = Table(title=f"cdt eval · {n} held-out {region} infilled", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 0, 0, 1))
     width = max(len(r.policy) for r in rows)
     graded = rows[0].json_valid is not None
     columns = ("passes", "policy", "steps", "char acc", "exact") + (("JSON ok", "fields") if graded else ()) + ("s",)
     for col in columns:
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True,
-                         min_width=width if col == "policy" else None)
+                         min_width=width if col == "policy" else max(len(col), 5))
     best = max(r.exact for r in rows)
     for r in sorted(rows, key=lambda r: (r.passes, r.policy)):
         cells = [f"{r.passes:.0f}", r.policy, str(r.steps), _pct(r.char_acc),
