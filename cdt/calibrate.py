@@ -143,7 +143,7 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
                 passes["generator"] += gen.passes["generator"]
                 passes["critic"] += gen.passes["critic"] + extra
             else:
-                tokens, probs, region = _one_step(model, held, rows, seeds, ckpt, dev)
+                tokens, probs, region, _ = one_step(model, held.clean[rows], held.region()[rows], seeds, ckpt, dev)
                 passes["generator"] += 1
                 passes["critic"] += 1
             wrong = (tokens != held.clean[rows]) & region
@@ -191,16 +191,17 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
 
 
 @torch.no_grad()
-def _one_step(model, held: HeldOut, rows, seeds, ckpt: Checkpoint, dev):
-    """Corrupt each row's region at a seeded t, then the training step's two passes (no loss is used)."""
-    clean = held.clean[rows]
-    region = held.region()[rows]
+def one_step(model, clean: torch.Tensor, region: torch.Tensor, seeds: list[int], ckpt: Checkpoint, dev):
+    """The training step's view of held-out rows: corrupt each row's region at a seeded t ~ U(0, 1),
+    one generator pass, the fill, one critic pass (no loss).
+    Returns (filled rows, critic P(wrong), critic_valid, the positions the corruption masked).
+    `calibrate --mode step` and `explore --mode step` both call this."""
     t = torch.tensor([float(np.random.default_rng(s).uniform(EPS, 1.0)) for s in seeds])  # t ~ U(0, 1) per row
     out = diffusion_step(model, Batch(clean, region), t, get_schedule(ckpt.config.train.schedule),
                          ckpt.config.train, "answer", RowGenerators(seeds), dev)
     art = out.artifacts
     probs = torch.sigmoid(out.critic_logits).cpu()
-    return art.critic_input.cpu(), probs, art.critic_valid.cpu()
+    return art.critic_input.cpu(), probs, art.critic_valid.cpu(), art.filled.cpu()
 
 
 def _record(ckpt, held: HeldOut, prompt: int, draw: int, tokens, probs, wrong, top: int, model_name: str) -> dict:

@@ -154,6 +154,9 @@ def sample(
 ):
     """Generate by iterative unmasking, one line of text per row on stdout.
 
+    A newline the model generates inside a row is written as \\n (a backslash as \\\\);
+    --json gives the raw text.
+
     Critic probabilities in --json are P(token is wrong): higher = more likely wrong.
     """
     from cdt import checkpoint as ckpt_mod
@@ -183,8 +186,8 @@ def sample(
                         for i, t in enumerate(result.texts)],
         })
     else:
-        for text in result.texts:
-            sys.stdout.write(text + "\n")
+        for text in result.texts:  # one line per row, whatever the model generated
+            sys.stdout.write(text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t") + "\n")
 
 
 def _csv(value: str, cast, name: str) -> list:
@@ -379,6 +382,69 @@ def sweep_tau(
     if ex is not None:
         out_console.print(ex)
     out_console.print(f"report: {path}", soft_wrap=True, highlight=False)
+
+
+@app.command()
+@friendly_errors
+def explore(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint file, or the run directory that holds it."),
+    prompt: Optional[str] = typer.Option(None, help="Explore a free prompt instead of held-out rows (no reference)."),
+    length: int = typer.Option(96, min=1, help="With --prompt: characters to generate."),
+    index: int = typer.Option(0, min=0, help="Held-out row to start from."),
+    rows: int = typer.Option(32, min=1, help="Held-out rows to browse (next/previous sample)."),
+    masking: Optional[str] = typer.Option(None, help="Region to infill: answer (toolcalls default), random, span."),
+    mask_ratio: float = typer.Option(0.3, min=0.0, max=1.0, help="random/span: share of the region masked."),
+    mode: str = typer.Option("generate", help="generate: step through denoising; step: the training step's view "
+                                              "(one corruption at random t, as calibrate --mode step)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps [default: the checkpoint's sample.steps]."),
+    policy: str = typer.Option("critic", help="Remasking policy (p cycles it interactively)."),
+    randomness: float = typer.Option(0.0, min=0.0, max=1.0, help="Blend scores with noise: (1-r)*score + r*U."),
+    colour: str = typer.Option("critic", "--colour", help="Colour tokens by critic, confidence or correctness."),
+    seed: int = typer.Option(0, help="Seed (the same draws as cdt calibrate with this seed)."),
+    interactive: Optional[bool] = typer.Option(None, "--interactive/--no-interactive",
+                                               help="Step with keys [default: when stdin and stdout are a terminal]."),
+    final_only: bool = typer.Option(False, "--final-only", help="Non-interactive: print only the last frame."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Per-step statistics as one JSON document."),
+):
+    """Look the critic in the eye: token heatmaps, step by step through denoising.
+
+    Colours: critic P(wrong) from green (0) to red (1); underlined = wrong against the
+    reference; reversed = masked again after this step; dim = protected prompt.
+    Keys: n/→ next step, b/← back, j/↓ k/↑ samples, r remask, c colouring, p policy,
+    </> randomness, q quit.
+    """
+    from cdt import checkpoint as ckpt_mod
+    from cdt.explore import Explorer, Settings, load_materials
+    from cdt.render import frame_view
+
+    settings = Settings(steps=steps or 1, policy=policy, randomness=randomness, seed=seed, mode=mode, colouring=colour)
+    settings.validate()
+    ckpt = ckpt_mod.load(checkpoint)
+    settings.steps = steps or ckpt.config.sample.steps
+    materials = load_materials(ckpt, prompt, length, index + rows if prompt is None else 1, masking, mask_ratio, seed)
+    ex = Explorer(ckpt, materials, settings, device=device, sample=min(index, len(materials) - 1))
+    if mode == "step" and prompt is not None:
+        raise fail("--mode step needs a held-out row (its reference); drop --prompt", 2)
+    terminal = sys.stdin.isatty() and sys.stdout.isatty() and out_console.is_terminal
+    if interactive and not terminal:
+        warn("no terminal: falling back to --no-interactive")
+    if (interactive is None or interactive) and terminal and not json_out:
+        from cdt.terminal import run_interactive
+
+        run_interactive(ex, out_console)
+        return
+    shown = list(enumerate(ex.frames))[-1:] if final_only else list(enumerate(ex.frames))
+    if json_out:
+        emit_json({"checkpoint": str(ckpt.path), "settings": asdict(settings), "sample": ex.sample,
+                   "label": ex.material.label,
+                   "critic_polarity": "probability that the token is wrong (higher = more likely wrong)",
+                   "frames": [ex.stats(f) | {"text": ckpt.vocab.decode(f.tokens, mask_char="░")} for _, f in shown]})
+        return
+    plain = not out_console.is_terminal or out_console.no_color
+    for ex.frame, _ in shown:
+        out_console.print(frame_view(ex, plain=plain, width=out_console.width), soft_wrap=plain)
+        out_console.print()
 
 
 def main() -> None:

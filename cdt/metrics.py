@@ -170,3 +170,18 @@ class Reliability:
         mean = np.divide(self.fine_psum, np.maximum(self.fine, 1))
         labels = np.broadcast_to(np.array([[0], [1]]), self.fine.shape)
         return mean[keep], labels[keep], self.fine[keep]
+
+
+def frame_stats(probs, wrong) -> dict:
+    """Exact statistics of one frame's judged tokens: counts, AUROC, P(wrong) mean/p10/p90 per class."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(wrong).astype(bool)
+
+    def describe(values):
+        if values.size == 0:
+            return {"count": 0, "mean": None, "p10": None, "p90": None}
+        return {"count": int(values.size), "mean": float(values.mean()),
+                "p10": float(np.quantile(values, 0.1)), "p90": float(np.quantile(values, 0.9))}
+
+    return {"valid": int(p.size), "right": int((~y).sum()), "wrong": int(y.sum()), "auroc": auroc(p, y),
+            "p_wrong": describe(p[y]), "p_right": describe(p[~y])}

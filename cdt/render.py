@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from rich import box
-from rich.console import Console
+from rich.color import Color
+from rich.console import Console, Group
+from rich.style import Style
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from cdt.train import Reporter
+from cdt.vocab import MASK_ID, NULL_ID, PAD_ID
 
 
 def _pct(x) -> str:
@@ -238,3 +241,128 @@ def examples_table(doc: dict) -> Table | None:
             table.add_row(quadrant.replace("_", " "), str(ex["id"]), f"{ex['score']:.4f}",
                           text if len(text) <= 80 else text[:79] + "…")
     return table
+
+
+# the explorer's frame
+
+HELP = ("→/n next step · ←/b previous · ↓/j next sample · ↑/k previous sample · r remask {pct}% (+/- change) · "
+        "c colouring · p policy · </> randomness · q quit")
+SHOWN = {"\n": "⏎", "\t": "⇥"}
+
+
+def heat(v: float) -> Color:
+    """0 → green, 0.5 → yellow, 1 → red."""
+    v = min(1.0, max(0.0, v))
+    return Color.from_rgb(int(220 * min(1.0, 2 * v)), int(190 * min(1.0, 2 * (1 - v))), 40)
+
+
+def _frame_scores(ex, f):
+    """Per-position colour values (None = no colour) for the explorer's current colouring."""
+    m = ex.material
+    if f.step == 0:
+        return None
+    if ex.settings.colouring == "critic" and f.critic is not None:
+        return f.critic.tolist()
+    if ex.settings.colouring == "confidence" and f.confidence is not None:
+        return (1 - f.confidence).tolist()  # generator doubt: red = unsure
+    if ex.settings.colouring == "correctness" and m.reference is not None:
+        return (f.tokens != m.reference).float().tolist()
+    return None
+
+
+def _chars(vocab, ids) -> list[str]:
+    out = []
+    for i in ids.tolist():
+        ch = "░" if i == MASK_ID else ("∅" if i == NULL_ID else vocab.decode([i]))
+        out.append(SHOWN.get(ch, ch))
+    return out
+
+
+def frame_heatmap(ex, f, plain: bool, width: int = 80):
+    """The row as a critic heatmap (colour) or as aligned text / decile / marker lines (plain)."""
+    m = ex.material
+    keep = (m.template != PAD_ID).nonzero().flatten().tolist()
+    chars = _chars(ex.ckpt.vocab, f.tokens)
+    scores = _frame_scores(ex, f)
+    wrong = (f.tokens != m.reference) & f.judged if m.reference is not None and f.step > 0 else None
+    text = Text()
+    if plain:
+        lines = {"text": [], "score": [], "marks": []}
+        for i in keep:
+            lines["text"].append(chars[i])
+            s = scores[i] if scores is not None and not m.protected[i] else None
+            lines["score"].append(" " if s is None else str(min(9, int(s * 10))))
+            mark = ("x" if wrong is not None and wrong[i] else "") + ("^" if f.remask_next[i] else "")
+            lines["marks"].append({"x": "x", "^": "^", "x^": "!"}.get(mark, " "))
+        span = max(10, width - 8)
+        for lo in range(0, len(keep), span):
+            for name, label in (("text", "text"), ("score", ex.settings.colouring[:6]), ("marks", "marks")):
+                chunk = "".join(lines[name][lo : lo + span])
+                if name == "text" or chunk.strip():  # no empty score/marks lines under the prompt
+                    text.append(f"{label:<7} ", style="dim").append(chunk + "\n")
+        return text
+    for i in keep:
+        style = Style()
+        if m.protected[i]:
+            style = Style(dim=True)
+        elif f.tokens[i] == MASK_ID:
+            style = Style(color="grey50")
+        elif scores is not None:
+            style = Style(color="black", bgcolor=heat(scores[i]))
+        if wrong is not None and wrong[i]:
+            style += Style(underline=True, bold=True)
+        if f.remask_next[i]:
+            style += Style(reverse=True)
+        text.append(chars[i], style=style)
+    return text
+
+
+def frame_legend(ex, plain: bool) -> Text:
+    what = {"critic": "critic P(wrong)", "confidence": "generator doubt (1 - p)",
+            "correctness": "correctness (red = wrong)"}[ex.settings.colouring]
+    if plain:
+        return Text(f"legend: {ex.settings.colouring} line = {what} decile (0 = 0.0-0.1 ... 9 = 0.9-1.0); "
+                    "marks: x wrong vs the reference, ^ masked again next, ! both; ░ = [MASK]")
+    text = Text(f"{what}  0.0 ")
+    for k in range(10):
+        text.append("  ", style=Style(bgcolor=heat((k + 0.5) / 10)))
+    text.append(" 1.0   ")
+    text.append("wrong", style=Style(underline=True, bold=True)).append(" = wrong vs the reference · ")
+    text.append("remask", style=Style(reverse=True)).append(" = masked again next · ")
+    text.append("prompt", style=Style(dim=True)).append(" · ░ = [MASK]")
+    return text
+
+
+def frame_stats_table(st: dict) -> Table:
+    table = Table(show_header=False, box=box.SIMPLE, pad_edge=False, title="frame", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("step", f"{st['step']} / {st['steps']}" + (" (template)" if st["step"] == 0 else ""))
+    table.add_row("masked", f"{st['masked_before']} entering this step · {st['remask_next']} masked again next "
+                            f"· region {st['region']}")
+    if "valid" in st:
+        table.add_row("tokens", f"{st['valid']} judged · {st['right']} right · {st['wrong']} wrong")
+        table.add_row("unmasking acc", _pct(st.get("unmasking_acc")) + " of committed tokens")
+    if "auroc" in st:
+        table.add_row("critic AUROC", _num(st["auroc"]))
+        for key, name in (("p_wrong", "P(wrong) | wrong"), ("p_right", "P(wrong) | right")):
+            d = st[key]
+            table.add_row(name, "-" if not d["count"] else f"mean {d['mean']:.3f} · p10 {d['p10']:.3f} · p90 {d['p90']:.3f}")
+    if not st["critic"]:
+        table.add_row("critic", "absent in this checkpoint (colouring by generator confidence)")
+    return table
+
+
+def frame_view(ex, plain: bool, width: int = 80, interactive: bool = False) -> Group:
+    """Everything one frame shows: header, heatmap, legend, statistics, and (interactive) the key help."""
+    f = ex.current()
+    st = ex.stats(f)
+    s = ex.settings
+    header = Text(f"{st['label']} · step {f.step}/{s.steps} · policy {s.policy} · randomness {s.randomness:g} · "
+                  f"colour: {s.colouring}" + (" · mode step" if s.mode == "step" else ""), style="bold")
+    parts = [header, frame_heatmap(ex, f, plain, width), frame_legend(ex, plain), frame_stats_table(st)]
+    if ex.message:
+        parts.append(Text(ex.message, style="yellow"))
+    if interactive:
+        parts.append(Text(HELP.format(pct=s.remask_pct), style="reverse"))
+    return Group(*parts)

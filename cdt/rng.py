@@ -12,11 +12,19 @@ def seed_for(*keys: int) -> int:
 
 
 class RowGenerators:
-    """One seeded torch.Generator per row: a row's draws are the same whatever else is in its batch."""
+    """Seeded draws per row: a row's draws are the same whatever else is in its batch.
+
+    Each call seeds a fresh generator per row from (row seed, call number), so a draw never
+    depends on how many numbers earlier calls took; with CPU draws being a prefix of the
+    stream, a row padded to a wider batch sees the same values at its own positions.
+    """
 
     def __init__(self, seeds: list[int]):
-        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.seeds = [int(s) for s in seeds]
+        self.calls = 0
 
     def uniform(self, row_shape, dtype=torch.float32) -> torch.Tensor:
-        """(b, *row_shape) uniforms in [0, 1), row i drawn from generator i."""
-        return torch.stack([torch.rand(row_shape, generator=g, dtype=dtype) for g in self.gens])
+        """(b, *row_shape) uniforms in [0, 1), row i drawn from its own stream."""
+        self.calls += 1
+        return torch.stack([torch.rand(row_shape, generator=torch.Generator().manual_seed(seed_for(s, self.calls)),
+                                       dtype=dtype) for s in self.seeds])

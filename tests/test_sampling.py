@@ -142,6 +142,22 @@ def test_same_seed_same_rows_and_rows_do_not_depend_on_their_batch():
     assert not torch.equal(batch[0], batch[1])  # rows draw their own noise
 
 
+@pytest.mark.parametrize("policy, selection", [("critic", "topk"), ("random", "gumbel"), ("confidence", "topk")])
+def test_a_row_does_not_depend_on_the_padding_its_batch_adds(policy, selection):
+    """A short row batched with a longer one is padded with [PAD]; its draws must not shift."""
+    m = model()
+    short, p_short = template(n_masks=8)
+    long_, p_long = template(n_masks=20)
+    padded = torch.full_like(long_, 1)  # [PAD]
+    padded[0, : short.shape[1]] = short[0]
+    p_pad = torch.zeros_like(p_long)
+    p_pad[0, : short.shape[1]] = p_short[0]
+    cfg = SampleConfig(policy=policy, selection=selection, randomness=0.2, steps=5, seed=3)
+    alone = generate(m, short, p_short, cfg, row_seeds=[7]).tokens[0]
+    together = generate(m, torch.cat([padded, long_]), torch.cat([p_pad, p_long]), cfg, row_seeds=[7, 8]).tokens[0]
+    assert torch.equal(alone, together[: short.shape[1]])
+
+
 def test_critic_policy_needs_a_critic_head():
     with pytest.raises(CdtError, match="trained without one"):
         run(m=model(critic="none"), policy="critic")

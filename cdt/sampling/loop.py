@@ -67,6 +67,8 @@ class StepRecord:
     scores: torch.Tensor  # (b, n) the policy's scores (higher = remask first)
     remasked: torch.Tensor  # (b, n) bool, positions masked again after this step
     critic_probs: torch.Tensor | None  # (b, n) when the critic ran
+    masked_before: torch.Tensor  # (b, n) bool, positions that were [MASK] entering the step
+    confidence: torch.Tensor  # (b, n) generator probability of each filled token (after filtering)
 
 
 @dataclass
@@ -172,8 +174,10 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
         remask = _choose(step, scores, newly, editable, total, cfg, gens)
         x = filled.masked_fill(remask, MASK_ID)
         if record:
+            confidence = ctx.probs.gather(-1, filled[..., None]).squeeze(-1)
             history.append(StepRecord(step, filled.cpu(), scores.cpu(), remask.cpu(),
-                                      None if critic_logits is None else critic_probs.cpu()))
+                                      None if critic_logits is None else critic_probs.cpu(), newly.cpu(),
+                                      confidence.cpu()))
     if (x == MASK_ID).any():
         raise CdtError("generation ended with masked positions left")  # cannot happen: the last step commits all
     # the loop only ends once a step remasked nothing, so the last critic pass scored exactly `x`
@@ -181,15 +185,20 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
                       passes=passes, steps=history)
 
 
+def critic_probs(model: DiffusionLM, rows: torch.Tensor) -> torch.Tensor:
+    """(b, n) critic P(wrong) of filled rows: one trunk pass."""
+    device = next(model.parameters()).device
+    with torch.no_grad(), autocast(device):
+        logits = model.critic_logits(model(rows.to(device))).float()
+    return torch.sigmoid(logits).cpu()
+
+
 def final_critic_probs(model: DiffusionLM, gen: Generation) -> tuple[torch.Tensor | None, int]:
     """(b, n) critic P(wrong) of the final rows and the extra trunk passes that cost (0 when the
     policy's last critic pass already scored them; None without a critic)."""
     if gen.critic_probs is not None or not model.has_critic:
         return gen.critic_probs, 0
-    device = next(model.parameters()).device
-    with torch.no_grad(), autocast(device):
-        logits = model.critic_logits(model(gen.tokens.to(device))).float()
-    return torch.sigmoid(logits).cpu(), 1
+    return critic_probs(model, gen.tokens), 1
 
 
 def _choose(step, scores, newly, editable, total, cfg: SampleConfig, gens) -> torch.Tensor:

@@ -1,0 +1,241 @@
+"""`cdt explore`: the state behind the terminal explorer, with no terminal in it.
+
+A *trajectory* is one generation recorded step by step by the shared sampler
+(`generate(..., record=True)`); frame 0 is the template, frame k the row after step k's
+fill, with the critic's P(wrong) of every token (the policy's own critic pass, or one
+extra pass for the frames of non-critic policies), the generator's confidence, and the
+positions the policy masks again. `--mode step` shows instead the training step's view
+of the row (`calibrate.one_step`). Keys change the state; `cdt/terminal.py` draws it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from cdt.calibrate import one_step
+from cdt.checkpoint import Checkpoint
+from cdt.device import pick_device
+from cdt.errors import UsageError
+from cdt.metrics import frame_stats
+from cdt.rng import seed_for
+from cdt.sampling.heldout import load_heldout
+from cdt.sampling.loop import SampleConfig, critic_probs, generate
+from cdt.sampling.policies import POLICIES
+from cdt.sampling.template import prompt_template
+from cdt.vocab import MASK_ID, PAD_ID
+
+COLOURINGS = ("critic", "confidence", "correctness")
+MODES = ("generate", "step")
+
+
+@dataclass
+class Material:
+    """One row to explore: the template, what may change, and the reference when there is one."""
+
+    template: torch.Tensor  # (n,) ids with [MASK] in the region
+    protected: torch.Tensor  # (n,) bool
+    reference: torch.Tensor | None  # (n,) clean ids (held-out rows), None for a free prompt
+    label: str
+
+
+@dataclass
+class Frame:
+    step: int  # 0 = the template
+    tokens: torch.Tensor  # (n,) the row shown (the fill of this step; the template at step 0)
+    masked_before: torch.Tensor  # (n,) bool, [MASK] entering this step (all of the region at step 0)
+    critic: torch.Tensor | None  # (n,) critic P(wrong); None without a critic or at step 0
+    confidence: torch.Tensor | None  # (n,) generator probability of each token
+    remask_next: torch.Tensor  # (n,) bool, positions the policy masks again after this step
+    judged: torch.Tensor  # (n,) bool, the tokens the statistics cover
+
+
+@dataclass
+class Settings:
+    steps: int = 16
+    policy: str = "critic"
+    randomness: float = 0.0
+    temperature: float = 1.0
+    seed: int = 0
+    mode: str = "generate"
+    colouring: str = "critic"
+    remask_pct: int = 30  # the share the `r` key masks again
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise UsageError("--steps must be at least 1")
+        if self.mode not in MODES:
+            raise UsageError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
+        if self.colouring not in COLOURINGS:
+            raise UsageError(f"unknown colouring {self.colouring!r}; choose from {', '.join(COLOURINGS)}")
+        SampleConfig(steps=self.steps, policy=self.policy, randomness=self.randomness,
+                     temperature=self.temperature).validate()
+
+
+def load_materials(ckpt: Checkpoint, prompt: str | None, length: int, rows: int, masking: str | None,
+                   mask_ratio: float, seed: int) -> list[Material]:
+    """A free prompt (one material), or the first `rows` held-out rows with a region masked."""
+    if prompt is not None:
+        separator = ckpt.extra.get("mask_region") == "answer"
+        ids, protected = prompt_template(ckpt.vocab, prompt, length, ckpt.config.model.block_size, 1, separator)
+        return [Material(ids[0], protected[0], None, f"prompt {prompt!r}")]
+    held = load_heldout(ckpt, rows, masking, mask_ratio, seed)
+    return [Material(held.template[i], held.protected[i], held.clean[i], f"held-out row {i} ({held.masking})")
+            for i in range(len(held))]
+
+
+@dataclass
+class Explorer:
+    ckpt: Checkpoint
+    materials: list[Material]
+    settings: Settings
+    device: str = "auto"
+    sample: int = 0
+    frame: int = 0
+    frames: list[Frame] = field(default_factory=list)
+    message: str = ""
+
+    def __post_init__(self):
+        self.settings.validate()
+        self.model = self.ckpt.build_model(pick_device(self.device))
+        self.has_critic = self.model.has_critic
+        if not self.has_critic:
+            if POLICIES[self.settings.policy].needs_critic:
+                self.settings.policy = "confidence"
+            if self.settings.colouring == "critic":
+                self.settings.colouring = "confidence"
+            self.message = "this checkpoint has no critic: colouring by generator confidence"
+        self.recompute()
+
+    # the trajectory
+
+    @property
+    def material(self) -> Material:
+        return self.materials[self.sample]
+
+    def row_seed(self) -> int:
+        """The same seed `cdt calibrate` gives this row's first generation."""
+        return seed_for(self.settings.seed, self.sample, 0)
+
+    def recompute(self, template: torch.Tensor | None = None, keep: int = 0) -> None:
+        """Run the sampler (or the training step) for the current material; frames after `keep` are replaced."""
+        m, s = self.material, self.settings
+        if s.mode == "step" and m.reference is not None:
+            self.frames = [self._step_frame(m)]
+        elif template is None:
+            self.frames = self._generate(m, m.template, first_step=1)
+        else:  # a branch: keep frames 0..keep, then denoise `template` from step keep + 1
+            self.frames = self.frames[: keep + 1] + self._generate(m, template, first_step=keep + 1)
+        self.frame = min(self.frame, len(self.frames) - 1) if template is None else keep + 1
+
+    def _generate(self, m: Material, template: torch.Tensor, first_step: int) -> list[Frame]:
+        s = self.settings
+        cfg = SampleConfig(steps=s.steps, policy=s.policy, randomness=s.randomness, temperature=s.temperature,
+                           seed=s.seed)
+        gen = generate(self.model, template[None], m.protected[None], cfg, row_seeds=[self.row_seed()], record=True)
+        region = ~m.protected & (m.template != PAD_ID)
+        frames = [] if first_step > 1 else [Frame(0, template.clone(), template == MASK_ID, None, None,
+                                                  torch.zeros_like(region), torch.zeros_like(region))]
+        records = gen.steps
+        critic = None
+        if self.has_critic and records and records[0].critic_probs is None:  # non-critic policy: one batched pass
+            critic = critic_probs(self.model, torch.cat([r.filled for r in records]))
+        for k, r in enumerate(records):
+            probs = r.critic_probs[0] if r.critic_probs is not None else (critic[k] if critic is not None else None)
+            frames.append(Frame(first_step + k, r.filled[0], r.masked_before[0], probs, r.confidence[0],
+                                r.remasked[0], region.clone()))
+        return frames
+
+    def _step_frame(self, m: Material) -> Frame:
+        region = ~m.protected & (m.reference != PAD_ID)
+        filled, probs, valid, masked = one_step(self.model, m.reference[None], region[None], [self.row_seed()],
+                                                self.ckpt, next(self.model.parameters()).device)
+        return Frame(1, filled[0], masked[0], probs[0], None, torch.zeros_like(region), valid[0])
+
+    # what a frame says
+
+    def current(self) -> Frame:
+        return self.frames[self.frame]
+
+    def stats(self, frame: Frame | None = None) -> dict:
+        f = frame or self.current()
+        m = self.material
+        region = ~m.protected & (m.template != PAD_ID)
+        out = {"sample": self.sample, "label": m.label, "step": f.step, "steps": self.settings.steps,
+               "masked_before": int((f.masked_before & region).sum()), "region": int(region.sum()),
+               "remask_next": int(f.remask_next.sum()), "policy": self.settings.policy,
+               "randomness": self.settings.randomness, "colouring": self.settings.colouring,
+               "critic": self.has_critic}
+        if m.reference is None or f.step == 0:
+            return out
+        wrong = (f.tokens != m.reference) & f.judged
+        committed = f.judged & ~f.remask_next
+        out["unmasking_acc"] = (float(((f.tokens == m.reference) & committed).sum() / committed.sum())
+                                if committed.any() else None)
+        if f.critic is not None:
+            out.update(frame_stats(f.critic[f.judged].numpy(), wrong[f.judged].numpy()))
+        else:
+            out.update(valid=int(f.judged.sum()), right=int((f.judged & ~wrong).sum()), wrong=int(wrong.sum()))
+        return out
+
+    # keys
+
+    def step(self, delta: int) -> None:
+        self.frame = max(0, min(len(self.frames) - 1, self.frame + delta))
+
+    def move_sample(self, delta: int) -> None:
+        new = max(0, min(len(self.materials) - 1, self.sample + delta))
+        if new != self.sample:
+            self.sample, self.frame, self.frames = new, 0, []
+            self.recompute()
+
+    def cycle_colouring(self) -> None:
+        options = [c for c in COLOURINGS if c != "critic" or self.has_critic]
+        self.settings.colouring = options[(options.index(self.settings.colouring) + 1) % len(options)]
+
+    def cycle_policy(self) -> None:
+        options = [p for p, pol in POLICIES.items() if self.has_critic or not pol.needs_critic]
+        self.settings.policy = options[(options.index(self.settings.policy) + 1) % len(options)]
+        self.frames = []
+        self.recompute()
+
+    def change_randomness(self, delta: float) -> None:
+        self.settings.randomness = round(min(1.0, max(0.0, self.settings.randomness + delta)), 2)
+        self.frames = []
+        self.recompute()
+
+    def change_remask_pct(self, delta: int) -> None:
+        self.settings.remask_pct = min(100, max(10, self.settings.remask_pct + delta))
+
+    def remask_now(self) -> None:
+        """Mask again the worst `remask_pct`% of the region by the current colouring's score, and denoise
+        from there; the frames after this one are replaced."""
+        f = self.current()
+        if f.step == 0 or self.settings.mode == "step":
+            self.message = "nothing to remask here: step forward first"
+            return
+        score = f.critic if (self.settings.colouring == "critic" and f.critic is not None) else 1 - f.confidence
+        region = ~self.material.protected & (self.material.template != PAD_ID)
+        k = max(1, round(self.settings.remask_pct / 100 * int(region.sum())))
+        order = score.masked_fill(~region, float("-inf")).argsort(descending=True)[:k]
+        template = f.tokens.clone()
+        template[order] = MASK_ID
+        self.recompute(template=template, keep=self.frame)
+        self.message = f"remasked {k} positions ({self.settings.remask_pct}%) at step {f.step}"
+
+    def handle(self, action: str) -> bool:
+        """Apply one named action; False means quit."""
+        self.message = "" if self.has_critic else self.message
+        actions = {
+            "next": lambda: self.step(1), "prev": lambda: self.step(-1),
+            "next_sample": lambda: self.move_sample(1), "prev_sample": lambda: self.move_sample(-1),
+            "remask": self.remask_now, "more": lambda: self.change_remask_pct(10),
+            "less": lambda: self.change_remask_pct(-10), "colour": self.cycle_colouring, "policy": self.cycle_policy,
+            "rand_up": lambda: self.change_randomness(0.1), "rand_down": lambda: self.change_randomness(-0.1),
+        }
+        if action == "quit":
+            return False
+        if action in actions:
+            actions[action]()
+        return True

@@ -1,0 +1,200 @@
+"""`cdt explore`: the shared path (same numbers as calibrate), rendering, keys, and a real terminal."""
+
+import json
+import os
+import re
+import select
+import sys
+import time
+
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from cdt.calibrate import CalibrateSettings, calibrate, sample_scores
+from cdt.checkpoint import load
+from cdt.cli import app
+from cdt.explore import Explorer, Settings, load_materials
+from cdt.render import frame_view
+from cdt.terminal import split_keys
+from cdt.vocab import MASK_ID
+from tests.test_cli import assert_one_line_error
+
+runner = CliRunner()
+
+
+def explorer(run, rows=3, **kw):
+    ckpt = load(run)
+    return Explorer(ckpt, load_materials(ckpt, None, 0, rows, None, 0.3, 0), Settings(**{"steps": 4, **kw}))
+
+
+def test_step_frame_equals_calibrate_step_mode(tiny_run, tmp_path):
+    ex = explorer(tiny_run, mode="step")
+    st = ex.stats()
+    report = calibrate(load(tiny_run), CalibrateSettings(n_samples=1, mode="step", seed=0), tmp_path / "s.jsonl", None)
+    t = report.tokens
+    assert (st["valid"], st["wrong"]) == (t.n, t.n_wrong) and st["valid"] > 0
+    assert st["p_wrong"]["mean"] == pytest.approx(t.wrong["mean"])
+    assert st["p_right"]["mean"] == pytest.approx(t.right["mean"])
+    # calibrate ranks through a 2^16-bin histogram (ties within 1/65536); the frame's AUROC is exact
+    assert st["auroc"] == pytest.approx(t.auroc, abs=0.01)
+    line = json.loads((tmp_path / "s.jsonl").read_text())
+    f = ex.current()
+    assert sample_scores(f.critic[f.judged].double().numpy(), 5) == pytest.approx(
+        {k: line[k] for k in ("score", "score_max", "score_mean")})
+
+
+def test_final_frame_is_calibrates_generation(tiny_run, tmp_path):
+    ex = explorer(tiny_run, rows=2)
+    ex.move_sample(1)
+    calibrate(load(tiny_run), CalibrateSettings(n_samples=2, steps=4, seed=0), tmp_path / "s.jsonl", None)
+    line = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[1])
+    final = ex.frames[-1]
+    region = ~ex.material.protected
+    where = region.nonzero().flatten()
+    assert ex.ckpt.vocab.decode(final.tokens[int(where.min()) : int(where.max()) + 1]) == line["text"]
+    assert ex.stats()["step"] == 0 and len(ex.frames) == 5  # template + 4 steps
+    assert not (final.tokens == MASK_ID).any() and not final.remask_next.any()
+
+
+def test_keys_move_colour_policy_and_remask(tiny_run):
+    ex = explorer(tiny_run)
+    ex.handle("prev")
+    assert ex.frame == 0
+    for _ in range(10):
+        ex.handle("next")
+    assert ex.frame == 4
+    ex.handle("colour")
+    assert ex.settings.colouring == "confidence"
+    ex.handle("colour"), ex.handle("colour")
+    assert ex.settings.colouring == "critic"
+    ex.frame = 2
+    ex.handle("remask")
+    assert ex.frame == 3 and "remasked" in ex.message
+    k = round(0.3 * int((~ex.material.protected).sum()))
+    assert int(ex.current().masked_before.sum()) == k  # exactly the remasked share enters the next step
+    ex.handle("policy")
+    assert ex.settings.policy == "critic-calibrated" and ex.frame <= len(ex.frames) - 1
+    ex.handle("rand_up")
+    assert ex.settings.randomness == 0.1
+    ex.handle("next_sample")
+    assert ex.sample == 1 and ex.frame == 0
+    assert ex.handle("quit") is False
+
+
+def render(ex, plain, width=100):
+    console = Console(record=True, width=width, force_terminal=not plain, color_system=None if plain else "truecolor")
+    console.print(frame_view(ex, plain=plain, width=width, interactive=not plain))
+    return console.export_text(styles=not plain)
+
+
+def test_rendered_frame_has_legend_stats_and_markers(tiny_run):
+    ex = explorer(tiny_run)
+    ex.frame = 1
+    coloured = render(ex, plain=False)
+    assert "critic P(wrong)" in coloured and "critic AUROC" in coloured and "q quit" in coloured
+    assert "\x1b[4" in coloured or ";4m" in coloured  # underlined wrong tokens
+    assert "\x1b[7" in coloured or ";7m" in coloured  # reversed: masked again next
+    plain = render(ex, plain=True)
+    assert "legend:" in plain and "P(wrong) | wrong" in plain
+    marks = "".join(line[8:] for line in plain.splitlines() if line.startswith("marks"))
+    f = ex.current()
+    keep = ~ex.material.protected & (ex.material.template != 1)
+    wrong = (f.tokens != ex.material.reference)[keep]
+    assert marks.count("x") + marks.count("!") == int(wrong.sum())
+    assert marks.count("^") + marks.count("!") == int(f.remask_next[keep].sum())
+
+
+def test_narrow_terminal_wraps(tiny_run):
+    ex = explorer(tiny_run)
+    ex.frame = 2
+    for plain in (True, False):
+        assert "step" in render(ex, plain=plain, width=24)
+
+
+def test_cli_non_interactive_and_json(tiny_run):
+    r = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "3", "--final-only"])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.count("step 3/3") == 1 and "step 1/3" not in r.stdout and "legend:" in r.stdout
+    j = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "3", "--json", "--masking", "span"])
+    doc = json.loads(j.stdout)
+    assert [f["step"] for f in doc["frames"]] == [0, 1, 2, 3] and "span" in doc["label"]
+    assert all("auroc" in f for f in doc["frames"][1:])
+    fallback = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "2", "--interactive"])
+    assert fallback.exit_code == 0 and "falling back to --no-interactive" in fallback.stderr
+
+
+def test_checkpoint_without_critic_still_explores(tmp_path):
+    from cdt.train import train
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(max_iters=2, eval_interval=2)
+    cfg.model.critic = "none"
+    train(cfg, tmp_path / "nocritic")
+    r = runner.invoke(app, ["explore", "--checkpoint", str(tmp_path / "nocritic"), "--steps", "2", "--final-only"])
+    assert r.exit_code == 0, r.stderr
+    assert "absent in this checkpoint" in r.stdout and "policy confidence" in r.stdout
+
+
+def test_bad_input(tiny_run):
+    assert_one_line_error(runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--prompt", "snow ☃"]), 1, "'☃'")
+    assert_one_line_error(runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--colour", "rainbow"]), 2,
+                          "unknown colouring")
+    assert_one_line_error(runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--mode", "dream"]), 2,
+                          "unknown mode")
+
+
+def test_split_keys():
+    assert split_keys("n\x1b[Cq") == ["n", "\x1b[C", "q"]
+    assert split_keys("\x1b") == ["\x1b"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pseudo-terminal test uses Linux pty")
+def test_interactive_mode_in_a_pseudo_terminal(tiny_run):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: cdt explore on a terminal
+        os.environ.update(TERM="xterm-256color", COLUMNS="100", LINES="40")
+        os.execv(sys.executable, [sys.executable, "-m", "cdt", "explore", "--checkpoint", str(tiny_run), "--steps", "3"])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    screen = b""
+
+    def read_until(fragment: str, timeout: float = 60.0) -> str:
+        nonlocal screen
+        end = time.time() + timeout
+        while time.time() < end:
+            text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", screen.decode("utf-8", "replace"))
+            if fragment in text:
+                return text
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    screen += os.read(fd, 65536)
+                except OSError:
+                    break
+        raise AssertionError(f"{fragment!r} never appeared on the screen")
+
+    read_until("step 0/3")
+    os.write(fd, b"\x1b[C")  # right arrow: next step
+    read_until("step 1/3")
+    os.write(fd, b"c")  # colouring: confidence
+    read_until("colour: confidence")
+    os.write(fd, b"q")
+    end = time.time() + 60
+    while time.time() < end:  # drain until the child closes the terminal
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "q quit" in screen.decode("utf-8", "replace")  # the help line was shown
+    assert b"\x1b[?1049l" in screen  # left the alternate screen: the terminal is restored
