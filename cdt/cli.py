@@ -23,6 +23,8 @@ from cdt.errors import CdtError
 EXAMPLE_PROMPT = "Set an alarm for 7:30 pm called gym"
 EXAMPLE_ANSWER = '{"name": "set_alarm", "arguments": {"time": "19:30", "label": "gym"}}'
 
+SCAFFOLD_BLOCK = 288  # longest scaffolded toolcalls row (265) plus room
+
 app = typer.Typer(
     help="Masked diffusion language models with a learned token critic.",
     no_args_is_help=True,
@@ -86,6 +88,8 @@ def train(
     eval_interval: Optional[int] = typer.Option(None, min=1, help="Steps between validation passes and checkpoints."),
     set_: List[str] = typer.Option([], "--set", help="Any config value, SECTION.KEY=VALUE (e.g. model.critic=mlp); repeatable."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+    scaffold: bool = typer.Option(False, "--scaffold", help="Train on toolcalls answers in the schema-scaffold layout "
+                                                            "(only value slots masked; block size at least 288)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout and nothing else there."),
 ):
     """Train the generator and the critic on one shared trunk.
@@ -101,8 +105,12 @@ def train(
              "train": {"max_iters": max_iters, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
                        "eval_interval": eval_interval}}
     overrides = [{s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}]
+    if scaffold:  # scaffolded rows are up to 265 characters; the flag alone must be enough to train
+        overrides.append({"data": {"scaffold": True}})
     overrides += [parse_override(item) for item in set_]
     cfg = resolve(preset, config, overrides)
+    if scaffold and not any(item.strip().startswith("model.block_size") for item in set_):
+        cfg.model.block_size = max(cfg.model.block_size, SCAFFOLD_BLOCK)
     if resume and out is None:
         raise fail("--resume needs --out DIR, the run directory to continue", 2)
     if out is None:
@@ -148,6 +156,13 @@ def sample(
     randomness: float = typer.Option(0.0, min=0.0, max=1.0, help="Blend scores with noise: (1-r)*score + r*U."),
     selection: str = typer.Option("topk", help="topk: remask the worst; gumbel: sample them, p ~ score."),
     seed: int = typer.Option(0, help="Seed; the same seed gives the same output."),
+    schema: Optional[str] = typer.Option(None, help="Fill the value slots of a built-in toolcalls tool's scaffold "
+                                                    "(e.g. get_weather); Python writes the JSON structure."),
+    schema_file: Optional[Path] = typer.Option(None, help="Like --schema, from a JSON Schema file (an object schema)."),
+    budget: List[str] = typer.Option([], help="Slot size, FIELD=N or N for every field (scaffolds; repeatable)."),
+    prompts_file: Optional[str] = typer.Option(None, help="Scaffolds: one request per line ('-' = stdin); "
+                                                          "prints one JSON line per request."),
+    lock_threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="rcr policy: confidence at which a position locks."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     show_steps: bool = typer.Option(False, "--show-steps", help="Print the denoising trajectory (stderr)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document: text, per-token critic P(wrong), passes."),
@@ -166,8 +181,11 @@ def sample(
 
     cfg = SampleConfig(steps=steps or 1, policy=policy, commit=commit, threshold=threshold, schedule=schedule,
                        temperature=temperature, top_k=top_k, top_p=top_p, randomness=randomness,
-                       selection=selection, seed=seed)
+                       selection=selection, seed=seed, lock_threshold=lock_threshold)
     cfg.validate()
+    if schema or schema_file or prompts_file:
+        return _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget, prompts_file, device,
+                                show_steps, json_out)
     ckpt = ckpt_mod.load(checkpoint)
     cfg.steps = steps or ckpt.config.sample.steps
     result = run_sample(ckpt, prompt, length, n, cfg, device=device, record=show_steps)
@@ -188,6 +206,72 @@ def sample(
     else:
         for text in result.texts:  # one line per row, whatever the model generated
             sys.stdout.write(text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t") + "\n")
+
+
+def _budgets(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            out[name if sep else "*"] = int(value)
+        except ValueError:
+            raise fail(f"--budget expects FIELD=N or N, got {item!r}", 2) from None
+    return out
+
+
+def _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget, prompts_file, device, show_steps,
+                     json_out):
+    """`cdt sample --schema/--schema-file`: scaffolded calls, validated against the schema."""
+    from cdt import checkpoint as ckpt_mod
+    from cdt import scaffold
+    from cdt.render import slot_trajectory
+    from cdt.sampling.run import sample_schema
+
+    if bool(schema) == bool(schema_file):
+        raise fail("give exactly one of --schema NAME or --schema-file FILE", 2)
+    spec = scaffold.builtin(schema) if schema else scaffold.from_json_schema(schema_file)
+    spec = scaffold.with_budgets(spec, _budgets(budget))
+    if prompts_file:
+        lines = (sys.stdin.read() if prompts_file == "-" else _read_prompts(prompts_file)).splitlines()
+        prompts = [line for line in lines if line.strip()]
+        if not prompts:
+            raise fail(f"no requests in {prompts_file}", 1)
+    else:
+        prompts = [prompt]
+    ckpt = ckpt_mod.load(checkpoint)
+    cfg.steps = steps or ckpt.config.sample.steps
+    for p in prompts:
+        ckpt.vocab.encode(p)  # characters outside the vocabulary: one clear error before any work
+    samples, gen = sample_schema(ckpt, spec, prompts, cfg, device, record=show_steps)
+    for i, s in enumerate(samples):
+        for e in s.errors:
+            warn(f"row {i}: {e}")
+    docs = [{"prompt": s.prompt, "text": s.text, "call": s.call, "valid": s.valid, "errors": s.errors}
+            for s in samples]
+    if prompts_file:
+        for d in docs:
+            sys.stdout.write(json.dumps(d, ensure_ascii=False) + "\n")
+    elif json_out:
+        emit_json({"checkpoint": str(ckpt.path), "schema": spec.tool, "config": asdict(cfg), "passes": gen.passes,
+                   "samples": docs})
+    else:
+        for s in samples:
+            sys.stdout.write(s.text + "\n")
+    if show_steps:
+        starts = [len(ckpt.vocab.encode(s.prompt)) + (len(ckpt.vocab.encode("\n")) if ckpt.extra.get("mask_region") == "answer" else 0)
+                  for s in samples]
+        err_console.print(slot_trajectory(gen, starts, ckpt.vocab, plain=not err_console.is_terminal),
+                          soft_wrap=True, highlight=False)
+
+
+def _read_prompts(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise fail(f"prompts file not found: {path}", 1)
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise fail(f"prompts file is not UTF-8 text: {path}", 1) from None
 
 
 def _csv(value: str, cast, name: str) -> list:
@@ -214,6 +298,9 @@ def eval_cmd(
     commit: str = typer.Option("remask", help="remask | lock | threshold."),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
     seed: int = typer.Option(0, help="Seed: the same for every policy, so they see the same draws."),
+    scaffold: bool = typer.Option(False, "--scaffold", help="Fill only the value slots of scaffolded answers and grade "
+                                                            "structure, types, fields, [NULL] use and collapse."),
+    lock_threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="rcr policy: confidence at which a position locks."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document with every row of the table."),
 ):
@@ -228,24 +315,38 @@ def eval_cmd(
     from cdt import calibration_map
     from cdt import checkpoint as ckpt_mod
     from cdt.render import eval_table
-    from cdt.sampling.evaluate import evaluate_policies
+    from cdt.render import scaffold_table
+    from cdt.sampling.evaluate import evaluate_policies, evaluate_scaffold
     from cdt.sampling.heldout import load_heldout
     from cdt.sampling.loop import SampleConfig
 
     policy_list, steps_list = _csv(policies, str, "--policies"), _csv(steps, int, "--steps")
-    base = SampleConfig(commit=commit, temperature=temperature, seed=seed)
+    base = SampleConfig(commit=commit, temperature=temperature, seed=seed, lock_threshold=lock_threshold)
     for p in policy_list:
         SampleConfig(**{**base.__dict__, "policy": p}).validate()
     if min(steps_list) < 1:
         raise fail("--steps must be at least 1", 2)
     ckpt = ckpt_mod.load(checkpoint)
-    held = load_heldout(ckpt, n, mask, mask_ratio, seed)
+    if scaffold:
+        if mask not in (None, "answer"):
+            raise fail("--scaffold fills the value slots; it cannot be combined with --mask random/span", 2)
+        held = load_heldout(ckpt, n, "answer", seed=seed, scaffold=True)
+    else:
+        held = load_heldout(ckpt, n, mask, mask_ratio, seed)
     for p in policy_list:
         warn(calibration_map.for_policy(ckpt.path.parent, p)[1])
     with Progress(console=err_console, disable=not err_console.is_terminal, transient=True) as progress:
         task = progress.add_task("eval", total=len(policy_list) * len(steps_list) * n)
-        rows = evaluate_policies(ckpt, held, policy_list, steps_list, batch_size, base, device,
-                                 on_batch=lambda k: progress.advance(task, k))
+        run_eval = evaluate_scaffold if scaffold else evaluate_policies
+        rows = run_eval(ckpt, held, policy_list, steps_list, batch_size, base, device,
+                        on_batch=lambda k: progress.advance(task, k))
+    if scaffold:
+        if json_out:
+            emit_json({"checkpoint": str(ckpt.path), "n": n, "scaffold": True, "commit": commit,
+                       "temperature": temperature, "rows": [asdict(r) for r in rows]})
+        else:
+            out_console.print(scaffold_table(rows, n))
+        return
     if json_out:
         emit_json({"checkpoint": str(ckpt.path), "n": n, "mask": held.masking,
                    "mask_ratio": None if held.masking == "answer" else mask_ratio,

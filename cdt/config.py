@@ -41,6 +41,7 @@ class DataConfig:
     n_records: int = 40000  # toolcalls records generated (train + validation)
     seed: int = 0  # toolcalls generator seed (the corpus, not the training run)
     mask_region: str = "auto"  # answer | all | auto (answer when the corpus has prompts)
+    scaffold: bool = False  # toolcalls answers in the scaffold layout: only value slots are masked (cdt/scaffold.py)
 
 
 @dataclass

@@ -133,7 +133,8 @@ class Explorer:
         s = self.settings
         cfg = SampleConfig(steps=s.steps, policy=s.policy, randomness=s.randomness, temperature=s.temperature,
                            seed=s.seed)
-        gen = generate(self.model, template[None], m.protected[None], cfg, row_seeds=[self.row_seed()], record=True)
+        gen = generate(self.model, template[None], m.protected[None], cfg, row_seeds=[self.row_seed()], record=True,
+                       allow_null=self.ckpt.config.data.scaffold)
         region = ~m.protected & (m.template != PAD_ID)
         frames = [] if first_step > 1 else [Frame(0, template.clone(), template == MASK_ID, None, None,
                                                   torch.zeros_like(region), torch.zeros_like(region))]

@@ -366,3 +366,42 @@ def frame_view(ex, plain: bool, width: int = 80, interactive: bool = False) -> G
     if interactive:
         parts.append(Text(HELP.format(pct=s.remask_pct), style="reverse"))
     return Group(*parts)
+
+
+def slot_trajectory(gen, starts: list[int], vocab, plain: bool) -> Text:
+    """Scaffolded rows step by step after their prompts: `_` = masked, `∅` = [NULL], remasked highlighted."""
+    text = Text()
+    for i, start in enumerate(starts):
+        text.append(f"row {i}\n", style="bold")
+        for rec in gen.steps:
+            text.append(f"  step {rec.step:>3}  ")
+            for pos in range(start, rec.filled.shape[1]):
+                tok = int(rec.filled[i, pos])
+                if tok == PAD_ID:
+                    break
+                ch = "∅" if tok == NULL_ID else SHOWN.get(vocab.decode([tok]), vocab.decode([tok]))
+                remasked = bool(rec.remasked[i, pos])
+                text.append("_" if remasked and plain else ch, style="reverse red" if remasked and not plain else "")
+            text.append("\n")
+    return text
+
+
+def scaffold_table(rows, n: int) -> Table:
+    """Scaffolded infilling per policy and steps, ordered by trunk passes; fits 80 columns."""
+    kept = min(r.structure for r in rows)
+    table = Table(title=f"cdt eval --scaffold · {n} held-out calls · structure kept in {_pct(kept)} of rows",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1))
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    for col in ("pass", "policy", "T", "JSON", "types", "fields", "calls", "∅ P", "∅ R", "div", "rep", "s"):
+        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
+    for r in sorted(rows, key=lambda r: (r.passes, r.policy)):
+        table.add_row(f"{r.passes:.0f}", r.policy, str(r.steps), pct(r.json_valid), pct(r.type_valid),
+                      pct(r.field_exact), pct(r.call_exact), pct(r.null_precision), pct(r.null_recall),
+                      f"{r.diversity:.2f}", pct(r.repetition), f"{r.seconds:.0f}")
+    table.caption = ("∅ P/R: [NULL] precision/recall over slot positions · div: distinct/total characters per "
+                     "value · rep: characters repeating the previous one")
+    table.caption_justify = "left"
+    return table

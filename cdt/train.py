@@ -96,7 +96,8 @@ class StepOutput:
 
 
 def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: Schedule, cfg: TrainConfig,
-                   region: str, generator: torch.Generator, device: torch.device) -> StepOutput:
+                   region: str, generator: torch.Generator, device: torch.device,
+                   allow_null: bool = False) -> StepOutput:
     """Corrupt, generator pass, fill via build_critic_artifacts, critic pass. Used by training and eval."""
     clean = batch.ids.to(device, non_blocking=True)
     maskable = batch.maskable.to(device, non_blocking=True) if region == "answer" else clean != PAD_ID
@@ -110,7 +111,7 @@ def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: 
     if not model.has_critic:
         return StepOutput(gen_loss, None, noisy, masked, maskable, logits, None, None)
     art = build_critic_artifacts(noisy, logits.detach(), clean, temperature=cfg.fill_temperature,
-                                 scope=cfg.critic_scope, generator=generator)
+                                 scope=cfg.critic_scope, allow_null=allow_null, generator=generator)
     with autocast(device):
         critic_logits = model.critic_logits(model(art.critic_input)).float()
     return StepOutput(gen_loss, critic_bce(critic_logits, art.critic_target, art.critic_valid), noisy, masked,
@@ -136,7 +137,7 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
     probs, wrong, probs_m, wrong_m = [], [], [], []
     for batch in corpus.val_batches(cfg.train.eval_rows, 64):
         t = sample_t(len(batch.ids), gen, cfg.train.antithetic)
-        out = diffusion_step(model, batch, t, schedule, cfg.train, region, gen, device)
+        out = diffusion_step(model, batch, t, schedule, cfg.train, region, gen, device, cfg.data.scaffold)
         tokens = int(out.maskable.sum())
         clean = batch.ids.to(device)
         # always the NELBO, whatever weighting training uses, so bits/char stay comparable
@@ -148,7 +149,8 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
             p = torch.sigmoid(out.critic_logits)
             probs.append(p[out.maskable].cpu()), wrong.append(out.artifacts.critic_target[out.maskable].cpu())
             probs_m.append(p[out.masked].cpu()), wrong_m.append(out.artifacts.critic_target[out.masked].cpu())
-    values = value_accuracy(model, corpus.records[:VALUE_RECORDS], corpus.vocab, device) if corpus.records else None
+    values = (value_accuracy(model, corpus.records[:VALUE_RECORDS], corpus.vocab, device, scaffold=cfg.data.scaffold)
+              if corpus.records else None)
     model.train(was_training)
     result = {
         "value_acc": values,
@@ -171,7 +173,26 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
 
 
 @torch.no_grad()
-def value_accuracy(model: DiffusionLM, records: list, vocab, device: torch.device, batch_size: int = 128) -> float | None:
+def value_spans(record, vocab, scaffold: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+    """A record's row (request + separator + answer) and the [start, end) of each argument value:
+    its JSON text in the plain layout, its whole slot ([NULL] padding included) in the scaffold layout."""
+    if scaffold:
+        from cdt.data import _scaffold_ids
+
+        ids, slots = _scaffold_ids(record, vocab)
+        starts = [i for i, s in enumerate(slots) if s and (i == 0 or not slots[i - 1])]
+        ends = [i + 1 for i, s in enumerate(slots) if s and (i + 1 == len(slots) or not slots[i + 1])]
+        return ids, list(zip(starts, ends))
+    spans = []
+    for key, value in record.arguments.items():
+        val = json.dumps(value, ensure_ascii=False)
+        start = len(record.prompt) + 1 + record.answer.index(f'"{key}": {val}') + len(f'"{key}": ')
+        spans.append((start, start + len(val)))
+    return vocab.encode(record.prompt + SEPARATOR + record.answer), spans
+
+
+def value_accuracy(model: DiffusionLM, records: list, vocab, device: torch.device, batch_size: int = 128,
+                   scaffold: bool = False) -> float | None:
     """Share of argument values restored exactly when each value alone is masked (greedy).
 
     The rest of the answer stays visible, so structure cannot carry the score: this asks
@@ -179,12 +200,10 @@ def value_accuracy(model: DiffusionLM, records: list, vocab, device: torch.devic
     """
     rows, spans = [], []
     for r in records:
-        text = r.prompt + SEPARATOR + r.answer
-        for key, value in r.arguments.items():
-            val = json.dumps(value, ensure_ascii=False)
-            start = len(r.prompt) + 1 + r.answer.index(f'"{key}": {val}') + len(f'"{key}": ')
-            rows.append(vocab.encode(text))
-            spans.append((start, start + len(val)))
+        ids, value_spans_ = value_spans(r, vocab, scaffold)
+        for span in value_spans_:
+            rows.append(ids)
+            spans.append(span)
     if not rows:
         return None
     right = 0
@@ -300,7 +319,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     if not resume and ckpt_path.exists():
         raise CdtError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     ckpt = checkpoint.load(out) if resume else None  # raises when there is nothing to resume
-    corpus = load_corpus(cfg.data.source, cfg.model.block_size, cfg.data.n_records, cfg.data.seed)
+    corpus = load_corpus(cfg.data.source, cfg.model.block_size, cfg.data.n_records, cfg.data.seed, cfg.data.scaffold)
     cfg.model.vocab_size = len(corpus.vocab)
     if ckpt is not None:
         _check_resume(ckpt, cfg, corpus)
@@ -347,7 +366,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t = sample_t(len(batch.ids), gen, tc.antithetic)
-            out_step = diffusion_step(model, batch, t, schedule, tc, region, gen, device)
+            out_step = diffusion_step(model, batch, t, schedule, tc, region, gen, device, cfg.data.scaffold)
             loss = out_step.gen_loss if out_step.critic_loss is None else out_step.gen_loss + alpha * out_step.critic_loss
             if not math.isfinite(loss_value := float(loss.detach())):
                 raise CdtError(f"loss became {loss_value} at step {step + 1}; lower --lr or check the data")

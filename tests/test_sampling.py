@@ -168,3 +168,31 @@ def test_critic_policy_needs_a_critic_head():
 def test_bad_settings(kw, match):
     with pytest.raises(UsageError, match=match):
         run(**kw)
+
+
+def test_rcr_locks_above_the_threshold_and_remasks_below_it():
+    m = model()
+    gen, ids, protected = run(m, policy="rcr", steps=6, lock_threshold=0.05, seed=2)
+    locked_at = {}
+    for rec in gen.steps:
+        for pos in (rec.masked_before[0] & (rec.confidence[0] >= 0.05)).nonzero().flatten().tolist():
+            locked_at.setdefault(pos, (rec.step, int(rec.filled[0, pos])))
+        for pos, (step, token) in locked_at.items():  # once locked: never remasked, never changed
+            assert not rec.remasked[0, pos] and int(rec.filled[0, pos]) == token
+    assert locked_at  # the low threshold locks some positions
+    revised = 0
+    for seed in range(8):  # below the threshold a committed token can be masked again
+        strict, _, _ = run(m, policy="rcr", steps=8, lock_threshold=1.0, seed=seed)
+        revised += sum(int((rec.remasked[0] & ~rec.masked_before[0]).sum()) for rec in strict.steps)
+    assert revised > 0
+
+
+def test_rcr_remasks_the_lowest_best_confidence():
+    m = model()
+    gen, _, _ = run(m, policy="rcr", steps=4, lock_threshold=1.0, seed=5)
+    rec = gen.steps[0]
+    region = rec.masked_before[0]
+    conf = rec.confidence[0]
+    k = int(rec.remasked[0].sum())
+    worst = conf.masked_fill(~region, 2.0).argsort()[:k]
+    assert set(worst.tolist()) == set(rec.remasked[0].nonzero().flatten().tolist())

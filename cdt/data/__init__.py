@@ -106,28 +106,33 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def load_corpus(data: str, block_size: int, n_records: int = 40000, seed: int = 0) -> Corpus:
-    """`toolcalls` (embedded) or a path to a UTF-8 text file."""
+def load_corpus(data: str, block_size: int, n_records: int = 40000, seed: int = 0, scaffold: bool = False) -> Corpus:
+    """`toolcalls` (embedded) or a path to a UTF-8 text file. scaffold: toolcalls answers in the
+    slot layout of `cdt.scaffold`, only the value slots maskable."""
     if data == "toolcalls":
-        return _toolcalls_corpus(n_records, block_size, seed)
+        return _toolcalls_corpus(n_records, block_size, seed, scaffold)
+    if scaffold:
+        raise CdtError("data.scaffold needs the toolcalls corpus (a text file has no schema)")
     return _text_corpus(Path(data), block_size)
 
 
-def _toolcalls_corpus(n_records: int, block_size: int, seed: int) -> Corpus:
+def _toolcalls_corpus(n_records: int, block_size: int, seed: int, scaffold: bool = False) -> Corpus:
     records = toolcalls.generate(n_records, seed)
     train = [r for r in records if not toolcalls.is_validation(r.prompt)]
     val = [r for r in records if toolcalls.is_validation(r.prompt)]
     overlap = len({r.prompt for r in train} & {r.prompt for r in val})
     texts = [r.prompt + SEPARATOR + r.answer for r in records]
     vocab = Vocab.from_text("".join(texts), extra=string.printable.strip() + " \n")
-    longest = max(len(t) for t in texts)
+    rows = _scaffold_rows if scaffold else _record_rows
+    longest = max(len(t) for t in texts) if not scaffold else max(len(_scaffold_ids(r, vocab)[0]) for r in records)
     if longest > block_size:
-        raise CdtError(f"toolcalls rows are up to {longest} characters; raise model.block_size (now {block_size})")
+        raise CdtError(f"toolcalls rows{' (scaffolded)' if scaffold else ''} are up to {longest} characters; "
+                       f"raise model.block_size (now {block_size})")
     return Corpus(
         name="toolcalls",
         vocab=vocab,
-        train=_record_rows(train, vocab, block_size),
-        val=_record_rows(val, vocab, block_size),
+        train=rows(train, vocab, block_size),
+        val=rows(val, vocab, block_size),
         block_size=block_size,
         info={"records": len(records), "train": len(train), "val": len(val), "overlap": overlap,
               "longest_row": longest, "seed": seed},
@@ -144,6 +149,25 @@ def _record_rows(records: list, vocab: Vocab, block_size: int) -> Rows:
         ids[i, : len(head)] = head
         ids[i, len(head) : len(head) + len(answer)] = answer
         maskable[i, len(head) : len(head) + len(answer)] = True
+    return Rows(ids, maskable)
+
+
+def _scaffold_ids(record, vocab: Vocab) -> tuple[list[int], list[bool]]:
+    """Request + separator, then the answer in the scaffold layout; maskable = the value slots."""
+    from cdt import scaffold
+
+    head = vocab.encode(record.prompt + SEPARATOR)
+    body, slots = scaffold.render(scaffold.builtin(record.tool), vocab, record.arguments)
+    return head + body, [False] * len(head) + slots
+
+
+def _scaffold_rows(records: list, vocab: Vocab, block_size: int) -> Rows:
+    ids = np.full((len(records), block_size), PAD_ID, dtype=np.int32)
+    maskable = np.zeros((len(records), block_size), dtype=bool)
+    for i, r in enumerate(records):
+        row, slots = _scaffold_ids(r, vocab)
+        ids[i, : len(row)] = row
+        maskable[i, : len(row)] = slots
     return Rows(ids, maskable)
 
 

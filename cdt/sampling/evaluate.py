@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import torch
+
 from cdt import calibration_map
 from cdt.checkpoint import Checkpoint
 from cdt.device import pick_device
@@ -45,7 +47,7 @@ def evaluate_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
                 hi = min(lo + batch_size, len(held))
                 seeds = [seed_for(cfg.seed, i) for i in range(lo, hi)]
                 gen = generate(model, held.template[lo:hi], held.protected[lo:hi], cfg, row_seeds=seeds,
-                               calibration=calibration)
+                               calibration=calibration, allow_null=ckpt.config.data.scaffold)
                 target = held.region(lo, hi)
                 hit = (gen.tokens == held.clean[lo:hi]) & target
                 right += int(hit.sum())
@@ -66,3 +68,93 @@ def evaluate_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
                                 valid / m if graded else None, fields_ok / max(fields, 1) if graded else None,
                                 time.perf_counter() - t0))
     return rows
+
+
+# scaffolds
+
+
+@dataclass
+class ScaffoldEvalRow:
+    policy: str
+    steps: int
+    passes: float
+    structure: float  # share of rows whose non-slot positions are untouched (1.0 by construction)
+    json_valid: float  # share of calls that parse
+    type_valid: float  # share of fields whose value has the schema's type (enum member, integer, ...)
+    field_exact: float  # share of fields equal to the reference
+    call_exact: float  # share of calls with every field right
+    null_precision: float | None  # of the slot positions left [NULL], the share the reference leaves [NULL]
+    null_recall: float | None  # of the reference's [NULL] positions, the share left [NULL]
+    diversity: float  # mean over generated values of distinct characters / characters
+    repetition: float  # share of value characters equal to the one before (collapse: "aaaa")
+    seconds: float
+
+
+def _value_chars(vocab, ids) -> str:
+    return vocab.decode(ids)  # [NULL] dropped
+
+
+def evaluate_scaffold(ckpt: Checkpoint, held: HeldOut, policies: list[str], steps_list: list[int], batch_size: int,
+                      base: SampleConfig, device: str = "auto", on_batch=None) -> list[ScaffoldEvalRow]:
+    """Infill only the value slots of held-out scaffolded answers and grade every field."""
+    from cdt import scaffold
+    from cdt.train import value_spans
+    from cdt.vocab import NULL_ID
+
+    model = ckpt.build_model(pick_device(device))
+    vocab = ckpt.vocab
+    spans = [value_spans(r, vocab, scaffold=True)[1] for r in held.records]
+    schemas = [scaffold.builtin(r.tool) for r in held.records]
+    out = []
+    for policy in policies:
+        for steps in steps_list:
+            cfg = SampleConfig(**{**base.__dict__, "policy": policy, "steps": steps})
+            cfg.validate()
+            calibration, _ = calibration_map.for_policy(ckpt.path.parent, policy)
+            n = dict.fromkeys(("structure", "json", "types", "fields", "field_ok", "calls", "pred_null", "ref_null",
+                               "both_null", "values", "diversity", "chars", "repeats"), 0)
+            passes = batches = 0
+            t0 = time.perf_counter()
+            for lo in range(0, len(held), batch_size):
+                hi = min(lo + batch_size, len(held))
+                seeds = [seed_for(cfg.seed, i) for i in range(lo, hi)]
+                gen = generate(model, held.template[lo:hi], held.protected[lo:hi], cfg, row_seeds=seeds,
+                               calibration=calibration, allow_null=True)
+                passes += gen.passes["generator"] + gen.passes["critic"]
+                batches += 1
+                clean, prot = held.clean[lo:hi], held.protected[lo:hi]
+                for j, i in enumerate(range(lo, hi)):
+                    row, ref = gen.tokens[j], clean[j]
+                    n["structure"] += bool(torch.equal(row[prot[j]], ref[prot[j]]))
+                    head = len(vocab.encode(held.records[i].prompt)) + 1
+                    parsed = scaffold.parse(schemas[i], _value_chars(vocab, row[head:]))
+                    n["json"] += parsed.call is not None
+                    bad = {e.split("'")[1] for e in parsed.errors if e.startswith("field '")}
+                    all_ok = True
+                    for f, (a, b) in zip(schemas[i].fields, spans[i]):
+                        n["fields"] += 1
+                        n["types"] += parsed.call is not None and f.name not in bad
+                        ok = torch.equal(row[a:b], ref[a:b]) or _value_chars(vocab, row[a:b]) == _value_chars(vocab, ref[a:b])
+                        n["field_ok"] += ok
+                        all_ok &= ok
+                        pred_null, ref_null = row[a:b] == NULL_ID, ref[a:b] == NULL_ID
+                        n["pred_null"] += int(pred_null.sum())
+                        n["ref_null"] += int(ref_null.sum())
+                        n["both_null"] += int((pred_null & ref_null).sum())
+                        value = _value_chars(vocab, row[a:b])
+                        if value:
+                            n["values"] += 1
+                            n["diversity"] += len(set(value)) / len(value)
+                            n["chars"] += len(value)
+                            n["repeats"] += sum(x == y for x, y in zip(value, value[1:]))
+                    n["calls"] += all_ok
+                if on_batch:
+                    on_batch(hi - lo)
+            m = len(held)
+            out.append(ScaffoldEvalRow(
+                policy, steps, passes / batches, n["structure"] / m, n["json"] / m, n["types"] / max(n["fields"], 1),
+                n["field_ok"] / max(n["fields"], 1), n["calls"] / m,
+                n["both_null"] / n["pred_null"] if n["pred_null"] else None,
+                n["both_null"] / n["ref_null"] if n["ref_null"] else None,
+                n["diversity"] / max(n["values"], 1), n["repeats"] / max(n["chars"], 1), time.perf_counter() - t0))
+    return out

@@ -40,8 +40,9 @@ def default_masking(ckpt: Checkpoint) -> str:
 
 
 def load_heldout(ckpt: Checkpoint, n: int, masking: str | None = None, ratio: float = 0.3,
-                 seed: int = 0) -> HeldOut:
-    """The first n validation rows of the checkpoint's corpus, with a region masked for infilling."""
+                 seed: int = 0, scaffold: bool | None = None) -> HeldOut:
+    """The first n validation rows of the checkpoint's corpus, with a region masked for infilling.
+    scaffold: answers in the scaffold layout (default: as the checkpoint was trained)."""
     if n < 1:
         raise UsageError("the number of held-out rows must be at least 1")
     data, block = ckpt.config.data, ckpt.config.model.block_size
@@ -49,7 +50,16 @@ def load_heldout(ckpt: Checkpoint, n: int, masking: str | None = None, ratio: fl
     if data.source != "toolcalls" and masking == "answer":
         raise UsageError(f"--mask answer needs a corpus with prompts; {data.source} is plain text: "
                          "use --mask span or --mask random")
-    corpus = load_corpus(data.source, block, data.n_records, data.seed)
+    scaffold = data.scaffold if scaffold is None else scaffold
+    if scaffold and data.source != "toolcalls":
+        raise UsageError("scaffolds need a checkpoint trained on the toolcalls corpus")
+    try:
+        corpus = load_corpus(data.source, block, data.n_records, data.seed, scaffold)
+    except CdtError as e:
+        if scaffold and not data.scaffold and "block_size" in str(e):
+            raise CdtError(f"scaffolded rows do not fit this checkpoint's block size {block}; "
+                           "train with cdt train --scaffold") from None
+        raise
     if corpus.vocab != ckpt.vocab:
         raise CdtError(f"the corpus {data.source} no longer matches this checkpoint's vocabulary")
     available = len(corpus.val) if not corpus.val.window else n

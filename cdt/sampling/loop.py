@@ -38,6 +38,7 @@ class SampleConfig:
     policy: str = "confidence"
     commit: str = "remask"  # remask | lock | threshold
     threshold: float = 0.9  # threshold mode: commit tokens whose confidence (1 - score) reaches this
+    lock_threshold: float = 0.9  # rcr policy: a position whose best confidence reaches this is final
     schedule: str = "cosine"  # linear | cosine: how many positions stay masked after each step
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0  # 0 = off
@@ -56,6 +57,8 @@ class SampleConfig:
                 raise UsageError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
         if not 0.0 <= self.randomness <= 1.0:
             raise UsageError("--randomness must be between 0 and 1")
+        if not 0.0 <= self.lock_threshold <= 1.0:
+            raise UsageError("--lock-threshold must be between 0 and 1")
         if not 0.0 < self.top_p <= 1.0 or self.top_k < 0 or self.temperature < 0:
             raise UsageError("--top-p must be in (0, 1], --top-k and --temperature at least 0")
 
@@ -144,6 +147,7 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
     memory = torch.zeros(b, n, device=device)  # confidence-like scores are kept from the step that sampled
     passes = {"generator": 0, "critic": 0}
     cache_in, cache_logits, critic_probs, history = None, None, None, []
+    state: dict = {}  # a stateful policy's memory across steps
     for step in range(1, cfg.steps + 1):
         newly = x == MASK_ID
         if not newly.any():
@@ -164,14 +168,15 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
             passes["critic"] += 1
             critic_probs = torch.sigmoid(critic_logits)
         ctx = ScoreContext(probs=logits.softmax(-1), tokens=filled, critic_logits=critic_logits, generator=gens,
-                           calibration=calibration)
+                           calibration=calibration, newly=newly, state=state, lock_threshold=cfg.lock_threshold)
         scores = policy.score(ctx).float()
-        if not policy.needs_critic:  # a generator score means something only where the token was sampled
+        if not policy.needs_critic and not policy.stateful:  # a generator score means something only where sampled
             scores = torch.where(newly, scores, memory)
             memory = scores
         if cfg.randomness > 0:
             scores = (1 - cfg.randomness) * scores + cfg.randomness * gens.uniform((n,)).to(device)
-        remask = _choose(step, scores, newly, editable, total, cfg, gens)
+        open_ = editable & ~state["locked"] if "locked" in state else editable  # locked positions are final
+        remask = _choose(step, scores, newly & open_, open_, total, cfg, gens)
         x = filled.masked_fill(remask, MASK_ID)
         if record:
             confidence = ctx.probs.gather(-1, filled[..., None]).squeeze(-1)

@@ -6,7 +6,7 @@ it first". Scores live in [0, 1] so `--randomness` can blend them with uniform n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -22,6 +22,9 @@ class ScoreContext:
     critic_logits: torch.Tensor | None  # (b, n), present when the policy needs the critic
     generator: RowGenerators
     calibration: Callable | None = None  # critic probability -> observed error rate (`cdt calibrate`)
+    newly: torch.Tensor | None = None  # (b, n) bool, positions sampled at this step
+    state: dict = field(default_factory=dict)  # kept across the steps of one generation (stateful policies)
+    lock_threshold: float = 0.9  # rcr: a position locks once its best confidence reaches this
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class Policy:
     score: Callable[[ScoreContext], torch.Tensor]  # -> (b, n) in [0, 1], higher = remask first
     needs_critic: bool = False
     help: str = ""
+    stateful: bool = False  # keeps its own memory in ctx.state; may lock positions via ctx.state["locked"]
 
 
 def _confidence(ctx):
@@ -51,6 +55,17 @@ def _random(ctx):
     return ctx.generator.uniform(ctx.tokens.shape[1:]).to(ctx.tokens.device)
 
 
+def _rcr(ctx):
+    """Running-confidence remasking: each position keeps the highest confidence it has reached;
+    once that passes the lock threshold it is final, below it it may be remasked."""
+    conf = ctx.probs.gather(-1, ctx.tokens[..., None]).squeeze(-1)
+    best = ctx.state.get("best", torch.zeros_like(conf))
+    best = torch.where(ctx.newly, torch.maximum(best, conf), best)
+    ctx.state["best"] = best
+    ctx.state["locked"] = best >= ctx.lock_threshold
+    return 1.0 - best
+
+
 def _critic(ctx):
     return torch.sigmoid(ctx.critic_logits)
 
@@ -65,6 +80,8 @@ POLICIES = {p.name: p for p in (
     Policy("confidence", _confidence, help="1 - p(sampled token): remask what the generator doubts"),
     Policy("margin", _margin, help="1 - (p1 - p2): remask where the top two candidates are close"),
     Policy("entropy", _entropy, help="normalised entropy of the generator's distribution"),
+    Policy("rcr", _rcr, stateful=True,
+           help="running confidence: remask the lowest best-so-far confidence; lock at --lock-threshold"),
     Policy("critic", _critic, needs_critic=True,
            help="critic probability that the token is wrong (higher = more likely wrong)"),
     Policy("critic-calibrated", _critic_calibrated, needs_critic=True,

@@ -41,3 +41,32 @@ def sample(ckpt: Checkpoint, prompt: str, length: int, n: int, cfg: SampleConfig
         report_passes=extra,
         warnings=[warning] if warning else [],
     )
+
+
+@dataclass
+class ScaffoldSample:
+    prompt: str
+    text: str  # the generated call, [NULL] stripped
+    call: dict | None
+    valid: bool
+    errors: list[str]
+
+
+def sample_schema(ckpt: Checkpoint, schema, prompts: list[str], cfg: SampleConfig, device: str = "auto",
+                  record: bool = False) -> tuple[list[ScaffoldSample], Generation]:
+    """Fill the value slots of `schema`'s scaffold after each prompt; only slot positions change."""
+    from cdt import scaffold
+    from cdt.data import SEPARATOR
+
+    model = ckpt.build_model(pick_device(device))
+    separator = SEPARATOR if ckpt.extra.get("mask_region") == "answer" else ""
+    ids, protected = scaffold.template(schema, ckpt.vocab, prompts, separator, ckpt.config.model.block_size)
+    calibration, _ = calibration_map.for_policy(ckpt.path.parent, cfg.policy)
+    gen = generate(model, ids, protected, cfg, record=record, allow_null=True, calibration=calibration)
+    out = []
+    for row, prompt in zip(gen.tokens, prompts):
+        start = len(ckpt.vocab.encode(prompt + separator))
+        text = ckpt.vocab.decode(row[start:])  # [PAD] and [NULL] dropped
+        parsed = scaffold.parse(schema, text)
+        out.append(ScaffoldSample(prompt, text, parsed.call, parsed.valid, parsed.errors))
+    return out, gen

@@ -1,0 +1,187 @@
+"""Schema scaffolds: layout, [NULL] handling, validation, training rows, sampling and eval."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cdt import scaffold
+from cdt.cli import app
+from cdt.data import SEPARATOR, load_corpus
+from cdt.data.toolcalls import TOOLS, generate as generate_records
+from cdt.errors import CdtError, UsageError
+from cdt.model import DiffusionLM
+from cdt.config import ModelConfig
+from cdt.sampling.loop import SampleConfig, generate
+from cdt.vocab import MASK_ID, NULL_ID
+from tests.test_cli import assert_one_line_error
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return load_corpus("toolcalls", 256, 300, 0).vocab
+
+
+def random_model(vocab):
+    torch.manual_seed(0)
+    return DiffusionLM(ModelConfig(vocab_size=len(vocab), d_model=32, n_layers=1, n_heads=2, block_size=400))
+
+
+@pytest.mark.parametrize("tool", list(TOOLS))
+def test_generation_changes_only_the_slots_of_every_builtin_tool(tool, vocab):
+    schema = scaffold.builtin(tool)
+    ids, protected = scaffold.template(schema, vocab, ["Please do it", "Another, longer request here"], SEPARATOR, 400)
+    gen = generate(random_model(vocab), ids, protected, SampleConfig(steps=3, seed=1), allow_null=True)
+    assert torch.equal(gen.tokens[protected], ids[protected])  # structure and prompt untouched
+    assert not (gen.tokens == MASK_ID).any()
+    body, slots = scaffold.render(schema, vocab)
+    assert sum(slots) == sum(f.slot for f in schema.fields)
+    text = vocab.decode(gen.tokens[0, len(vocab.encode("Please do it\n")):])
+    assert text.startswith('{"name": "' + tool + '", "arguments": {') and text.endswith("}}")
+    assert "[NULL]" not in text and chr(0) not in text
+
+
+def test_rendered_values_round_trip_and_null_is_stripped(vocab):
+    for record in generate_records(400, 3):
+        ids, slots = scaffold.render(scaffold.builtin(record.tool), vocab, record.arguments)
+        assert NULL_ID in ids  # slots are padded
+        assert json.loads(vocab.decode(ids)) == json.loads(record.answer)
+        assert all(s for i, s in zip(ids, slots) if i == NULL_ID)  # [NULL] only inside slots
+
+
+def test_optional_argument_can_be_null(vocab):
+    schema = scaffold.builtin("set_alarm")
+    ids, _ = scaffold.render(schema, vocab, {"time": "07:00", "label": None})
+    assert vocab.decode(ids) == '{"name": "set_alarm", "arguments": {"time": "07:00", "label": null}}'
+    assert scaffold.parse(schema, vocab.decode(ids)).valid
+
+
+def test_validation_catches_wrong_types_and_enums():
+    schema = scaffold.builtin("get_weather")
+    wrong_enum = scaffold.parse(schema, '{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "kelvin", "day": "today"}}')
+    assert not wrong_enum.valid and wrong_enum.errors == [
+        "field 'unit': generated \"kelvin\", expected one of celsius, fahrenheit"]
+    meeting = scaffold.builtin("schedule_meeting")
+    wrong_type = scaffold.parse(meeting, '{"name": "schedule_meeting", "arguments": {"title": "x", "date": "2028-01-01", '
+                                         '"minutes": "thirty", "online": 1}}')
+    assert [e.split(":")[0] for e in wrong_type.errors] == ["field 'minutes'", "field 'online'"]
+    broken = scaffold.parse(schema, '{"name": "get_weather", "arguments": {"city": "Os"lo"}}')
+    assert broken.call is None and "not valid JSON" in broken.errors[0]
+    missing_null = scaffold.parse(schema, '{"name": "get_weather", "arguments": {"city": null, "unit": "celsius", "day": "today"}}')
+    assert missing_null.errors == ["field 'city': generated null, expected a string"]
+
+
+def test_user_schema_file(tmp_path, vocab):
+    f = tmp_path / "order_pizza.json"
+    f.write_text(json.dumps({"type": "object", "properties": {
+        "size": {"enum": ["small", "large"]}, "slices": {"type": "integer"}, "note": {"type": "string", "maxLength": 8},
+        "vegan": {"type": "boolean"}}, "required": ["size", "slices", "vegan"]}))
+    schema = scaffold.from_json_schema(f)
+    assert schema.tool == "order_pizza" and [x.optional for x in schema.fields] == [False, False, True, False]
+    assert schema.field("note").slot == 10  # 8 characters + the quotes an optional slot writes itself
+    ids, protected = scaffold.template(schema, vocab, ["two large slices"], SEPARATOR, 400)
+    gen = generate(random_model(vocab), ids, protected, SampleConfig(steps=2), allow_null=True)
+    assert torch.equal(gen.tokens[protected], ids[protected])
+    good = '{"name": "order_pizza", "arguments": {"size": "large", "slices": 2, "note": null, "vegan": false}}'
+    assert scaffold.parse(schema, good).valid
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{oops", "not valid JSON"),
+    ('{"type": "array"}', "must be an object schema"),
+    ('{"type": "object", "properties": {"x": {"type": "date"}}}', "has type 'date'"),
+    ('{"type": "object", "properties": {"x": {"enum": []}}}', "non-empty enum"),
+])
+def test_bad_schema_files(tmp_path, content, fragment):
+    f = tmp_path / "s.json"
+    f.write_text(content)
+    with pytest.raises(CdtError, match=fragment.replace("(", r"\(")):
+        scaffold.from_json_schema(f)
+
+
+def test_budgets():
+    schema = scaffold.builtin("get_weather")
+    assert scaffold.with_budgets(schema, {"city": 30}).field("city").slot == 30
+    assert scaffold.with_budgets(schema, {}).fields == schema.fields
+    with pytest.raises(UsageError, match="too small for its enum value 'fahrenheit'"):
+        scaffold.with_budgets(schema, {"unit": 4})
+    with pytest.raises(UsageError, match="unknown fields: colour"):
+        scaffold.with_budgets(schema, {"colour": 4})
+    with pytest.raises(UsageError, match="built-in tools: get_weather"):
+        scaffold.builtin("get_wether")
+
+
+def test_scaffold_training_rows_mask_only_slots():
+    corpus = load_corpus("toolcalls", 288, 300, 0, scaffold=True)
+    rows = corpus.val
+    ids, maskable = rows.ids, rows.maskable
+    assert (ids[maskable] != 1).all()  # never [PAD]
+    assert (ids == NULL_ID).sum() > 0 and not (~maskable & (ids == NULL_ID)).any()
+    with pytest.raises(CdtError, match="raise model.block_size"):
+        load_corpus("toolcalls", 150, 300, 0, scaffold=True)
+
+
+@pytest.fixture(scope="module")
+def scaffold_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scaffold") / "run"
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--scaffold", "--max-iters", "20", "--out", str(out),
+                                 "--json"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["config"]["data"]["scaffold"] is True and doc["config"]["model"]["block_size"] == 288
+    assert doc["final_eval"]["value_acc"] is not None
+    return out
+
+
+def test_cli_sample_schema_and_prompts_file(scaffold_run, tmp_path):
+    one = runner.invoke(app, ["sample", "--checkpoint", str(scaffold_run), "--schema", "set_alarm", "--prompt",
+                              "Wake me at 6 am", "--steps", "3", "--policy", "rcr"])
+    assert one.exit_code == 0, one.stderr
+    assert one.stdout.startswith('{"name": "set_alarm", "arguments": {"time": ')
+    f = tmp_path / "requests.txt"
+    f.write_text("Wake me at 6 am\n\nAlarm at 9 pm called run\n")
+    many = runner.invoke(app, ["sample", "--checkpoint", str(scaffold_run), "--schema", "set_alarm",
+                               "--prompts-file", str(f), "--steps", "2"])
+    lines = [json.loads(x) for x in many.stdout.splitlines()]
+    assert [x["prompt"] for x in lines] == ["Wake me at 6 am", "Alarm at 9 pm called run"]
+    for x in lines:
+        assert x["valid"] == (not x["errors"])
+        for e in x["errors"]:
+            assert e in many.stderr  # each invalid value is reported on stderr too
+    js = runner.invoke(app, ["sample", "--checkpoint", str(scaffold_run), "--schema", "set_alarm", "--prompt", "x",
+                             "--steps", "2", "--json"])
+    assert json.loads(js.stdout)["schema"] == "set_alarm"
+
+
+def test_cli_sample_schema_bad_input(scaffold_run, tmp_path):
+    base = ["sample", "--checkpoint", str(scaffold_run), "--steps", "2"]
+    assert_one_line_error(runner.invoke(app, base + ["--schema", "nope"]), 2, "built-in tools")
+    assert_one_line_error(runner.invoke(app, base + ["--schema", "get_weather", "--prompt", "snow ☃"]), 1, "'☃'")
+    assert_one_line_error(runner.invoke(app, base + ["--schema", "get_weather", "--budget", "unit=3"]), 2,
+                          "too small")
+    assert_one_line_error(runner.invoke(app, base + ["--schema", "get_weather", "--budget", "unit=x"]), 2,
+                          "FIELD=N")
+    (tmp_path / "bad.json").write_text("[1]")
+    assert_one_line_error(runner.invoke(app, base + ["--schema-file", str(tmp_path / "bad.json")]), 1,
+                          "object schema")
+    assert_one_line_error(runner.invoke(app, base + ["--schema", "set_alarm", "--schema-file", "x.json"]), 2,
+                          "exactly one")
+
+
+def test_cli_eval_scaffold(scaffold_run, tiny_run):
+    r = runner.invoke(app, ["eval", "--checkpoint", str(scaffold_run), "--scaffold", "--policies",
+                            "rcr,confidence,critic", "--steps", "2", "--n", "6", "--json"])
+    assert r.exit_code == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert {x["policy"] for x in rows} == {"rcr", "confidence", "critic"}
+    for x in rows:
+        assert x["structure"] == 1.0
+        assert 0 <= x["call_exact"] <= x["field_exact"] <= 1 and 0 <= x["repetition"] <= 1
+    table = runner.invoke(app, ["eval", "--checkpoint", str(scaffold_run), "--scaffold", "--policies", "rcr",
+                                "--steps", "2", "--n", "3"])
+    assert "structure kept in 100.0%" in table.stdout
+    assert_one_line_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--scaffold", "--n", "2"]), 1,
+                          "train with cdt train --scaffold")
