@@ -216,7 +216,7 @@ def _record(ckpt, held: HeldOut, prompt: int, draw: int, tokens, probs, wrong, t
         record.update(json_valid=check.valid_json, name_ok=check.name_ok, wrong_fields=bad_fields)
         record["label"] = int(record["label"] or not check.valid_json or not check.name_ok or bool(bad_fields))
     record.update(text=vocab.decode(tokens[lo:hi]), reference=vocab.decode(held.clean[prompt][lo:hi]),
-                  model=model_name)
+                  model=model_name, context=[vocab.decode(tokens[:lo]), vocab.decode(tokens[hi:])])
     return record
 
 
