@@ -35,6 +35,7 @@ from cdt.scores import ScoreWriter
 from cdt.train import diffusion_step
 
 MODES = ("generate", "step")
+SCORE_SOURCES = ("critic", "value-head")
 SCORES_NAME = "calibration_scores.jsonl"
 REPORT_NAME = "calibration_report.json"
 
@@ -53,6 +54,7 @@ class CalibrateSettings:
     binning: str = "uniform"
     top: int = 5  # `score` = mean of the top-`top` critic probabilities of a sample's generated tokens
     fit: str | None = None  # temperature | isotonic
+    score_source: str = "critic"  # critic: `score` = top-k critic mean; value-head: `score` = the value head's value
     batch_size: int = 32
     seed: int = 0
     device: str = "auto"
@@ -70,6 +72,8 @@ class CalibrateSettings:
             raise UsageError(f"unknown binning {self.binning!r}; choose from {', '.join(BINNINGS)}")
         if self.fit is not None and self.fit not in calibration_map.FITS:
             raise UsageError(f"unknown fit {self.fit!r}; choose from {', '.join(calibration_map.FITS)}")
+        if self.score_source not in SCORE_SOURCES:
+            raise UsageError(f"unknown score source {self.score_source!r}; choose from {', '.join(SCORE_SOURCES)}")
         if self.top < 1 or self.batch_size < 1:
             raise UsageError("--top and --batch-size must be at least 1")
 
@@ -116,6 +120,8 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
     model = ckpt.build_model(dev)
     if not model.has_critic:
         raise CdtError("this checkpoint was trained without a critic: there is nothing to calibrate")
+    if cfg.score_source == "value-head" and model.value_head is None:
+        raise CdtError("--score-source value-head needs a checkpoint with a value head (cdt train --stage critic)")
     n_prompts, plan = _plan(cfg)
     held = load_heldout(ckpt, n_prompts, cfg.masking, cfg.mask_ratio, cfg.seed)
     steps = cfg.steps or ckpt.config.sample.steps
@@ -147,13 +153,22 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
                 passes["generator"] += 1
                 passes["critic"] += 1
             wrong = (tokens != held.clean[rows]) & region
+            values = None
+            if model.value_head is not None:  # one extra trunk pass: the value of each final row
+                with torch.no_grad():
+                    values = model.value(model(tokens.to(dev)), region.to(dev)).cpu().tolist()
+                passes["value"] = passes.get("value", 0) + 1
             for j, (prompt, draw) in enumerate(chunk):
                 sel = region[j]
                 p, w = probs[j][sel].double().numpy(), wrong[j][sel].numpy()
                 stats.add(p, w)
                 halves[(lo + j) % 2].add(p, w)
                 record = _record(ckpt, held, prompt, draw, tokens[j], p, w, cfg.top, model_name)
-                sample_score.append(record["score"])
+                if values is not None:
+                    record["value"] = values[j]
+                if cfg.score_source == "value-head":
+                    record["score_critic"], record["score"] = record["score"], values[j]
+                sample_score.append(-record["score"] if cfg.score_source == "value-head" else record["score"])
                 sample_label.append(record["label"])
                 writer.write(record)
             if on_samples:
@@ -184,7 +199,9 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
         passes=passes, tokens=report,
         samples={"n": len(y), "wrong": float(y.mean()), "auroc": auroc(sample_score, y),
                  "average_precision": average_precision(sample_score, y),
-                 "score": f"mean of the top-{cfg.top} critic probabilities of the sample's generated tokens"},
+                 "score": f"mean of the top-{cfg.top} critic probabilities of the sample's generated tokens"
+                 if cfg.score_source == "critic" else "the value head's value (higher = more likely right; "
+                                                       "AUROC/AP here use its negative)"},
         fit=fit_doc, scores_path=str(written), map_path=map_path, seconds=time.perf_counter() - t0,
         warnings=warnings,
     )

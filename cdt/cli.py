@@ -90,6 +90,15 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
     scaffold: bool = typer.Option(False, "--scaffold", help="Train on toolcalls answers in the schema-scaffold layout "
                                                             "(only value slots masked; block size at least 288)."),
+    stage: str = typer.Option("generator", help="generator: the diffusion model and token critic; critic: the "
+                                                "sequence-level value head (higher value = more likely right) on "
+                                                "pairs from --samples, starting from --init."),
+    samples: Optional[Path] = typer.Option(None, help="--stage critic: a cdt calibrate scores file (--samples-per-prompt K)."),
+    init: Optional[Path] = typer.Option(None, help="--stage critic: the checkpoint (or run directory) to start from."),
+    loss: Optional[str] = typer.Option(None, help="--stage critic: pairwise (default) or pointwise (BCE baseline)."),
+    freeze_trunk: Optional[bool] = typer.Option(None, "--freeze-trunk/--train-trunk",
+                                                help="--stage critic: train the head alone (default) or the trunk too."),
+    value_dropout: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="--stage critic: dropout in the value head."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout and nothing else there."),
 ):
     """Train the generator and the critic on one shared trunk.
@@ -105,6 +114,17 @@ def train(
              "train": {"max_iters": max_iters, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
                        "eval_interval": eval_interval}}
     overrides = [{s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}]
+    if stage not in ("generator", "critic"):
+        raise fail(f"unknown stage {stage!r}; choose generator or critic", 2)
+    if stage == "critic":
+        stage_flags = {"samples": str(samples) if samples else None, "init": str(init) if init else None,
+                       "loss": loss, "freeze_trunk": freeze_trunk, "lr": lr, "max_iters": max_iters,
+                       "batch_size": batch_size, "seed": seed, "eval_interval": eval_interval}
+        overrides = [{"critic_stage": {k: v for k, v in stage_flags.items() if v is not None},
+                      "model": {} if value_dropout is None else {"value_dropout": value_dropout},
+                      "train": {} if device is None else {"device": device}}]
+        overrides += [parse_override(item) for item in set_]
+        return _train_critic_stage(resolve(preset, config, overrides), out, json_out)
     if scaffold:  # scaffolded rows are up to 265 characters; the flag alone must be enough to train
         overrides.append({"data": {"scaffold": True}})
     overrides += [parse_override(item) for item in set_]
@@ -135,6 +155,26 @@ def train(
     if result.interrupted:
         raise fail(f"stopped by {result.interrupted} at step {result.step}; checkpoint saved; "
                    f"resume with: cdt train --out {out} --resume", 1)
+
+
+def _train_critic_stage(cfg, out: Optional[Path], json_out: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from cdt.render import stage_line, stage_summary
+    from cdt.value_stage import train_value_stage
+
+    out = out or Path("runs") / f"critic-{time.strftime('%Y%m%d-%H%M%S')}"
+    with Progress(TextColumn("[bold]critic stage"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                  console=err_console, disable=json_out or not err_console.is_terminal) as progress:
+        task = progress.add_task("stage", total=cfg.critic_stage.max_iters, status="")
+        result = train_value_stage(
+            cfg, out,
+            on_step=lambda step, loss: progress.update(task, completed=step, status=f"loss {loss:.4f}"),
+            on_eval=lambda r: None if json_out else progress.console.print(stage_line(r), highlight=False))
+    if json_out:
+        emit_json(asdict(result) | {"run_dir": str(out)})
+    else:
+        out_console.print(stage_summary(result, out), soft_wrap=True, end="")
 
 
 @app.command()
@@ -371,6 +411,8 @@ def calibrate(
     binning: str = typer.Option("uniform", help="uniform: equal-width buckets; quantile: equal token counts."),
     top: int = typer.Option(5, min=1, help="A sample's score = mean of its top-N token critic probabilities."),
     fit: Optional[str] = typer.Option(None, help="Recalibrate: temperature | isotonic (fit on half, ECE on the other half)."),
+    score_source: str = typer.Option("critic", help="critic: score = top-N critic mean (higher = more likely wrong); "
+                                                    "value-head: score = the value head (higher = more likely right)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Scores file (JSON lines) [default: RUN/calibration_scores.jsonl]."),
     plot: Optional[Path] = typer.Option(None, help="Draw the reliability diagram to this PNG (needs matplotlib)."),
     batch_size: int = typer.Option(32, min=1, help="Generations per batch (results do not depend on it)."),
@@ -398,7 +440,7 @@ def calibrate(
     cfg = CalibrateSettings(n_samples=n_samples, samples_per_prompt=samples_per_prompt, mode=mode, policy=policy,
                             steps=steps, temperature=temperature, masking=mask, mask_ratio=mask_ratio,
                             buckets=buckets, binning=binning, top=top, fit=fit, batch_size=batch_size, seed=seed,
-                            device=device)
+                            device=device, score_source=score_source)
     cfg.validate()
     SampleConfig(policy=policy).validate()
     if plot is not None:

@@ -31,6 +31,8 @@ class ModelConfig:
     positions: str = "rotary"  # rotary | learned
     critic: str = "linear"  # none | linear | mlp
     critic_dropout: float = 0.1  # mlp critic only
+    value_head: bool = False  # sequence-level value head (cdt train --stage critic); higher = more likely right
+    value_dropout: float = 0.3  # dropout inside the value head's MLP
 
 
 @dataclass
@@ -82,11 +84,30 @@ class SampleDefaults:
 
 
 @dataclass
+class CriticStageConfig:
+    """`cdt train --stage critic`: the sequence-level value head on (right, wrong) pairs."""
+
+    samples: str = ""  # a cdt calibrate scores file (group, text, context, label)
+    init: str = ""  # the checkpoint to start from
+    loss: str = "pairwise"  # pairwise (Bradley–Terry) | pointwise (BCE, the baseline)
+    freeze_trunk: bool = True  # train the head alone; otherwise the trunk at trunk_lr
+    lr: float = 1e-3
+    trunk_lr: float = 1e-4
+    max_iters: int = 600
+    batch_size: int = 64  # pairs (pairwise) or samples (pointwise) per step
+    n_pairs: int = 20000  # pairs kept per split, sampled down with the seed
+    val_share: float = 0.2  # share of groups (prompts) held out for validation
+    eval_interval: int = 100
+    seed: int = 0
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleDefaults = field(default_factory=SampleDefaults)
+    critic_stage: CriticStageConfig = field(default_factory=CriticStageConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,7 +119,7 @@ class RunConfig:
         return cfg
 
 
-PRESETS = ("tiny", "small", "base")
+PRESETS = ("tiny", "small", "base", "critic_pairwise")
 CHOICES = {
     "model.positions": ("rotary", "learned"),
     "model.critic": ("none", "linear", "mlp"),
@@ -107,6 +128,7 @@ CHOICES = {
     "train.loss_weighting": ("nelbo", "flat"),
     "train.critic_scope": ("masked", "masked+context"),
     "train.device": ("auto", "cpu", "cuda"),
+    "critic_stage.loss": ("pairwise", "pointwise"),
 }
 
 
@@ -124,7 +146,7 @@ def _read_yaml(text: str, source: str) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UsageError(f"{source} must be a mapping of sections (model, data, train, sample)")
+        raise UsageError(f"{source} must be a mapping of sections (model, data, train, sample, critic_stage)")
     return data
 
 

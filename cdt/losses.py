@@ -23,3 +23,13 @@ def critic_bce(critic_logits: torch.Tensor, target: torch.Tensor, valid: torch.T
     if not bool(valid.any()):
         return critic_logits.sum() * 0.0  # keeps the graph (and every parameter) in the backward
     return F.binary_cross_entropy_with_logits(critic_logits[valid].float(), target[valid])
+
+
+def pairwise_loss(v_right: torch.Tensor, v_wrong: torch.Tensor) -> torch.Tensor:
+    """Bradley–Terry: mean of -log sigmoid(v_right - v_wrong) over pairs (values: higher = more likely right)."""
+    return F.softplus(-(v_right - v_wrong)).mean()
+
+
+def pointwise_loss(values: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """BCE of the value against "the sample is right" (label 1 = wrong, so the target is 1 - label)."""
+    return F.binary_cross_entropy_with_logits(values.float(), 1.0 - wrong.float())

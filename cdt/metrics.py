@@ -185,3 +185,11 @@ def frame_stats(probs, wrong) -> dict:
 
     return {"valid": int(p.size), "right": int((~y).sum()), "wrong": int(y.sum()), "auroc": auroc(p, y),
             "p_wrong": describe(p[y]), "p_right": describe(p[~y])}
+
+
+def pairwise_accuracy(v_right, v_wrong) -> float | None:
+    """Share of (right, wrong) pairs in which the right answer has the higher value (ties count half)."""
+    r, w = np.asarray(v_right, dtype=np.float64), np.asarray(v_wrong, dtype=np.float64)
+    if r.size == 0:
+        return None
+    return float(((r > w) + 0.5 * (r == w)).mean())

@@ -94,6 +94,12 @@ class DiffusionLM(nn.Module):
                                         nn.Dropout(cfg.critic_dropout), nn.Linear(cfg.d_model, 1))
         else:
             self.critic = None
+        # sequence-level value: pooled answer states -> hidden/8 -> hidden/16 -> 1; higher = more likely right
+        self.value_head = nn.Sequential(
+            nn.Linear(cfg.d_model, max(1, cfg.d_model // 8)), nn.GELU(), nn.Dropout(cfg.value_dropout),
+            nn.Linear(max(1, cfg.d_model // 8), max(1, cfg.d_model // 16)), nn.GELU(), nn.Dropout(cfg.value_dropout),
+            nn.Linear(max(1, cfg.d_model // 16), 1),
+        ) if cfg.value_head else None
         self.register_buffer("rotary", rotary_table(cfg.block_size, cfg.d_model // cfg.n_heads), persistent=False)
         # the generator can never propose [MASK] or [PAD] ([NULL] stays possible for scaffolds)
         self.register_buffer("never_emit", ~emittable(cfg.vocab_size, allow_null=True), persistent=False)
@@ -141,6 +147,18 @@ class DiffusionLM(nn.Module):
         if self.critic is None:
             raise RuntimeError("this model was built without a critic head")
         return self.critic(h).squeeze(-1)
+
+    def value(self, h: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """(b, n, d) states and (b, n) bool answer positions -> (b,) value; higher = more likely right."""
+        if self.value_head is None:
+            raise RuntimeError("this model was built without a value head")
+        return self.value_head(self.pool(h, region)).squeeze(-1)
+
+    @staticmethod
+    def pool(h: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """(b, n, d) -> (b, d): the mean state over each row's answer positions."""
+        w = region.to(h.dtype)[..., None]
+        return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.trunk(ids)

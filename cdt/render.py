@@ -171,7 +171,7 @@ def calibration_summary(result) -> Text:
     rows.append(("scores", result.scores_path))
     if result.map_path:
         rows.append(("map", f"{result.map_path} (used by --policy critic-calibrated)"))
-    rows.append(("time", f"{result.seconds:.1f} s · {result.passes['generator'] + result.passes['critic']:,} batched trunk passes"))
+    rows.append(("time", f"{result.seconds:.1f} s · {sum(result.passes.values()):,} batched trunk passes"))
     return _key_values(rows)
 
 
@@ -405,3 +405,28 @@ def scaffold_table(rows, n: int) -> Table:
                      "value · rep: characters repeating the previous one")
     table.caption_justify = "left"
     return table
+
+
+# the critic stage (value head)
+
+
+def stage_line(r: dict) -> str:
+    t, v = r["train"], r["val"]
+    return (f"step {r['step']}: pairwise acc train {_pct(t['pairwise_acc'])} · validation {_pct(v['pairwise_acc'])} · "
+            f"gap {_num(r['gap'])} · value right/wrong (val) {_num(v['value_right'])} / {_num(v['value_wrong'])}")
+
+
+def stage_summary(result, out) -> Text:
+    d, e = result.data, result.final_eval
+    rows = [
+        ("checkpoint", result.checkpoint),
+        ("data", f"{d['samples']} samples · groups {d['groups']['train']} train / {d['groups']['val']} validation "
+                 f"(overlap {d['overlap']}) · with both labels {d['mixed_groups']['train']} / {d['mixed_groups']['val']} "
+                 f"· pairs {d['pairs']['train']} / {d['pairs']['val']}"),
+        ("training", f"{result.steps} steps · {result.loss} loss · trunk {'frozen' if result.freeze_trunk else 'trained'} "
+                     f"· {result.elapsed_s:.0f} s"),
+    ]
+    if e:
+        rows.append(("value head", stage_line(e) + " (higher value = more likely right)"))
+    rows.append(("next", f"cdt calibrate --checkpoint {out} --score-source value-head"))
+    return _key_values(rows)
