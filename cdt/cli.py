@@ -85,6 +85,8 @@ def train(
     lr: Optional[float] = typer.Option(None, min=0.0, help="Peak learning rate."),
     seed: Optional[int] = typer.Option(None, help="Training seed: batches, masks, critic fills."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (bf16 autocast on CUDA, fp32 on CPU)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the training step; falls back to eager "
+                                                           "with a message where it fails (often slower on CPU)."),
     eval_interval: Optional[int] = typer.Option(None, min=1, help="Steps between validation passes and checkpoints."),
     set_: List[str] = typer.Option([], "--set", help="Any config value, SECTION.KEY=VALUE (e.g. model.critic=mlp); repeatable."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
@@ -112,7 +114,7 @@ def train(
 
     flags = {"data": {"source": data}, "model": {},
              "train": {"max_iters": max_iters, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
-                       "eval_interval": eval_interval}}
+                       "eval_interval": eval_interval, "compile": compile_ or None}}
     overrides = [{s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}]
     if stage not in ("generator", "critic"):
         raise fail(f"unknown stage {stage!r}; choose generator or critic", 2)
@@ -135,7 +137,12 @@ def train(
         raise fail("--resume needs --out DIR, the run directory to continue", 2)
     if out is None:
         out = Path("runs") / f"{preset or 'small'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = run_train(cfg, out, resume=resume, reporter=None if json_out else TrainProgress(err_console))
+    from cdt.distributed import dist_info
+
+    main_rank = dist_info().is_main  # under torchrun only rank 0 reports
+    result = run_train(cfg, out, resume=resume, reporter=TrainProgress(err_console) if main_rank and not json_out else None)
+    if not main_rank:
+        return
     next_commands = [
         f"cdt eval --checkpoint {out} --n 128   # compare remasking policies on held-out answers",
         f"cdt calibrate --checkpoint {out} --n-samples 200   # can the critic's P(wrong) be trusted?",

@@ -60,6 +60,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     grad_clip: float = 1.0
+    grad_accum: int = 1  # micro-steps per optimizer step; global batch = batch_size x world size x grad_accum
     schedule: str = "loglinear"  # loglinear | linear | cosine
     antithetic: bool = True  # stratified t over the batch, lower-variance NELBO
     loss_weighting: str = "nelbo"  # nelbo: w(t)-weighted (MDLM); flat: mean cross-entropy over masked tokens
@@ -74,6 +75,7 @@ class TrainConfig:
     log_interval: int = 25
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False  # torch.compile the training step (falls back to eager, with a message, if it fails)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from cdt.errors import CdtError
@@ -12,7 +13,7 @@ HINT = "--plot needs matplotlib, an optional extra: pip install 'cdt[plot]' (or 
 def require_matplotlib() -> None:
     """Fail before any long work when the plot cannot be drawn."""
     try:
-        import matplotlib  # noqa: F401
+        importlib.import_module("matplotlib")
     except ImportError:
         raise CdtError(HINT) from None
 

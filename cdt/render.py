@@ -47,8 +47,11 @@ class TrainProgress(Reporter):
         d = info["data"]
         split = f"{d['train']} train / {d['val']} validation records, overlap {d['overlap']}" if "train" in d else \
             f"{d['train_chars']} train / {d['val_chars']} validation characters"
+        scale = (f" · {info['world_size']} processes x batch {info['global_batch'] // info['world_size'] // info['grad_accum']}"
+                 f" x {info['grad_accum']} accumulation = global batch {info['global_batch']}"
+                 if info.get("world_size", 1) > 1 or info.get("grad_accum", 1) > 1 else "")
         self.console.print(f"[dim]run {info['run_dir']} · {info['device']} · {info['params'] / 1e6:.2f}M parameters · "
-                           f"{split} · masking: {info['region']}[/dim]", highlight=False)
+                           f"{split} · masking: {info['region']}{scale}[/dim]", highlight=False)
         self.progress.start()
         self.task = self.progress.add_task("train", total=info["max_iters"], completed=info["start"], status="")
 
@@ -61,6 +64,9 @@ class TrainProgress(Reporter):
     def on_eval(self, r: dict) -> None:
         if self.task is not None:
             self.progress.console.print(eval_line(r), highlight=False)
+
+    def on_message(self, text: str) -> None:
+        self.console.print(Text("warning: " + text, style="yellow"))
 
     def on_end(self, result) -> None:
         if self.task is not None:

@@ -11,10 +11,11 @@ alone writes files; other ranks only compute (torchrun support builds on this).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ from cdt import checkpoint
 from cdt.artifacts import build_critic_artifacts, CriticArtifacts
 from cdt.config import RunConfig, TrainConfig, to_yaml
 from cdt.data import SEPARATOR, Batch, Corpus, load_corpus
+from cdt import distributed
 from cdt.device import autocast, pick_device
+from cdt.distributed import dist_info
 from cdt.errors import CdtError, UsageError
 from cdt.losses import critic_bce, diffusion_nelbo
 from cdt.metrics import auroc
@@ -40,23 +43,6 @@ VALUE_RECORDS = 64  # held-out records probed for value accuracy at each evaluat
 
 
 # helpers
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_info() -> DistInfo:
-    """Rank and world size as torchrun sets them (defaults: one process)."""
-    env = os.environ
-    return DistInfo(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -81,6 +67,23 @@ def mask_region(cfg: RunConfig, corpus: Corpus) -> str:
 
 
 # the shared two-pass step
+
+
+class TrainStep(torch.nn.Module):
+    """One training step's forward: generator pass, fill, critic pass and the weighted loss.
+
+    Both trunk passes run inside this one forward, so DistributedDataParallel sees one
+    forward per backward and syncs each parameter's summed gradient once."""
+
+    def __init__(self, model: DiffusionLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, t, schedule, tc, region, gen, device, allow_null, alpha):
+        out = diffusion_step(self.model, batch, t, schedule, tc, region, gen, device, allow_null)
+        loss = out.gen_loss if out.critic_loss is None else out.gen_loss + alpha * out.critic_loss
+        return loss, out
+
 
 
 @dataclass
@@ -257,6 +260,9 @@ class Reporter:
 
     def on_eval(self, record: dict) -> None: ...
 
+    def on_message(self, text: str) -> None:
+        print(f"warning: {text}", file=sys.stderr)  # shown even without a display
+
     def on_end(self, result: "TrainResult") -> None: ...
 
 
@@ -312,9 +318,9 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     """Train into run directory `out`; `stop` lets a caller end the run early (it saves first)."""
     reporter = reporter or Reporter()
     dist = dist_info()
-    if dist.world_size > 1:
-        raise CdtError("multi-process training (torchrun) is not supported by this version of cdt yet")
-    device = pick_device(cfg.train.device)
+    if cfg.train.grad_accum < 1:
+        raise UsageError("train.grad_accum must be at least 1")
+    device = distributed.setup(dist, pick_device(cfg.train.device))
     ckpt_path = out / checkpoint.CHECKPOINT_NAME
     if not resume and ckpt_path.exists():
         raise CdtError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -326,6 +332,10 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
 
     torch.manual_seed(cfg.train.seed)
     model = DiffusionLM(cfg.model).to(device)
+    step_module = distributed.wrap(TrainStep(model), dist, device)  # both trunk passes in one (DDP) forward
+    eager = step_module
+    if cfg.train.compile:
+        step_module = torch.compile(step_module)
     optimizer = make_optimizer(model, cfg.train)
     start = 0
     if ckpt is not None:
@@ -352,33 +362,56 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     stop = stop or StopRequest()
     previous = stop.install()
     reporter.on_start({"run_dir": str(out), "device": str(device), "params": model.num_params(),
-                       "start": start, "max_iters": tc.max_iters, "data": corpus.info, "region": region})
+                       "start": start, "max_iters": tc.max_iters, "data": corpus.info, "region": region,
+                       "world_size": dist.world_size, "grad_accum": tc.grad_accum,
+                       "global_batch": tc.batch_size * dist.world_size * tc.grad_accum})
     model.train()
     step, saved, last_eval = start, start, {}
     tokens, t0 = 0, time.perf_counter()
     window_tokens, window_t0 = 0, t0
     try:
-        while step < tc.max_iters and not stop.requested:
+        while step < tc.max_iters and not distributed.any_rank(stop.requested, dist, device):
             torch.manual_seed(seed_for(tc.seed, dist.rank, step, 1))  # dropout, if any
-            gen = torch.Generator().manual_seed(seed_for(tc.seed, dist.rank, step))
-            batch = corpus.batch(step, tc.batch_size, tc.seed, dist.rank, dist.world_size, tc.length_groups)
             lr, alpha = lr_at(step, tc), critic_alpha(step, tc)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            t = sample_t(len(batch.ids), gen, tc.antithetic)
-            out_step = diffusion_step(model, batch, t, schedule, tc, region, gen, device, cfg.data.scaffold)
-            loss = out_step.gen_loss if out_step.critic_loss is None else out_step.gen_loss + alpha * out_step.critic_loss
-            if not math.isfinite(loss_value := float(loss.detach())):
-                raise CdtError(f"loss became {loss_value} at step {step + 1}; lower --lr or check the data")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            n = 0
+            for micro in range(tc.grad_accum):  # gradients sync only on the last micro-step
+                gen = torch.Generator().manual_seed(seed_for(tc.seed, dist.rank, step) if tc.grad_accum == 1
+                                                    else seed_for(tc.seed, dist.rank, step, 2, micro))
+                batch = corpus.batch(step * tc.grad_accum + micro, tc.batch_size, tc.seed, dist.rank,
+                                     dist.world_size, tc.length_groups)
+                t = sample_t(len(batch.ids), gen, tc.antithetic)
+                sync = micro == tc.grad_accum - 1 or not dist.active
+                if device.type == "cuda":
+                    batch = Batch(batch.ids.pin_memory(), batch.maskable.pin_memory())  # non-blocking copies
+                with contextlib.nullcontext() if sync else eager.no_sync():
+                    try:
+                        loss, out_step = step_module(batch, t, schedule, tc, region, gen, device, cfg.data.scaffold,
+                                                     alpha)
+                    except Exception as e:  # torch.compile fails at the first call, not at compile()
+                        if step_module is eager:
+                            raise
+                        reporter.on_message(f"torch.compile failed ({type(e).__name__}: "
+                                            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                                            "continuing without --compile")
+                        step_module = eager
+                        loss, out_step = step_module(batch, t, schedule, tc, region, gen, device, cfg.data.scaffold,
+                                                     alpha)
+                    if not math.isfinite(loss_value := float(loss.detach())):
+                        raise CdtError(f"loss became {loss_value} at step {step + 1} on rank {dist.rank}; "
+                                       "lower --lr or check the data")
+                    (loss / tc.grad_accum).backward()
+                n += int((batch.ids != PAD_ID).sum())
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
             step += 1
-            n = int((batch.ids != PAD_ID).sum())
             tokens += n
             window_tokens += n
+            if step % tc.log_interval == 0 or step == tc.max_iters:
+                loss_value = distributed.mean(loss_value, dist, device)  # every rank takes part
             if log and (step % tc.log_interval == 0 or step == tc.max_iters):
                 now = time.perf_counter()
                 record = {"kind": "train", "step": step, "loss": loss_value, "gen_loss": float(out_step.gen_loss.detach()),
@@ -403,6 +436,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     finally:
         for sig, handler in previous.items():  # give the caller its own handlers back
             signal.signal(sig, handler)
+        distributed.cleanup(dist)
     if step > saved:
         save(step, last_eval)
     elapsed = time.perf_counter() - t0

@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
