@@ -1,10 +1,13 @@
 """Schema scaffolds: Python writes the JSON structure, the model fills fixed-size value slots.
 
 For a tool `{"name": T, "arguments": {k: v, ...}}` the scaffold writes braces, keys,
-commas, the tool name and, for required string and enum arguments, the quotes; every
-value is a *slot* of `budget` positions. A value shorter than its slot is followed by
-`[NULL]`, which decoding drops. An optional argument's slot holds the whole JSON value
-(quotes included) so it can also be `null`.
+commas, the tool name and, for string and enum arguments, the quotes; every value is a
+*slot* of `budget` positions. A value shorter than its slot is followed by `[NULL]`,
+which decoding drops.
+
+An optional string or enum argument is quoted by the scaffold too; a slot left all
+`[NULL]` then means `null` (the request did not mention it), so no generated character
+can break the quotes. Optional numbers and booleans hold their JSON text, `null` included.
 
 The same layout is used to train (`cdt train --scaffold`: answers rendered with their
 values, slots padded with `[NULL]`) and to generate (slots masked), so the model fills
@@ -21,7 +24,7 @@ import torch
 
 from cdt.data.toolcalls import TOOLS
 from cdt.errors import CdtError, UsageError
-from cdt.vocab import MASK_ID, NULL_ID, Vocab
+from cdt.vocab import MASK_ID, NULL_ID, PAD_ID, Vocab
 
 TYPES = ("string", "integer", "number", "boolean", "enum")
 DEFAULT_BUDGET = {"string": 16, "integer": 4, "number": 8, "boolean": 5}
@@ -45,19 +48,18 @@ class Field:
 
     @property
     def quoted_by_scaffold(self) -> bool:
-        return self.type in ("string", "enum") and not self.optional
+        return self.type in ("string", "enum")
 
     @property
     def slot(self) -> int:
-        """Positions of the slot: the value budget, plus quotes when the slot writes them, at least `null`."""
+        """Positions of the slot: the value budget (room for `null` in an optional unquoted slot)."""
         base = self.budget or (max(map(len, self.enum)) if self.type == "enum" else DEFAULT_BUDGET[self.type])
-        if self.optional:
-            base += 2 if self.type in ("string", "enum") else 0
-            base = max(base, 4)  # room for null
-        return base
+        return max(base, 4) if self.optional and not self.quoted_by_scaffold else base
 
     def slot_text(self, value) -> str:
-        """What the slot holds for `value` (before [NULL] padding)."""
+        """What the slot holds for `value` (before [NULL] padding); nothing for an absent quoted value."""
+        if value is None and self.quoted_by_scaffold:
+            return ""
         text = json.dumps(value, ensure_ascii=False)
         return text[1:-1] if self.quoted_by_scaffold else text
 
@@ -169,8 +171,6 @@ def render(schema: Schema, vocab: Vocab, values: dict | None = None) -> tuple[li
 def template(schema: Schema, vocab: Vocab, prompts: list[str], separator: str, block_size: int):
     """(ids, protected) rows: each prompt + separator (protected), then the scaffold with masked slots,
     right-padded with [PAD] to the longest row."""
-    from cdt.vocab import PAD_ID
-
     body, slots = render(schema, vocab)
     rows = []
     for p in prompts:
@@ -186,6 +186,60 @@ def template(schema: Schema, vocab: Vocab, prompts: list[str], separator: str, b
         ids[i, : len(r)] = torch.tensor(r)
         protected[i, : len(p)] = torch.tensor(p)
     return ids, protected
+
+
+def slot_characters(f: Field) -> set[str] | None:
+    """The characters a slot may hold (besides [NULL]); None = any but a quote, a backslash or a newline.
+
+    Keeps a generated value from breaking the JSON around it: no stray quote inside a string
+    the scaffold quotes, only digits in an integer. (It cannot make `1-2` a number: that is
+    left to the model and reported by `parse`.)"""
+    if f.type == "enum":
+        chars = set("".join(f.enum))
+    elif f.type == "integer":
+        chars = set("-0123456789")
+    elif f.type == "number":
+        chars = set("-.0123456789")
+    elif f.type == "boolean":
+        chars = set("truefals")
+    else:
+        chars = None
+    if f.optional and chars is not None and not f.quoted_by_scaffold:
+        chars |= set("nul")
+    return chars
+
+
+def slot_masks(schema: Schema, vocab: Vocab) -> torch.Tensor:
+    """(len(body), v) bool: what each position of the rendered scaffold may hold."""
+    v = len(vocab)
+    rows = []
+    for f in schema.fields:
+        chars = slot_characters(f)
+        if chars is None:
+            m = torch.ones(v, dtype=torch.bool)
+            banned = {'"', "\\", "\n"}
+            for c in banned:
+                if vocab.id_of(c) is not None:
+                    m[vocab.id_of(c)] = False
+        else:
+            m = torch.zeros(v, dtype=torch.bool)
+            m[[vocab.id_of(c) for c in chars if vocab.id_of(c) is not None]] = True
+        m[[MASK_ID, PAD_ID]] = False
+        m[NULL_ID] = True
+        rows.append(m.expand(f.slot, v))
+    body, slots = render(schema, vocab)
+    out = torch.ones(len(body), v, dtype=torch.bool)
+    out[torch.tensor(slots)] = torch.cat(rows)
+    return out
+
+
+def allowed_rows(schemas: list[Schema], starts: list[int], width: int, vocab: Vocab) -> torch.Tensor:
+    """(b, width, v) bool for rows whose scaffold begins at `starts[i]` (everything else unrestricted)."""
+    out = torch.ones(len(schemas), width, len(vocab), dtype=torch.bool)
+    for i, (schema, start) in enumerate(zip(schemas, starts)):
+        m = slot_masks(schema, vocab)
+        out[i, start : start + len(m)] = m
+    return out
 
 
 # reading the result
@@ -210,7 +264,8 @@ def _type_ok(f: Field, v) -> bool:
 
 
 def parse(schema: Schema, text: str) -> Parsed:
-    """json.loads the generated call and check every field's type, enum and presence; never raises."""
+    """json.loads the generated call and check every field's type, enum and presence; never raises.
+    An empty optional string/enum slot reads as null."""
     try:
         call = json.loads(text)
     except json.JSONDecodeError as e:
@@ -224,6 +279,8 @@ def parse(schema: Schema, text: str) -> Parsed:
             errors.append(f"field {f.name!r}: missing")
             continue
         v = args[f.name]
+        if v == "" and f.optional and f.quoted_by_scaffold:  # an empty optional slot means null
+            v = args[f.name] = None
         if not _type_ok(f, v):
             want = f"one of {', '.join(f.enum)}" if f.type == "enum" else f"a {f.type}"
             want += " or null" if f.optional else ""

@@ -40,6 +40,10 @@ class Vocab:
     def from_text(cls, text: str, extra: str = "") -> "Vocab":
         return cls(tuple(sorted(set(text) | set(extra))))
 
+    def id_of(self, ch: str) -> int | None:
+        """The id of one character, or None when it is not in the vocabulary."""
+        return self._index.get(ch)
+
     def __len__(self) -> int:
         return len(SPECIALS) + len(self.chars)
 

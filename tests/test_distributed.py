@@ -78,3 +78,13 @@ def test_compile_failure_falls_back_to_eager_with_a_message(tmp_path, monkeypatc
     result = train(cfg, tmp_path / "c")
     assert result.step == 2
     assert "torch.compile failed (RuntimeError: no C++ compiler here); continuing without --compile" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_in_bf16_autocast(tmp_path):
+    from cdt.train import train
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(max_iters=3, eval_interval=3, device="cuda")
+    result = train(cfg, tmp_path / "gpu")
+    assert result.step == 3 and result.final_eval["val_bpc"] > 0

@@ -48,15 +48,18 @@ def test_rendered_values_round_trip_and_null_is_stripped(vocab):
     for record in generate_records(400, 3):
         ids, slots = scaffold.render(scaffold.builtin(record.tool), vocab, record.arguments)
         assert NULL_ID in ids  # slots are padded
-        assert json.loads(vocab.decode(ids)) == json.loads(record.answer)
+        schema = scaffold.builtin(record.tool)
+        assert scaffold.parse(schema, vocab.decode(ids)).call == json.loads(record.answer)
         assert all(s for i, s in zip(ids, slots) if i == NULL_ID)  # [NULL] only inside slots
 
 
 def test_optional_argument_can_be_null(vocab):
     schema = scaffold.builtin("set_alarm")
-    ids, _ = scaffold.render(schema, vocab, {"time": "07:00", "label": None})
-    assert vocab.decode(ids) == '{"name": "set_alarm", "arguments": {"time": "07:00", "label": null}}'
-    assert scaffold.parse(schema, vocab.decode(ids)).valid
+    ids, slots = scaffold.render(schema, vocab, {"time": "07:00", "label": None})
+    assert vocab.decode(ids) == '{"name": "set_alarm", "arguments": {"time": "07:00", "label": ""}}'
+    assert ids[-schema.field("label").slot - 3 : -3] == [NULL_ID] * schema.field("label").slot  # an empty slot
+    parsed = scaffold.parse(schema, vocab.decode(ids))
+    assert parsed.valid and parsed.call["arguments"]["label"] is None  # reads as null
 
 
 def test_validation_catches_wrong_types_and_enums():
@@ -81,7 +84,7 @@ def test_user_schema_file(tmp_path, vocab):
         "vegan": {"type": "boolean"}}, "required": ["size", "slices", "vegan"]}))
     schema = scaffold.from_json_schema(f)
     assert schema.tool == "order_pizza" and [x.optional for x in schema.fields] == [False, False, True, False]
-    assert schema.field("note").slot == 10  # 8 characters + the quotes an optional slot writes itself
+    assert schema.field("note").slot == 8 and schema.field("note").quoted_by_scaffold
     ids, protected = scaffold.template(schema, vocab, ["two large slices"], SEPARATOR, 400)
     gen = generate(random_model(vocab), ids, protected, SampleConfig(steps=2), allow_null=True)
     assert torch.equal(gen.tokens[protected], ids[protected])
@@ -185,3 +188,30 @@ def test_cli_eval_scaffold(scaffold_run, tiny_run):
     assert "structure kept in 100.0%" in table.stdout
     assert_one_line_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--scaffold", "--n", "2"]), 1,
                           "train with cdt train --scaffold")
+
+
+def test_slots_only_take_characters_that_keep_the_json_intact(vocab):
+    schema = scaffold.builtin("schedule_meeting")  # string, string, integer, boolean
+    ids, protected = scaffold.template(schema, vocab, ["Meet Ana"], SEPARATOR, 400)
+    start = len(vocab.encode("Meet Ana\n"))
+    allowed = scaffold.allowed_rows([schema], [start], ids.shape[1], vocab)
+    gen = generate(random_model(vocab), ids, protected, SampleConfig(steps=3, seed=4), allow_null=True,
+                   allowed_at=allowed)
+    body, slots = scaffold.render(schema, vocab)
+    values = []
+    pos = start
+    for f in schema.fields:  # walk the slots in order
+        while not slots[pos - start]:
+            pos += 1
+        values.append((f, vocab.decode(gen.tokens[0, pos : pos + f.slot])))
+        pos += f.slot
+    for f, text in values:
+        if f.type == "integer":
+            assert set(text) <= set("-0123456789")
+        elif f.type == "boolean":
+            assert set(text) <= set("truefals")
+        else:
+            assert '"' not in text and "\\" not in text
+    m = scaffold.slot_masks(schema, vocab)
+    assert m.shape == (len(body), len(vocab)) and m[~torch.tensor(slots)].all()
+    assert m[torch.tensor(slots)][:, NULL_ID].all() and not m[:, MASK_ID][torch.tensor(slots)].any()

@@ -105,6 +105,8 @@ def evaluate_scaffold(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
     vocab = ckpt.vocab
     spans = [value_spans(r, vocab, scaffold=True)[1] for r in held.records]
     schemas = [scaffold.builtin(r.tool) for r in held.records]
+    heads = [len(vocab.encode(r.prompt)) + 1 for r in held.records]  # request + separator
+    allowed = scaffold.allowed_rows(schemas, heads, held.template.shape[1], vocab)  # what each slot may hold
     out = []
     for policy in policies:
         for steps in steps_list:
@@ -119,14 +121,14 @@ def evaluate_scaffold(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
                 hi = min(lo + batch_size, len(held))
                 seeds = [seed_for(cfg.seed, i) for i in range(lo, hi)]
                 gen = generate(model, held.template[lo:hi], held.protected[lo:hi], cfg, row_seeds=seeds,
-                               calibration=calibration, allow_null=True)
+                               calibration=calibration, allow_null=True, allowed_at=allowed[lo:hi])
                 passes += gen.passes["generator"] + gen.passes["critic"]
                 batches += 1
                 clean, prot = held.clean[lo:hi], held.protected[lo:hi]
                 for j, i in enumerate(range(lo, hi)):
                     row, ref = gen.tokens[j], clean[j]
                     n["structure"] += bool(torch.equal(row[prot[j]], ref[prot[j]]))
-                    head = len(vocab.encode(held.records[i].prompt)) + 1
+                    head = heads[i]
                     parsed = scaffold.parse(schemas[i], _value_chars(vocab, row[head:]))
                     n["json"] += parsed.call is not None
                     bad = {e.split("'")[1] for e in parsed.errors if e.startswith("field '")}

@@ -125,12 +125,13 @@ def pick_worst(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, 
 @torch.no_grad()
 def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg: SampleConfig,
              row_seeds: list[int] | None = None, record: bool = False, allow_null: bool = False,
-             calibration=None) -> Generation:
+             calibration=None, allowed_at: torch.Tensor | None = None) -> Generation:
     """Fill the [MASK] positions of `ids` (b, n); `protected` (b, n) positions never change.
 
     Row i draws its randomness from `row_seeds[i]` (default: seed_for(cfg.seed, i)), so the same
     seed gives the same rows and a row does not depend on what else is in its batch.
-    `calibration` maps critic probabilities for the `critic-calibrated` policy.
+    `calibration` maps critic probabilities for the `critic-calibrated` policy. `allowed_at` (b, n, v)
+    bool narrows the characters each position may take (scaffold slots: digits in a number, ...).
     """
     cfg.validate()
     policy = get_policy(cfg.policy)
@@ -144,6 +145,8 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
     editable = (x == MASK_ID) & ~protected.to(device)  # the region this call may write
     total = editable.sum(1)
     allowed = emittable(model.cfg.vocab_size, allow_null, device)
+    if allowed_at is not None:
+        allowed = allowed & allowed_at.to(device)  # (b, n, v)
     memory = torch.zeros(b, n, device=device)  # confidence-like scores are kept from the step that sampled
     passes = {"generator": 0, "critic": 0}
     cache_in, cache_logits, critic_probs, history = None, None, None, []

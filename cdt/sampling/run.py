@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from cdt import calibration_map
@@ -62,11 +63,16 @@ def sample_schema(ckpt: Checkpoint, schema, prompts: list[str], cfg: SampleConfi
     separator = SEPARATOR if ckpt.extra.get("mask_region") == "answer" else ""
     ids, protected = scaffold.template(schema, ckpt.vocab, prompts, separator, ckpt.config.model.block_size)
     calibration, _ = calibration_map.for_policy(ckpt.path.parent, cfg.policy)
-    gen = generate(model, ids, protected, cfg, record=record, allow_null=True, calibration=calibration)
+    starts = [len(ckpt.vocab.encode(p + separator)) for p in prompts]
+    allowed = scaffold.allowed_rows([schema] * len(prompts), starts, ids.shape[1], ckpt.vocab)
+    gen = generate(model, ids, protected, cfg, record=record, allow_null=True, calibration=calibration,
+                   allowed_at=allowed)
     out = []
     for row, prompt in zip(gen.tokens, prompts):
         start = len(ckpt.vocab.encode(prompt + separator))
         text = ckpt.vocab.decode(row[start:])  # [PAD] and [NULL] dropped
         parsed = scaffold.parse(schema, text)
+        if parsed.call is not None:  # the canonical form: an empty optional slot printed as null
+            text = json.dumps(parsed.call, ensure_ascii=False)
         out.append(ScaffoldSample(prompt, text, parsed.call, parsed.valid, parsed.errors))
     return out, gen
