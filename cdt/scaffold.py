@@ -189,7 +189,8 @@ def template(schema: Schema, vocab: Vocab, prompts: list[str], separator: str, b
 
 
 def slot_characters(f: Field) -> set[str] | None:
-    """The characters a slot may hold (besides [NULL]); None = any but a quote, a backslash or a newline.
+    """The characters a slot may hold (besides [NULL], and never [NULL] first unless the value may be
+    absent); None = any but a quote, a backslash or a newline.
 
     Keeps a generated value from breaking the JSON around it: no stray quote inside a string
     the scaffold quotes, only digits in an integer. (It cannot make `1-2` a number: that is
@@ -226,7 +227,10 @@ def slot_masks(schema: Schema, vocab: Vocab) -> torch.Tensor:
             m[[vocab.id_of(c) for c in chars if vocab.id_of(c) is not None]] = True
         m[[MASK_ID, PAD_ID]] = False
         m[NULL_ID] = True
-        rows.append(m.expand(f.slot, v))
+        slot = m.expand(f.slot, v).clone()
+        if not (f.optional and f.quoted_by_scaffold):  # only an optional quoted value may be empty (null)
+            slot[0, NULL_ID] = False  # an empty number or boolean would leave `"key": ,`
+        rows.append(slot)
     body, slots = render(schema, vocab)
     out = torch.ones(len(body), v, dtype=torch.bool)
     out[torch.tensor(slots)] = torch.cat(rows)

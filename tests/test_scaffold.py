@@ -214,4 +214,6 @@ def test_slots_only_take_characters_that_keep_the_json_intact(vocab):
             assert '"' not in text and "\\" not in text
     m = scaffold.slot_masks(schema, vocab)
     assert m.shape == (len(body), len(vocab)) and m[~torch.tensor(slots)].all()
-    assert m[torch.tensor(slots)][:, NULL_ID].all() and not m[:, MASK_ID][torch.tensor(slots)].any()
+    assert not m[:, MASK_ID][torch.tensor(slots)].any()
+    first = [i for i, s in enumerate(slots) if s and (i == 0 or not slots[i - 1])]
+    assert not m[first, NULL_ID].any() and m[[i + 1 for i in first], NULL_ID].all()  # no empty required value
