@@ -18,21 +18,23 @@ FINE_BINS = 1 << 16
 BINNINGS = ("uniform", "quantile")
 
 
-def auroc(scores, labels, weights=None) -> float | None:
-    """Area under the ROC curve with label 1 = wrong; None when only one class is present."""
+def _ranking(metric, scores, labels, weights) -> float | None:
+    """A scikit-learn ranking metric with label 1 = wrong; None when only one class carries weight."""
     labels = np.asarray(labels)
     present = labels if weights is None else labels[np.asarray(weights) > 0]
     if present.size == 0 or present.min() == present.max():
         return None
-    return float(roc_auc_score(labels, np.asarray(scores), sample_weight=weights))
+    return float(metric(labels, np.asarray(scores), sample_weight=weights))
+
+
+def auroc(scores, labels, weights=None) -> float | None:
+    """Area under the ROC curve with label 1 = wrong; None when only one class is present."""
+    return _ranking(roc_auc_score, scores, labels, weights)
 
 
 def average_precision(scores, labels, weights=None) -> float | None:
-    labels = np.asarray(labels)
-    present = labels if weights is None else labels[np.asarray(weights) > 0]
-    if present.size == 0 or present.min() == present.max():
-        return None
-    return float(average_precision_score(labels, np.asarray(scores), sample_weight=weights))
+    """Average precision with label 1 = wrong; None when only one class is present."""
+    return _ranking(average_precision_score, scores, labels, weights)
 
 
 def bucket_of(p: np.ndarray, edges: np.ndarray) -> np.ndarray:
