@@ -45,6 +45,12 @@ def test_two_processes_match_one_write_once_and_resume_in_one(tmp_path):
                    "--max-iters", "10", "--batch-size", "8", "--json"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["step"] == 10
+    # and the other way round: the 1-process run resumes in 2 processes
+    widened = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cdt",
+                   "train", "--out", str(tmp_path / "one"), "--resume", "--preset", "tiny", "--max-iters", "10",
+                   "--batch-size", "4", "--json"], tmp_path)
+    assert widened.returncode == 0, widened.stderr
+    assert json.loads(widened.stdout)["step"] == 10
 
 
 def test_an_error_on_one_rank_ends_every_rank(tmp_path):
