@@ -79,8 +79,8 @@ class TrainStep(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch, t, schedule, tc, region, gen, device, allow_null, alpha):
-        out = diffusion_step(self.model, batch, t, schedule, tc, region, gen, device, allow_null)
+    def forward(self, batch, t, schedule, tc, region, gen, device, allow_null, alpha, critic=True):
+        out = diffusion_step(self.model, batch, t, schedule, tc, region, gen, device, allow_null, critic)
         loss = out.gen_loss if out.critic_loss is None else out.gen_loss + alpha * out.critic_loss
         return loss, out
 
@@ -100,7 +100,7 @@ class StepOutput:
 
 def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: Schedule, cfg: TrainConfig,
                    region: str, generator: torch.Generator, device: torch.device,
-                   allow_null: bool = False) -> StepOutput:
+                   allow_null: bool = False, critic: bool = True) -> StepOutput:
     """Corrupt, generator pass, fill via build_critic_artifacts, critic pass. Used by training and eval."""
     clean = batch.ids.to(device, non_blocking=True)
     maskable = batch.maskable.to(device, non_blocking=True) if region == "answer" else clean != PAD_ID
@@ -111,7 +111,7 @@ def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: 
         gen_loss = diffusion_nelbo(logits, clean, masked, torch.ones_like(t), masked.sum())
     else:
         gen_loss = diffusion_nelbo(logits, clean, masked, schedule.weight(t), maskable.sum())
-    if not model.has_critic:
+    if not model.has_critic or not critic:  # critic=False: the generator alone (critic weight 0)
         return StepOutput(gen_loss, None, noisy, masked, maskable, logits, None, None)
     art = build_critic_artifacts(noisy, logits.detach(), clean, temperature=cfg.fill_temperature,
                                  scope=cfg.critic_scope, allow_null=allow_null, generator=generator)
@@ -373,6 +373,8 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
         while step < tc.max_iters and not distributed.any_rank(stop.requested, dist, device):
             torch.manual_seed(seed_for(tc.seed, dist.rank, step, 1))  # dropout, if any
             lr, alpha = lr_at(step, tc), critic_alpha(step, tc)
+            # a critic weight of 0 skips the critic's pass (DDP keeps it: every parameter must take part)
+            critic_pass = alpha > 0 or dist.active
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
@@ -389,7 +391,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
                 with contextlib.nullcontext() if sync else eager.no_sync():
                     try:
                         loss, out_step = step_module(batch, t, schedule, tc, region, gen, device, cfg.data.scaffold,
-                                                     alpha)
+                                                     alpha, critic_pass)
                     except Exception as e:  # torch.compile fails at the first call, not at compile()
                         if step_module is eager:
                             raise
@@ -398,7 +400,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
                                             "continuing without --compile")
                         step_module = eager
                         loss, out_step = step_module(batch, t, schedule, tc, region, gen, device, cfg.data.scaffold,
-                                                     alpha)
+                                                     alpha, critic_pass)
                     if not math.isfinite(loss_value := float(loss.detach())):
                         raise CdtError(f"loss became {loss_value} at step {step + 1} on rank {dist.rank}; "
                                        "lower --lr or check the data")

@@ -211,3 +211,16 @@ def test_value_accuracy_against_an_oracle_and_a_constant_guess():
     guess = LookupModel(rows, sep, constant=vocab.encode("x")[0], vocab_size=len(vocab))
     assert value_accuracy(guess, records, vocab, torch.device("cpu")) == 0.0
     assert n_fields > 20
+
+
+def test_a_zero_critic_weight_skips_the_critic_pass(tmp_path):
+    """Before the critic's warm-up starts with weight 0, a step is the generator's pass alone."""
+    from cdt.train import train
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(max_iters=4, eval_interval=4, log_interval=1, critic_alpha_start=0.0, critic_warmup_start=2,
+                      critic_warmup_end=3)
+    train(cfg, tmp_path / "r")
+    logged = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert [x["critic_loss"] is None for x in logged] == [True, True, True, False]  # alpha(step 2) is still 0
+    assert logged[0]["loss"] == logged[0]["gen_loss"]
