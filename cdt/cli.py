@@ -177,7 +177,8 @@ def _train_critic_stage(cfg, out: Optional[Path], json_out: bool) -> None:
         result = train_value_stage(
             cfg, out,
             on_step=lambda step, loss: progress.update(task, completed=step, status=f"loss {loss:.4f}"),
-            on_eval=lambda r: None if json_out else progress.console.print(stage_line(r), highlight=False))
+            on_eval=lambda r: None if json_out else progress.console.print(stage_line(r), highlight=False,
+                                                                           soft_wrap=True))
     if json_out:
         emit_json(asdict(result) | {"run_dir": str(out)})
     else:
