@@ -228,7 +228,7 @@ def _record(ckpt, held: HeldOut, prompt: int, draw: int, tokens, probs, wrong, t
     record = {"id": f"{prompt}-{draw}", "group": prompt, **sample_scores(probs, top),
               "label": int(bool(wrong.any())), "wrong_tokens": int(wrong.sum()), "tokens": int(len(wrong))}
     if held.records is not None:
-        check = grade(vocab, held.records[prompt], tokens)
+        check = grade(vocab, held.records[prompt], tokens, held.scaffold)
         bad_fields = [k for k, ok in check.fields.items() if not ok]
         record.update(json_valid=check.valid_json, name_ok=check.name_ok, wrong_fields=bad_fields)
         record["label"] = int(record["label"] or not check.valid_json or not check.name_ok or bool(bad_fields))

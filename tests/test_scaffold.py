@@ -217,3 +217,15 @@ def test_slots_only_take_characters_that_keep_the_json_intact(vocab):
     assert not m[:, MASK_ID][torch.tensor(slots)].any()
     first = [i for i, s in enumerate(slots) if s and (i == 0 or not slots[i - 1])]
     assert not m[first, NULL_ID].any() and m[[i + 1 for i in first], NULL_ID].all()  # no empty required value
+
+
+def test_grading_reads_an_empty_optional_slot_as_null(vocab):
+    from cdt.data.toolcalls import ToolCall
+    from cdt.sampling.heldout import grade
+
+    record = next(r for r in generate_records(400, 3) if r.tool == "set_alarm" and r.arguments["label"] is None)
+    ids, _ = scaffold.render(scaffold.builtin("set_alarm"), vocab, record.arguments)
+    row = torch.tensor(vocab.encode(record.prompt + SEPARATOR) + ids)
+    assert all(grade(vocab, record, row, scaffold=True).fields.values())
+    assert not grade(vocab, record, row, scaffold=False).fields["label"]  # "" is not null in the plain layout
+    assert isinstance(record, ToolCall)

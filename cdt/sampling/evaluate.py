@@ -56,7 +56,7 @@ def evaluate_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
                 passes += gen.passes["generator"] + gen.passes["critic"]
                 batches += 1
                 for row, rec in zip(gen.tokens, held.records[lo:hi] if held.records else ()):
-                    check = grade(ckpt.vocab, rec, row)
+                    check = grade(ckpt.vocab, rec, row, held.scaffold)
                     valid += check.valid_json
                     fields_ok += check.name_ok + sum(check.fields.values())
                     fields += 1 + len(check.fields)

@@ -6,6 +6,7 @@ evenly spaced windows of a text file's last 10%), so no command grades on traini
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ class HeldOut:
     protected: torch.Tensor  # (n, L) bool, everything outside that region
     records: list | None  # toolcalls records (grading by field), None for text
     masking: str
+    scaffold: bool = False  # answers in the scaffold layout (an empty optional slot means null)
 
     def __len__(self) -> int:
         return len(self.clean)
@@ -67,7 +69,7 @@ def load_heldout(ckpt: Checkpoint, n: int, masking: str | None = None, ratio: fl
         raise UsageError(f"asked for {n} held-out rows; the validation split has {available}")
     clean, template, protected = heldout_templates(corpus, n, masking, ratio, seed)
     records = corpus.records[:n] if corpus.records else None
-    return HeldOut(clean, template, protected, records, masking)
+    return HeldOut(clean, template, protected, records, masking, scaffold)
 
 
 def answer_text(vocab, row) -> str:
@@ -75,5 +77,13 @@ def answer_text(vocab, row) -> str:
     return vocab.decode(row).split(SEPARATOR, 1)[-1]
 
 
-def grade(vocab, record, row) -> AnswerCheck:
-    return check_answer(record, answer_text(vocab, row))
+def grade(vocab, record, row, scaffold: bool = False) -> AnswerCheck:
+    """Field-by-field check of a generated answer; scaffolded answers are read as the scaffold
+    reads them (an empty optional slot is null)."""
+    text = answer_text(vocab, row)
+    if scaffold:
+        from cdt.scaffold import builtin, parse
+
+        call = parse(builtin(record.tool), text).call
+        text = json.dumps(call, ensure_ascii=False) if call is not None else text
+    return check_answer(record, text)
