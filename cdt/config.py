@@ -50,7 +50,7 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, noise, critic weighting and evaluation."""
 
-    max_iters: int = 2500
+    max_iters: int = 3400
     batch_size: int = 16  # smaller batches with more steps beat large ones at equal CPU time
     length_groups: int = 4  # batches drawn together, sorted by length: ~25% less padding; 32 learned slower per step; 1 = off
     lr: float = 2e-3
@@ -65,10 +65,10 @@ class TrainConfig:
     antithetic: bool = True  # stratified t over the batch, lower-variance NELBO
     loss_weighting: str = "nelbo"  # nelbo: w(t)-weighted (MDLM); flat: mean cross-entropy over masked tokens
     critic_scope: str = "masked"  # masked | masked+context
-    critic_alpha_start: float = 0.1  # critic loss weight before warm-up ...
+    critic_alpha_start: float = 0.0  # critic loss weight before warm-up (0: generator alone, its pass skipped) ...
     critic_alpha_end: float = 1.0  # ... and after it
-    critic_warmup_start: int = 0
-    critic_warmup_end: int = 500
+    critic_warmup_start: int = 1900  # the generator alone first: more steps in the same time, better values
+    critic_warmup_end: int = 2100
     fill_temperature: float = 1.0  # temperature of the generator samples the critic judges
     eval_interval: int = 250
     eval_rows: int = 256
