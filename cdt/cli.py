@@ -306,9 +306,7 @@ def _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget
         for s in samples:
             sys.stdout.write(s.text + "\n")
     if show_steps:
-        starts = [len(ckpt.vocab.encode(s.prompt)) + (len(ckpt.vocab.encode("\n")) if ckpt.extra.get("mask_region") == "answer" else 0)
-                  for s in samples]
-        err_console.print(slot_trajectory(gen, starts, ckpt.vocab, plain=not err_console.is_terminal),
+        err_console.print(slot_trajectory(gen, [s.start for s in samples], ckpt.vocab, plain=not err_console.is_terminal),
                           soft_wrap=True, highlight=False)
 
 

@@ -51,6 +51,7 @@ class ScaffoldSample:
     call: dict | None
     valid: bool
     errors: list[str]
+    start: int  # where the scaffold begins in the row (after the prompt and separator)
 
 
 def sample_schema(ckpt: Checkpoint, schema, prompts: list[str], cfg: SampleConfig, device: str = "auto",
@@ -68,11 +69,10 @@ def sample_schema(ckpt: Checkpoint, schema, prompts: list[str], cfg: SampleConfi
     gen = generate(model, ids, protected, cfg, record=record, allow_null=True, calibration=calibration,
                    allowed_at=allowed)
     out = []
-    for row, prompt in zip(gen.tokens, prompts):
-        start = len(ckpt.vocab.encode(prompt + separator))
+    for row, prompt, start in zip(gen.tokens, prompts, starts):
         text = ckpt.vocab.decode(row[start:])  # [PAD] and [NULL] dropped
         parsed = scaffold.parse(schema, text)
         if parsed.call is not None:  # the canonical form: an empty optional slot printed as null
             text = json.dumps(parsed.call, ensure_ascii=False)
-        out.append(ScaffoldSample(prompt, text, parsed.call, parsed.valid, parsed.errors))
+        out.append(ScaffoldSample(prompt, text, parsed.call, parsed.valid, parsed.errors, start))
     return out, gen
