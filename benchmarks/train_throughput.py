@@ -49,6 +49,8 @@ def flops_per_position(cfg, n: int, critic: bool) -> float:
     d, L, v = cfg.d_model, cfg.n_layers, cfg.vocab_size
     trunk = 6 * (12 * d * d * L) + 12 * L * n * d  # qkv+proj (4d^2) and mlp (8d^2) per layer; QK^T and AV
     head = 6 * d * v
+    if cfg.copy:  # pointer q/k projections, its scores over the row, the per-character sum
+        head += 6 * (2 * d * d) + 6 * n * d + 6 * n * v
     return trunk + head + ((trunk + 6 * d) if critic else 0)
 
 

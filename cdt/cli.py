@@ -203,6 +203,8 @@ def sample(
     top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling mass; 1 = off."),
     randomness: float = typer.Option(0.0, min=0.0, max=1.0, help="Blend scores with noise: (1-r)*score + r*U."),
     selection: str = typer.Option("topk", help="topk: remask the worst; gumbel: sample them, p ~ score."),
+    spread: bool = typer.Option(False, "--spread", help="Never commit two adjacent new tokens in one step: the "
+                                                        "best of each run of masked neighbours goes first."),
     seed: int = typer.Option(0, help="Seed; the same seed gives the same output."),
     schema: Optional[str] = typer.Option(None, help="Fill the value slots of a built-in toolcalls tool's scaffold "
                                                     "(e.g. get_weather); Python writes the JSON structure."),
@@ -229,7 +231,7 @@ def sample(
 
     cfg = SampleConfig(steps=steps or 1, policy=policy, commit=commit, threshold=threshold, schedule=schedule,
                        temperature=temperature, top_k=top_k, top_p=top_p, randomness=randomness,
-                       selection=selection, seed=seed, lock_threshold=lock_threshold)
+                       selection=selection, spread=spread, seed=seed, lock_threshold=lock_threshold)
     cfg.validate()
     if schema or schema_file or prompts_file:
         return _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget, prompts_file, device,
@@ -343,6 +345,8 @@ def eval_cmd(
     batch_size: int = typer.Option(64, min=1, help="Rows per generation batch (results do not depend on it)."),
     commit: str = typer.Option("remask", help="remask | lock | threshold."),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
+    spread: bool = typer.Option(False, "--spread", help="Never commit two adjacent new tokens in one step: the "
+                                                        "best of each run of masked neighbours goes first."),
     seed: int = typer.Option(0, help="Seed: the same for every policy, so they see the same draws."),
     scaffold: bool = typer.Option(False, "--scaffold", help="Fill only the value slots of scaffolded answers and grade "
                                                             "structure, types, fields, [NULL] use and collapse."),
@@ -367,7 +371,8 @@ def eval_cmd(
     from cdt.sampling.loop import SampleConfig
 
     policy_list, steps_list = _csv(policies, str, "--policies"), _csv(steps, int, "--steps")
-    base = SampleConfig(commit=commit, temperature=temperature, seed=seed, lock_threshold=lock_threshold)
+    base = SampleConfig(commit=commit, temperature=temperature, spread=spread, seed=seed,
+                        lock_threshold=lock_threshold)
     for p in policy_list:
         SampleConfig(**{**base.__dict__, "policy": p}).validate()
     if min(steps_list) < 1:
@@ -389,14 +394,15 @@ def eval_cmd(
     if scaffold:
         if json_out:
             emit_json({"checkpoint": str(ckpt.path), "n": n, "scaffold": True, "commit": commit,
-                       "temperature": temperature, "rows": [asdict(r) for r in rows]})
+                       "temperature": temperature, "spread": spread, "rows": [asdict(r) for r in rows]})
         else:
             out_console.print(scaffold_table(rows, n))
         return
     if json_out:
         emit_json({"checkpoint": str(ckpt.path), "n": n, "mask": held.masking,
                    "mask_ratio": None if held.masking == "answer" else mask_ratio,
-                   "commit": commit, "temperature": temperature, "rows": [asdict(r) for r in rows]})
+                   "commit": commit, "temperature": temperature, "spread": spread,
+                   "rows": [asdict(r) for r in rows]})
     else:
         out_console.print(eval_table(rows, n, held.masking, mask_ratio))
 

@@ -31,6 +31,7 @@ class ModelConfig:
     positions: str = "rotary"  # rotary | learned
     critic: str = "linear"  # none | linear | mlp
     critic_dropout: float = 0.1  # mlp critic only
+    copy: bool = False  # generator head mixes in a pointer over the row's visible characters (see model.py)
     value_head: bool = False  # sequence-level value head (cdt train --stage critic); higher = more likely right
     value_dropout: float = 0.3  # dropout inside the value head's MLP
 

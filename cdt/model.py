@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cdt.config import ModelConfig
-from cdt.vocab import PAD_ID, emittable
+from cdt.vocab import MASK_ID, PAD_ID, emittable
 
 
 # helpers
@@ -100,7 +100,14 @@ class DiffusionLM(nn.Module):
             nn.Linear(max(1, cfg.d_model // 8), max(1, cfg.d_model // 16)), nn.GELU(), nn.Dropout(cfg.value_dropout),
             nn.Linear(max(1, cfg.d_model // 16), 1),
         ) if cfg.value_head else None
+        # copy head (pointer-generator): one attention over the row's visible characters whose weights,
+        # summed per character, form a second distribution; a per-position gate mixes the two
+        self.copy = nn.ModuleDict({"q": nn.Linear(cfg.d_model, cfg.d_model, bias=False),
+                                   "k": nn.Linear(cfg.d_model, cfg.d_model, bias=False),
+                                   "gate": nn.Linear(cfg.d_model, 1)}) if cfg.copy else None
         self.register_buffer("rotary", rotary_table(cfg.block_size, cfg.d_model // cfg.n_heads), persistent=False)
+        if cfg.copy:
+            self.register_buffer("copy_rotary", rotary_table(cfg.block_size, cfg.d_model), persistent=False)
         # the generator can never propose [MASK] or [PAD] ([NULL] stays possible for scaffolds)
         self.register_buffer("never_emit", ~emittable(cfg.vocab_size, allow_null=True), persistent=False)
         self.apply(self._init)
@@ -137,10 +144,32 @@ class DiffusionLM(nn.Module):
             x = block(x, key_mask, rotary)
         return self.ln_f(x)
 
-    def generator_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """(b, n, d) -> (b, n, v); [MASK] and [PAD] get -inf."""
+    def generator_logits(self, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(b, n, d) states of the row ids (b, n) -> (b, n, v) logits; [MASK] and [PAD] get -inf.
+
+        With a copy head the result is log-probabilities (still valid logits: softmax returns them)."""
         logits = h @ self.embed.weight.t()
+        if self.copy is not None:
+            logits = self._mix_copy(h.float(), ids, logits.float())
         return logits.masked_fill(self.never_emit, float("-inf"))
+
+    def _mix_copy(self, h: torch.Tensor, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """log(g * p_vocab + (1 - g) * p_copy), p_copy(c) = the pointer's weight on visible positions holding c.
+
+        Kept finite everywhere (the caller masks the specials), so no NaN reaches the gradients; a row with
+        nothing visible gets the vocabulary head alone."""
+        b, n, d = h.shape
+        rot = self.copy_rotary[:n]
+        q = apply_rotary(self.copy["q"](h)[:, None], rot)[:, 0]
+        k = apply_rotary(self.copy["k"](h)[:, None], rot)[:, 0]
+        source = (ids != MASK_ID) & (ids != PAD_ID)  # (b, n) positions whose character is known
+        scores = (q @ k.transpose(1, 2)) / math.sqrt(d)
+        scores = scores.masked_fill(~source[:, None, :], torch.finfo(scores.dtype).min)
+        p_copy = torch.softmax(scores, -1) @ F.one_hot(ids, self.cfg.vocab_size).to(h.dtype)  # (b, n, v)
+        vocab = logits.masked_fill(self.never_emit, -1e9).log_softmax(-1)
+        gate = self.copy["gate"](h)  # (b, n, 1) logit of the vocabulary head's weight
+        mixed = torch.logaddexp(F.logsigmoid(gate) + vocab, F.logsigmoid(-gate) + torch.log(p_copy.clamp_min(1e-30)))
+        return torch.where(source.any(1)[:, None, None], mixed, vocab)
 
     def critic_logits(self, h: torch.Tensor) -> torch.Tensor:
         """(b, n, d) -> (b, n); higher = more likely wrong."""

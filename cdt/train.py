@@ -106,7 +106,7 @@ def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: 
     maskable = batch.maskable.to(device, non_blocking=True) if region == "answer" else clean != PAD_ID
     noisy, masked = corrupt(clean, maskable, t, schedule, generator)
     with autocast(device):
-        logits = model.generator_logits(model(noisy))
+        logits = model.generator_logits(model(noisy), noisy)
     if cfg.loss_weighting == "flat":  # every masked token counts the same, whatever its t
         gen_loss = diffusion_nelbo(logits, clean, masked, torch.ones_like(t), masked.sum())
     else:
@@ -219,7 +219,8 @@ def value_accuracy(model: DiffusionLM, records: list, vocab, device: torch.devic
         noisy = clean.clone()
         for i, (a, b) in enumerate(chunk_spans):
             noisy[i, a:b] = MASK_ID
-        pred = model.generator_logits(model(noisy.to(device))).argmax(-1).cpu()
+        noisy = noisy.to(device)
+        pred = model.generator_logits(model(noisy), noisy).argmax(-1).cpu()
         right += sum(bool(torch.equal(pred[i, a:b], clean[i, a:b])) for i, (a, b) in enumerate(chunk_spans))
     return right / len(rows)
 

@@ -98,6 +98,16 @@ def test_eval_table_and_json(tiny_run):
     assert table.exit_code == 0 and "passes" in table.stdout and "confidence" in table.stdout
 
 
+def test_spread_flag_reaches_sample_and_eval(tiny_run):
+    args = ("--checkpoint", str(tiny_run), "--steps", "4", "--json", "--spread")
+    sample = run("sample", *args, "--prompt", "Hi", "--length", "10")
+    assert sample.exit_code == 0, sample.stderr
+    assert json.loads(sample.stdout)["config"]["spread"] is True
+    ev = run("eval", *args, "--policies", "confidence", "--n", "3")
+    assert ev.exit_code == 0, ev.stderr
+    assert json.loads(ev.stdout)["spread"] is True
+
+
 def test_eval_results_do_not_depend_on_batch_size(tiny_run):
     a = run("eval", "--checkpoint", str(tiny_run), "--policies", "critic", "--steps", "3", "--n", "5",
             "--batch-size", "5", "--json")

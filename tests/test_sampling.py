@@ -196,3 +196,38 @@ def test_rcr_remasks_the_lowest_best_confidence():
     k = int(rec.remasked[0].sum())
     worst = conf.masked_fill(~region, 2.0).argsort()[:k]
     assert set(worst.tolist()) == set(rec.remasked[0].nonzero().flatten().tolist())
+
+
+# spread: no two adjacent new tokens committed in one step
+
+
+def test_spread_scores_defers_all_but_the_best_of_each_masked_neighbourhood():
+    from cdt.sampling.loop import spread_scores
+
+    scores = torch.tensor([[0.1, 0.2, 0.05, 0.3, 0.4, 0.9, 0.5, 0.5, 0.5]])
+    newly = torch.tensor([[True, True, True, True, True, False, True, True, True]])
+    out = spread_scores(scores, newly)
+    # 0.1 (left edge) and 0.05 beat their new neighbours; 0.9 is committed already (never competes), so the
+    # first of the tied 0.5 run goes first and its tied neighbours wait
+    kept = torch.tensor([[True, False, True, False, False, True, True, False, False]])
+    assert torch.equal(out[kept], scores[kept])
+    assert torch.allclose(out[~kept], scores[~kept] + 1e3)
+
+
+@pytest.mark.parametrize("commit", ["remask", "lock"])
+def test_spread_commits_no_adjacent_new_tokens_while_the_quota_allows(commit):
+    def adjacent_commits(gen):
+        pairs = bursts = 0
+        for rec in gen.steps[:-1]:  # the last step commits whatever is left
+            committed = rec.masked_before & ~rec.remasked
+            pairs += int((committed[:, 1:] & committed[:, :-1]).sum())
+            bursts += int(committed.sum() > 1)
+        return pairs, bursts
+
+    kw = dict(n_masks=30, steps=6, schedule="linear", commit=commit, temperature=0.0)
+    plain, _, _ = run(**kw)
+    spread, _, _ = run(spread=True, **kw)
+    assert adjacent_commits(plain)[0] > 0  # without it, neighbours are committed together
+    pairs, bursts = adjacent_commits(spread)
+    assert bursts > 0 and pairs == 0
+    assert (spread.tokens >= 3).all()

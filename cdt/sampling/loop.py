@@ -45,6 +45,7 @@ class SampleConfig:
     top_p: float = 1.0  # 1 = off
     randomness: float = 0.0  # blend scores with uniform noise: (1 - r) * score + r * U
     selection: str = "topk"  # topk: remask the k worst; gumbel: sample k without replacement, p ~ score
+    spread: bool = False  # commit new tokens that are the best of their masked neighbours first (no adjacent pairs)
     seed: int = 0
 
     def validate(self) -> None:
@@ -107,6 +108,21 @@ def filter_logits(logits: torch.Tensor, cfg: SampleConfig, allowed: torch.Tensor
     return x
 
 
+def spread_scores(scores: torch.Tensor, newly: torch.Tensor) -> torch.Tensor:
+    """Defer every new token that is not the best-scored of its new neighbours, so one step does not commit
+    two adjacent tokens that were sampled independently (each fill ignores the other's draw).
+
+    A new token keeps its score when it scores strictly lower than its left new neighbour and no higher
+    than its right one (a missing or committed neighbour never competes); the others are pushed behind
+    every committed position."""
+    inf = torch.full_like(scores[:, :1], float("inf"))
+    own = scores.masked_fill(~newly, float("inf"))
+    left = torch.cat([inf, own[:, :-1]], 1)
+    right = torch.cat([own[:, 1:], inf], 1)
+    best = newly & (own < left) & (own <= right)
+    return torch.where(newly & ~best, scores + 1e3, scores)
+
+
 def pick_worst(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, cfg: SampleConfig,
                gens: RowGenerators) -> torch.Tensor:
     """(b, n) bool: per row, the k candidates to remask (highest score, or Gumbel-top-k sampled)."""
@@ -157,7 +173,7 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
             break
         if cache_in is None or not torch.equal(x, cache_in):
             with autocast(device):
-                cache_logits = model.generator_logits(model(x)).float()
+                cache_logits = model.generator_logits(model(x), x).float()
             cache_in = x.clone()
             passes["generator"] += 1
         logits = filter_logits(cache_logits, cfg, allowed)
@@ -179,6 +195,8 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
         if cfg.randomness > 0:
             scores = (1 - cfg.randomness) * scores + cfg.randomness * gens.uniform((n,)).to(device)
         open_ = editable & ~state["locked"] if "locked" in state else editable  # locked positions are final
+        if cfg.spread and cfg.commit != "threshold":
+            scores = spread_scores(scores, newly & open_)
         remask = _choose(step, scores, newly & open_, open_, total, cfg, gens)
         x = filled.masked_fill(remask, MASK_ID)
         if record:
