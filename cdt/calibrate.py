@@ -48,6 +48,7 @@ class CalibrateSettings:
     policy: str = "critic"
     steps: int | None = None  # None: the checkpoint's sample.steps
     temperature: float = 1.0
+    spread: bool = False  # generations commit no two adjacent new tokens in one step (SampleConfig.spread)
     masking: str | None = None  # None: answer (toolcalls) or span (text)
     mask_ratio: float = 0.3
     buckets: int = 20
@@ -141,7 +142,8 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
             rows = torch.tensor([p for p, _ in chunk])
             seeds = [seed_for(cfg.seed, p, d) for p, d in chunk]
             if cfg.mode == "generate":
-                scfg = SampleConfig(steps=steps, policy=cfg.policy, temperature=cfg.temperature, seed=cfg.seed)
+                scfg = SampleConfig(steps=steps, policy=cfg.policy, temperature=cfg.temperature, spread=cfg.spread,
+                                    seed=cfg.seed)
                 gen = generate(model, held.template[rows], held.protected[rows], scfg, row_seeds=seeds,
                                calibration=calibration, allow_null=ckpt.config.data.scaffold)
                 probs, extra = final_critic_probs(model, gen)

@@ -417,6 +417,7 @@ def calibrate(
     policy: str = typer.Option("critic", help="Remasking policy of the generations."),
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps [default: the checkpoint's sample.steps]."),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
+    spread: bool = typer.Option(False, "--spread", help="generate mode: commit no two adjacent new tokens in one step."),
     mask: Optional[str] = typer.Option(None, help="Region to generate: answer (toolcalls default), random, span (text default)."),
     mask_ratio: float = typer.Option(0.3, min=0.0, max=1.0, help="random/span: share of maskable positions masked."),
     buckets: int = typer.Option(20, min=1, help="Reliability buckets."),
@@ -450,7 +451,7 @@ def calibrate(
     from cdt.sampling.loop import SampleConfig
 
     cfg = CalibrateSettings(n_samples=n_samples, samples_per_prompt=samples_per_prompt, mode=mode, policy=policy,
-                            steps=steps, temperature=temperature, masking=mask, mask_ratio=mask_ratio,
+                            steps=steps, temperature=temperature, spread=spread, masking=mask, mask_ratio=mask_ratio,
                             buckets=buckets, binning=binning, top=top, fit=fit, batch_size=batch_size, seed=seed,
                             device=device, score_source=score_source)
     cfg.validate()

@@ -59,6 +59,23 @@ def test_calibrate_table_and_next_command(tiny_run, tmp_path):
     assert (tmp_path / "rel.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_calibrate_spread_reaches_the_generations(tiny_run, tmp_path, monkeypatch):
+    import cdt.calibrate
+    import cdt.sampling.loop
+
+    seen = []
+
+    def spy(model, ids, protected, cfg, **kw):
+        seen.append(cfg.spread)
+        return cdt.sampling.loop.generate(model, ids, protected, cfg, **kw)
+
+    monkeypatch.setattr(cdt.calibrate, "generate", spy)
+    result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--steps", 3, "--spread",
+                 "--out", tmp_path / "s.jsonl", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["settings"]["spread"] is True and seen == [True]
+
+
 def test_plot_without_matplotlib_fails_before_any_work(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--out", tmp_path / "s.jsonl",
