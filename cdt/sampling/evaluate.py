@@ -98,6 +98,7 @@ def evaluate_scaffold(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
                       base: SampleConfig, device: str = "auto", on_batch=None) -> list[ScaffoldEvalRow]:
     """Infill only the value slots of held-out scaffolded answers and grade every field."""
     from cdt import scaffold
+    from cdt.data import SEPARATOR
     from cdt.train import value_spans
     from cdt.vocab import NULL_ID
 
@@ -105,7 +106,7 @@ def evaluate_scaffold(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
     vocab = ckpt.vocab
     spans = [value_spans(r, vocab, scaffold=True)[1] for r in held.records]
     schemas = [scaffold.builtin(r.tool) for r in held.records]
-    heads = [len(vocab.encode(r.prompt)) + 1 for r in held.records]  # request + separator
+    heads = [len(vocab.encode(r.prompt + SEPARATOR)) for r in held.records]  # where each answer starts
     allowed = scaffold.allowed_rows(schemas, heads, held.template.shape[1], vocab)  # what each slot may hold
     out = []
     for policy in policies:
