@@ -86,10 +86,12 @@ def main():
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--copy", action="store_true", help="with the copy head (model.copy)")
     args = ap.parse_args()
     cfg = resolve(args.preset)
     if args.batch_size:
         cfg.train.batch_size = args.batch_size
+    cfg.model.copy = cfg.model.copy or args.copy
     device = pick_device(args.device)
     corpus = load_corpus(cfg.data.source, cfg.model.block_size, min(cfg.data.n_records, 5000), cfg.data.seed)
     cfg.model.vocab_size = len(corpus.vocab)
@@ -99,7 +101,7 @@ def main():
     both = measure(cfg, corpus, device, args.steps, critic=True)
     peak = max(peak, matmul_peak(device, dtype))  # measured before and after the steps
     print(json.dumps({
-        "preset": args.preset, "batch_size": cfg.train.batch_size, "device": str(device),
+        "preset": args.preset, "batch_size": cfg.train.batch_size, "copy_head": cfg.model.copy, "device": str(device),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "matmul_peak_gflops": peak / 1e9,
         "generator_only": {**gen, "mfu": gen["flops_per_s"] / peak},
