@@ -556,6 +556,8 @@ def explore(
     policy: str = typer.Option("critic", help="Remasking policy (p cycles it interactively)."),
     randomness: float = typer.Option(0.0, min=0.0, max=1.0, help="Blend scores with noise: (1-r)*score + r*U."),
     colour: str = typer.Option("critic", "--colour", help="Colour tokens by critic, confidence or correctness."),
+    temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
+    spread: bool = typer.Option(False, "--spread", help="Commit no two adjacent new tokens in one step."),
     seed: int = typer.Option(0, help="Seed (the same draws as cdt calibrate with this seed)."),
     interactive: Optional[bool] = typer.Option(None, "--interactive/--no-interactive",
                                                help="Step with keys [default: when stdin and stdout are a terminal]."),
@@ -574,7 +576,8 @@ def explore(
     from cdt.explore import Explorer, Settings, load_materials
     from cdt.render import frame_view
 
-    settings = Settings(steps=steps or 1, policy=policy, randomness=randomness, seed=seed, mode=mode, colouring=colour)
+    settings = Settings(steps=steps or 1, policy=policy, randomness=randomness, temperature=temperature,
+                        spread=spread, seed=seed, mode=mode, colouring=colour)
     settings.validate()
     ckpt = ckpt_mod.load(checkpoint)
     settings.steps = steps or ckpt.config.sample.steps

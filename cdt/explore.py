@@ -57,6 +57,7 @@ class Settings:
     policy: str = "critic"
     randomness: float = 0.0
     temperature: float = 1.0
+    spread: bool = False  # commit no two adjacent new tokens in one step (SampleConfig.spread)
     seed: int = 0
     mode: str = "generate"
     colouring: str = "critic"
@@ -132,7 +133,7 @@ class Explorer:
     def _generate(self, m: Material, template: torch.Tensor, first_step: int) -> list[Frame]:
         s = self.settings
         cfg = SampleConfig(steps=s.steps, policy=s.policy, randomness=s.randomness, temperature=s.temperature,
-                           seed=s.seed)
+                           spread=s.spread, seed=s.seed)
         gen = generate(self.model, template[None], m.protected[None], cfg, row_seeds=[self.row_seed()], record=True,
                        allow_null=self.ckpt.config.data.scaffold)
         region = ~m.protected & (m.template != PAD_ID)

@@ -43,10 +43,11 @@ def test_step_frame_equals_calibrate_step_mode(tiny_run, tmp_path):
         {k: line[k] for k in ("score", "score_max", "score_mean")})
 
 
-def test_final_frame_is_calibrates_generation(tiny_run, tmp_path):
-    ex = explorer(tiny_run, rows=2)
+@pytest.mark.parametrize("sampler", [{}, {"temperature": 0.0, "spread": True}])
+def test_final_frame_is_calibrates_generation(tiny_run, tmp_path, sampler):
+    ex = explorer(tiny_run, rows=2, **sampler)
     ex.move_sample(1)
-    calibrate(load(tiny_run), CalibrateSettings(n_samples=2, steps=4, seed=0), tmp_path / "s.jsonl", None)
+    calibrate(load(tiny_run), CalibrateSettings(n_samples=2, steps=4, seed=0, **sampler), tmp_path / "s.jsonl", None)
     line = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[1])
     final = ex.frames[-1]
     region = ~ex.material.protected
@@ -119,6 +120,10 @@ def test_cli_non_interactive_and_json(tiny_run):
     doc = json.loads(j.stdout)
     assert [f["step"] for f in doc["frames"]] == [0, 1, 2, 3] and "span" in doc["label"]
     assert all("auroc" in f for f in doc["frames"][1:])
+    g = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "3", "--json", "--temperature", "0",
+                            "--spread"])
+    assert g.exit_code == 0, g.stderr
+    assert json.loads(g.stdout)["settings"] | {"temperature": 0.0, "spread": True} == json.loads(g.stdout)["settings"]
     fallback = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "2", "--interactive"])
     assert fallback.exit_code == 0 and "falling back to --no-interactive" in fallback.stderr
 
