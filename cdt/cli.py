@@ -197,7 +197,8 @@ def sample(
     commit: str = typer.Option("remask", help="remask (committed tokens may be remasked), lock (final once "
                                                "committed), threshold (commit all above --threshold)."),
     threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="threshold mode: confidence (1 - score) needed to commit."),
-    schedule: str = typer.Option("cosine", help="How many positions stay masked after each step: linear | cosine."),
+    schedule: str = typer.Option("linear", help="How many positions stay masked after each step: linear (the same "
+                                                 "share each step) | cosine (few first, most at the end)."),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
     top_k: int = typer.Option(0, min=0, help="Sample among the k most likely characters; 0 = off."),
     top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling mass; 1 = off."),
@@ -344,6 +345,7 @@ def eval_cmd(
     mask_ratio: float = typer.Option(0.3, min=0.0, max=1.0, help="random/span: share of maskable positions masked."),
     batch_size: int = typer.Option(64, min=1, help="Rows per generation batch (results do not depend on it)."),
     commit: str = typer.Option("remask", help="remask | lock | threshold."),
+    schedule: str = typer.Option("linear", help="How many positions stay masked after each step: linear | cosine."),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
     spread: bool = typer.Option(False, "--spread", help="Never commit two adjacent new tokens in one step: the "
                                                         "best of each run of masked neighbours goes first."),
@@ -371,7 +373,7 @@ def eval_cmd(
     from cdt.sampling.loop import SampleConfig
 
     policy_list, steps_list = _csv(policies, str, "--policies"), _csv(steps, int, "--steps")
-    base = SampleConfig(commit=commit, temperature=temperature, spread=spread, seed=seed,
+    base = SampleConfig(commit=commit, schedule=schedule, temperature=temperature, spread=spread, seed=seed,
                         lock_threshold=lock_threshold)
     for p in policy_list:
         SampleConfig(**{**base.__dict__, "policy": p}).validate()
@@ -393,7 +395,7 @@ def eval_cmd(
                         on_batch=lambda k: progress.advance(task, k))
     if scaffold:
         if json_out:
-            emit_json({"checkpoint": str(ckpt.path), "n": n, "scaffold": True, "commit": commit,
+            emit_json({"checkpoint": str(ckpt.path), "n": n, "scaffold": True, "commit": commit, "schedule": schedule,
                        "temperature": temperature, "spread": spread, "rows": [asdict(r) for r in rows]})
         else:
             out_console.print(scaffold_table(rows, n))
@@ -401,7 +403,7 @@ def eval_cmd(
     if json_out:
         emit_json({"checkpoint": str(ckpt.path), "n": n, "mask": held.masking,
                    "mask_ratio": None if held.masking == "answer" else mask_ratio,
-                   "commit": commit, "temperature": temperature, "spread": spread,
+                   "commit": commit, "schedule": schedule, "temperature": temperature, "spread": spread,
                    "rows": [asdict(r) for r in rows]})
     else:
         out_console.print(eval_table(rows, n, held.masking, mask_ratio))
