@@ -205,7 +205,8 @@ def sample(
     randomness: float = typer.Option(0.0, min=0.0, max=1.0, help="Blend scores with noise: (1-r)*score + r*U."),
     selection: str = typer.Option("topk", help="topk: remask the worst; gumbel: sample them, p ~ score."),
     spread: bool = typer.Option(False, "--spread", help="Never commit two adjacent new tokens in one step: the "
-                                                        "best of each run of masked neighbours goes first."),
+                                                        "best of each run of masked neighbours goes first "
+                                                        "(remask and lock modes; threshold ignores it)."),
     seed: int = typer.Option(0, help="Seed; the same seed gives the same output."),
     schema: Optional[str] = typer.Option(None, help="Fill the value slots of a built-in toolcalls tool's scaffold "
                                                     "(e.g. get_weather); Python writes the JSON structure."),
@@ -348,7 +349,8 @@ def eval_cmd(
     schedule: str = typer.Option("linear", help="How many positions stay masked after each step: linear | cosine."),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
     spread: bool = typer.Option(False, "--spread", help="Never commit two adjacent new tokens in one step: the "
-                                                        "best of each run of masked neighbours goes first."),
+                                                        "best of each run of masked neighbours goes first "
+                                                        "(remask and lock modes; threshold ignores it)."),
     seed: int = typer.Option(0, help="Seed: the same for every policy, so they see the same draws."),
     scaffold: bool = typer.Option(False, "--scaffold", help="Fill only the value slots of scaffolded answers and grade "
                                                             "structure, types, fields, [NULL] use and collapse."),

@@ -91,6 +91,11 @@ def _copy_model(gate_bias: float):
     return m
 
 
+def _vocabulary_head(m, h):
+    """The plain tied head's log-probabilities, what the copy mixture must reduce to at gate 1."""
+    return (h @ m.embed.weight.t()).masked_fill(m.never_emit, float("-inf")).log_softmax(-1)
+
+
 def test_copy_head_gives_normalised_log_probabilities():
     m = make(copy=True)
     ids = torch.randint(3, 20, (2, 12))
@@ -115,7 +120,7 @@ def test_copy_gate_one_is_the_plain_generator_head():
     ids = torch.randint(3, 20, (2, 10))
     ids[:, 2:6] = MASK_ID
     h = m(ids)
-    plain = (h @ m.embed.weight.t()).masked_fill(m.never_emit, float("-inf")).log_softmax(-1)
+    plain = _vocabulary_head(m, h)
     assert torch.allclose(m.generator_logits(h, ids), plain, atol=1e-5)
 
 
@@ -124,7 +129,7 @@ def test_copy_row_with_nothing_visible_falls_back_to_the_vocabulary():
     m = _copy_model(gate_bias=-40.0)
     ids = torch.full((1, 8), MASK_ID)
     h = m(ids)
-    plain = (h @ m.embed.weight.t()).masked_fill(m.never_emit, float("-inf")).log_softmax(-1)
+    plain = _vocabulary_head(m, h)
     out = m.generator_logits(h, ids)
     assert torch.allclose(out, plain, atol=1e-5)
     out.exp().sum().backward()  # no NaN gradients through the unused pointer

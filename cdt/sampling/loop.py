@@ -47,7 +47,8 @@ class SampleConfig:
     top_p: float = 1.0  # 1 = off
     randomness: float = 0.0  # blend scores with uniform noise: (1 - r) * score + r * U
     selection: str = "topk"  # topk: remask the k worst; gumbel: sample k without replacement, p ~ score
-    spread: bool = False  # commit new tokens that are the best of their masked neighbours first (no adjacent pairs)
+    spread: bool = False  # commit new tokens that are the best of their masked neighbours first (no adjacent
+    # pairs); remask and lock only: threshold mode commits by confidence alone
     seed: int = 0
 
     def validate(self) -> None:
