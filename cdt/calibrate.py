@@ -145,7 +145,7 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
                 scfg = SampleConfig(steps=steps, policy=cfg.policy, temperature=cfg.temperature, spread=cfg.spread,
                                     seed=cfg.seed)
                 gen = generate(model, held.template[rows], held.protected[rows], scfg, row_seeds=seeds,
-                               calibration=calibration, allow_null=ckpt.config.data.scaffold)
+                               calibration=calibration, allow_null=ckpt.config.data.emits_null)
                 probs, extra = final_critic_probs(model, gen)
                 tokens, region = gen.tokens, held.region()[rows]
                 passes["generator"] += gen.passes["generator"]
@@ -217,7 +217,7 @@ def one_step(model, clean: torch.Tensor, region: torch.Tensor, seeds: list[int],
     `calibrate --mode step` and `explore --mode step` both call this."""
     t = torch.tensor([float(np.random.default_rng(s).uniform(EPS, 1.0)) for s in seeds])  # t ~ U(0, 1) per row
     out = diffusion_step(model, Batch(clean, region), t, get_schedule(ckpt.config.train.schedule),
-                         ckpt.config.train, "answer", RowGenerators(seeds), dev, ckpt.config.data.scaffold)
+                         ckpt.config.train, "answer", RowGenerators(seeds), dev, ckpt.config.data.emits_null)
     art = out.artifacts
     probs = torch.sigmoid(out.critic_logits).cpu()
     return art.critic_input.cpu(), probs, art.critic_valid.cpu(), art.filled.cpu()

@@ -143,10 +143,11 @@ def train(
     result = run_train(cfg, out, resume=resume, reporter=TrainProgress(err_console) if main_rank and not json_out else None)
     if not main_rank:
         return
+    example_length = len(EXAMPLE_ANSWER) + cfg.data.answer_tail // 2  # a tail model takes a budget: [NULL] ends it
     next_commands = [
         f"cdt eval --checkpoint {out} --n 128   # compare remasking policies on held-out answers",
         f"cdt calibrate --checkpoint {out} --n-samples 200   # can the critic's P(wrong) be trusted?",
-        f"cdt sample --checkpoint {out} --prompt {EXAMPLE_PROMPT!r} --length {len(EXAMPLE_ANSWER)} --policy critic",
+        f"cdt sample --checkpoint {out} --prompt {EXAMPLE_PROMPT!r} --length {example_length} --policy critic",
         f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # keep training",
     ] if cfg.data.source == "toolcalls" else [
         f"cdt sample --checkpoint {out} --length 64",
@@ -190,7 +191,8 @@ def _train_critic_stage(cfg, out: Optional[Path], json_out: bool) -> None:
 def sample(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint file, or the run directory that holds it."),
     prompt: str = typer.Option("", help="Protected text; for toolcalls models, the request."),
-    length: int = typer.Option(96, min=1, help="Characters to generate after the prompt."),
+    length: int = typer.Option(96, min=1, help="Characters to generate after the prompt (a model trained with "
+                               "data.answer_tail takes it as a budget: it ends the answer with [NULL], never printed)."),
     n: int = typer.Option(1, "--n", min=1, help="Rows generated in one batch (each with its own seeded draws)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps [default: the checkpoint's sample.steps, 16]."),
     policy: str = typer.Option("confidence", help="Remasking policy: random, confidence, margin, entropy, critic, critic-calibrated."),

@@ -45,6 +45,12 @@ class DataConfig:
     seed: int = 0  # toolcalls generator seed (the corpus, not the training run)
     mask_region: str = "auto"  # answer | all | auto (answer when the corpus has prompts)
     scaffold: bool = False  # toolcalls answers in the scaffold layout: only value slots are masked (cdt/scaffold.py)
+    answer_tail: int = 0  # toolcalls: each answer is followed by 0..N [NULL] (maskable), so the model picks the length
+
+    @property
+    def emits_null(self) -> bool:
+        """Whether the generator was trained to write [NULL] (scaffold slots or answer tails)."""
+        return self.scaffold or self.answer_tail > 0
 
 
 @dataclass

@@ -135,7 +135,7 @@ class Explorer:
         cfg = SampleConfig(steps=s.steps, policy=s.policy, randomness=s.randomness, temperature=s.temperature,
                            spread=s.spread, seed=s.seed)
         gen = generate(self.model, template[None], m.protected[None], cfg, row_seeds=[self.row_seed()], record=True,
-                       allow_null=self.ckpt.config.data.scaffold)
+                       allow_null=self.ckpt.config.data.emits_null)
         region = ~m.protected & (m.template != PAD_ID)
         frames = [] if first_step > 1 else [Frame(0, template.clone(), template == MASK_ID, None, None,
                                                   torch.zeros_like(region), torch.zeros_like(region))]

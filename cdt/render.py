@@ -103,7 +103,7 @@ def train_summary(result, next_commands: list[str]) -> Text:
 
 
 def trajectory(result, vocab, plain: bool) -> Text:
-    """The denoising steps of each row: masks as '_', positions remasked after the step highlighted."""
+    """The denoising steps of each row: masks as '_', [NULL] as '∅', positions remasked after the step highlighted."""
     start, end = result.region
     text = Text()
     for i in range(len(result.texts)):
@@ -111,7 +111,8 @@ def trajectory(result, vocab, plain: bool) -> Text:
         for rec in result.generation.steps:
             text.append(f"  step {rec.step:>3}  ")
             for pos in range(start, end):
-                ch = vocab.decode([int(rec.filled[i, pos])]) or " "
+                tok = int(rec.filled[i, pos])
+                ch = "∅" if tok == NULL_ID else vocab.decode([tok]) or " "
                 remasked = bool(rec.remasked[i, pos])
                 if plain:
                     text.append("_" if remasked else ch)

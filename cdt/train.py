@@ -140,7 +140,7 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
     probs, wrong, probs_m, wrong_m = [], [], [], []
     for batch in corpus.val_batches(cfg.train.eval_rows, 64):
         t = sample_t(len(batch.ids), gen, cfg.train.antithetic)
-        out = diffusion_step(model, batch, t, schedule, cfg.train, region, gen, device, cfg.data.scaffold)
+        out = diffusion_step(model, batch, t, schedule, cfg.train, region, gen, device, cfg.data.emits_null)
         tokens = int(out.maskable.sum())
         clean = batch.ids.to(device)
         # always the NELBO, whatever weighting training uses, so bits/char stay comparable
@@ -326,7 +326,8 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     if not resume and ckpt_path.exists():
         raise CdtError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     ckpt = checkpoint.load(out) if resume else None  # raises when there is nothing to resume
-    corpus = load_corpus(cfg.data.source, cfg.model.block_size, cfg.data.n_records, cfg.data.seed, cfg.data.scaffold)
+    corpus = load_corpus(cfg.data.source, cfg.model.block_size, cfg.data.n_records, cfg.data.seed, cfg.data.scaffold,
+                         cfg.data.answer_tail)
     cfg.model.vocab_size = len(corpus.vocab)
     if ckpt is not None:
         _check_resume(ckpt, cfg, corpus)
@@ -391,7 +392,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
                     batch = Batch(batch.ids.pin_memory(), batch.maskable.pin_memory())  # non-blocking copies
                 with contextlib.nullcontext() if sync else eager.no_sync():
                     try:
-                        loss, out_step = step_module(batch, t, schedule, tc, region, gen, device, cfg.data.scaffold,
+                        loss, out_step = step_module(batch, t, schedule, tc, region, gen, device, cfg.data.emits_null,
                                                      alpha, critic_pass)
                     except Exception as e:  # torch.compile fails at the first call, not at compile()
                         if step_module is eager:
@@ -400,7 +401,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
                                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
                                             "continuing without --compile")
                         step_module = eager
-                        loss, out_step = step_module(batch, t, schedule, tc, region, gen, device, cfg.data.scaffold,
+                        loss, out_step = step_module(batch, t, schedule, tc, region, gen, device, cfg.data.emits_null,
                                                      alpha, critic_pass)
                     if not math.isfinite(loss_value := float(loss.detach())):
                         raise CdtError(f"loss became {loss_value} at step {step + 1} on rank {dist.rank}; "

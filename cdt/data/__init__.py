@@ -18,7 +18,7 @@ import torch
 
 from cdt.data import toolcalls
 from cdt.errors import CdtError
-from cdt.vocab import PAD_ID, Vocab
+from cdt.vocab import NULL_ID, PAD_ID, Vocab
 
 SEPARATOR = "\n"  # between a request and its answer
 
@@ -106,24 +106,37 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def load_corpus(data: str, block_size: int, n_records: int = 40000, seed: int = 0, scaffold: bool = False) -> Corpus:
+def load_corpus(data: str, block_size: int, n_records: int = 40000, seed: int = 0, scaffold: bool = False,
+                answer_tail: int = 0) -> Corpus:
     """`toolcalls` (embedded) or a path to a UTF-8 text file. scaffold: toolcalls answers in the
-    slot layout of `cdt.scaffold`, only the value slots maskable."""
+    slot layout of `cdt.scaffold`, only the value slots maskable. answer_tail: see `_record_rows`."""
+    if answer_tail < 0:
+        raise CdtError(f"data.answer_tail must be at least 0, got {answer_tail}")
     if data == "toolcalls":
-        return _toolcalls_corpus(n_records, block_size, seed, scaffold)
+        if scaffold and answer_tail:
+            raise CdtError("data.answer_tail and data.scaffold do not combine (scaffold slots already end in [NULL])")
+        return _toolcalls_corpus(n_records, block_size, seed, scaffold, answer_tail)
     if scaffold:
         raise CdtError("data.scaffold needs the toolcalls corpus (a text file has no schema)")
+    if answer_tail:
+        raise CdtError("data.answer_tail needs the toolcalls corpus (a text file has no answers)")
     return _text_corpus(Path(data), block_size)
 
 
-def _toolcalls_corpus(n_records: int, block_size: int, seed: int, scaffold: bool = False) -> Corpus:
+def _toolcalls_corpus(n_records: int, block_size: int, seed: int, scaffold: bool = False,
+                      answer_tail: int = 0) -> Corpus:
     records = toolcalls.generate(n_records, seed)
     train = [r for r in records if not toolcalls.is_validation(r.prompt)]
     val = [r for r in records if toolcalls.is_validation(r.prompt)]
     overlap = len({r.prompt for r in train} & {r.prompt for r in val})
     texts = [r.prompt + SEPARATOR + r.answer for r in records]
     vocab = Vocab.from_text("".join(texts), extra=string.printable.strip() + " \n")
-    rows = _scaffold_rows if scaffold else _record_rows
+
+    def rows(recs: list, split: int) -> Rows:  # split 1 = train, 2 = validation: each its own tail draws
+        if scaffold:
+            return _scaffold_rows(recs, vocab, block_size)
+        return _record_rows(recs, vocab, block_size, answer_tail, np.random.default_rng([seed, split]))
+
     longest = max(len(t) for t in texts) if not scaffold else max(len(_scaffold_ids(r, vocab)[0]) for r in records)
     if longest > block_size:
         raise CdtError(f"toolcalls rows{' (scaffolded)' if scaffold else ''} are up to {longest} characters; "
@@ -131,24 +144,31 @@ def _toolcalls_corpus(n_records: int, block_size: int, seed: int, scaffold: bool
     return Corpus(
         name="toolcalls",
         vocab=vocab,
-        train=rows(train, vocab, block_size),
-        val=rows(val, vocab, block_size),
+        train=rows(train, 1),
+        val=rows(val, 2),
         block_size=block_size,
         info={"records": len(records), "train": len(train), "val": len(val), "overlap": overlap,
-              "longest_row": longest, "seed": seed},
+              "longest_row": longest, "seed": seed, **({"answer_tail": answer_tail} if answer_tail else {})},
         records=val,
     )
 
 
-def _record_rows(records: list, vocab: Vocab, block_size: int) -> Rows:
-    """Request + separator (protected) then answer (maskable), right-padded with [PAD]."""
+def _record_rows(records: list, vocab: Vocab, block_size: int, tail: int = 0, rng=None) -> Rows:
+    """Request + separator (protected) then answer (maskable), right-padded with [PAD].
+
+    tail > 0: each answer is followed by a seeded 0..tail [NULL] (also maskable, cut at the block
+    size), so a masked region is longer than its answer by an amount the model cannot know, and
+    the model learns to end the answer itself; decoding drops [NULL]."""
     ids = np.full((len(records), block_size), PAD_ID, dtype=np.int32)
     maskable = np.zeros((len(records), block_size), dtype=bool)
+    extra = rng.integers(0, tail + 1, size=len(records)) if tail else np.zeros(len(records), dtype=np.int64)
     for i, r in enumerate(records):
         head, answer = vocab.encode_array(r.prompt + SEPARATOR), vocab.encode_array(r.answer)
+        end = min(len(head) + len(answer) + int(extra[i]), block_size)
         ids[i, : len(head)] = head
         ids[i, len(head) : len(head) + len(answer)] = answer
-        maskable[i, len(head) : len(head) + len(answer)] = True
+        ids[i, len(head) + len(answer) : end] = NULL_ID
+        maskable[i, len(head) : end] = True
     return Rows(ids, maskable)
 
 

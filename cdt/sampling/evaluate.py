@@ -25,7 +25,7 @@ class EvalRow:
     steps: int
     passes: float  # trunk passes per generation (generator + critic), mean over batches
     char_acc: float  # share of masked characters restored exactly
-    exact: float  # share of rows whose whole masked region is right
+    exact: float  # share of rows whose masked region reads right ([NULL] dropped)
     json_valid: float | None  # toolcalls: share of answers that parse as JSON
     field_acc: float | None  # toolcalls: share of argument values (and tool names) right
     seconds: float
@@ -47,12 +47,12 @@ def evaluate_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
                 hi = min(lo + batch_size, len(held))
                 seeds = [seed_for(cfg.seed, i) for i in range(lo, hi)]
                 gen = generate(model, held.template[lo:hi], held.protected[lo:hi], cfg, row_seeds=seeds,
-                               calibration=calibration, allow_null=ckpt.config.data.scaffold)
+                               calibration=calibration, allow_null=ckpt.config.data.emits_null)
                 target = held.region(lo, hi)
                 hit = (gen.tokens == held.clean[lo:hi]) & target
                 right += int(hit.sum())
                 total += int(target.sum())
-                exact += int((hit.sum(1) == target.sum(1)).sum())
+                exact += sum(held.exact(ckpt.vocab, gen.tokens, lo))
                 passes += gen.passes["generator"] + gen.passes["critic"]
                 batches += 1
                 for row, rec in zip(gen.tokens, held.records[lo:hi] if held.records else ()):

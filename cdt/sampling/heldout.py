@@ -35,6 +35,13 @@ class HeldOut:
         """(rows, L) bool: the masked positions a generation is graded on."""
         return ~self.protected[lo:hi] & (self.clean[lo:hi] != PAD_ID)
 
+    def exact(self, vocab, tokens: torch.Tensor, lo: int = 0) -> list[bool]:
+        """Per generated row (rows lo.. of this set): does its region read as the reference's once
+        decoded? [NULL] is dropped, so an answer ended inside an [NULL] tail is graded on its text;
+        without [NULL] this is position-by-position equality."""
+        region = self.region(lo, lo + len(tokens))
+        return [vocab.decode(t[m]) == vocab.decode(c[m]) for t, c, m in zip(tokens, self.clean[lo:], region)]
+
 
 def default_masking(ckpt: Checkpoint) -> str:
     """`answer` for a corpus with prompts, `span` for plain text (masking a whole window leaves no context)."""
@@ -56,7 +63,8 @@ def load_heldout(ckpt: Checkpoint, n: int, masking: str | None = None, ratio: fl
     if scaffold and data.source != "toolcalls":
         raise UsageError("scaffolds need a checkpoint trained on the toolcalls corpus")
     try:
-        corpus = load_corpus(data.source, block, data.n_records, data.seed, scaffold)
+        corpus = load_corpus(data.source, block, data.n_records, data.seed, scaffold,
+                             0 if scaffold else data.answer_tail)
     except CdtError as e:
         if scaffold and not data.scaffold and "block_size" in str(e):
             raise CdtError(f"scaffolded rows do not fit this checkpoint's block size {block}; "

@@ -10,6 +10,7 @@ from cdt.checkpoint import Checkpoint
 from cdt.sampling.loop import Generation, SampleConfig, final_critic_probs, generate
 from cdt.sampling.template import prompt_template
 from cdt.device import pick_device
+from cdt.vocab import NULL_ID
 
 
 @dataclass
@@ -17,7 +18,7 @@ class SampleResult:
     prompt: str
     texts: list[str]  # the generated region of each row
     region: tuple[int, int]  # [start, end) of the generated region in every row
-    critic_probs: list[list[float]] | None  # per row, per generated token: critic P(wrong)
+    critic_probs: list[list[float]] | None  # per row, per generated character ([NULL] dropped, as in texts)
     generation: Generation
     report_passes: int  # an extra critic pass for the output, when the policy did not run the critic
     warnings: list[str]
@@ -30,14 +31,16 @@ def sample(ckpt: Checkpoint, prompt: str, length: int, n: int, cfg: SampleConfig
     separator = ckpt.extra.get("mask_region") == "answer"  # trained as request + separator + answer
     ids, protected = prompt_template(ckpt.vocab, prompt, length, ckpt.config.model.block_size, n, separator)
     calibration, warning = calibration_map.for_policy(ckpt.path.parent, cfg.policy)
-    gen = generate(model, ids, protected, cfg, record=record, calibration=calibration)
+    gen = generate(model, ids, protected, cfg, record=record, calibration=calibration,
+                   allow_null=ckpt.config.data.emits_null)  # a tail model ends its answer with [NULL]
     start, end = int(protected[0].sum()), ids.shape[1]
     probs, extra = final_critic_probs(model, gen)
     return SampleResult(
         prompt=prompt,
         texts=[ckpt.vocab.decode(row[start:end]) for row in gen.tokens],
         region=(start, end),
-        critic_probs=None if probs is None else probs[:, start:end].tolist(),
+        critic_probs=None if probs is None else [p[row != NULL_ID].tolist() for p, row in
+                                                 zip(probs[:, start:end], gen.tokens[:, start:end])],
         generation=gen,
         report_passes=extra,
         warnings=[warning] if warning else [],
