@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,7 +84,9 @@ def save(path: Path, *, model: DiffusionLM, config: RunConfig, vocab: Vocab, ste
 def load(path: str | Path) -> Checkpoint:
     p = checkpoint_path(path)
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a plain pickle's protocol before refusing it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CdtError(f"refusing to load {p}: it holds pickled Python objects, not plain weights") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:

@@ -94,3 +94,17 @@ def test_python_dash_m_as_a_subprocess(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["step"] == 5
     assert proc.stderr == ""  # quiet in a pipe: no progress bar, no warnings
+
+
+def test_a_plain_pickle_is_refused_in_one_line_by_the_real_process(tmp_path):
+    """Python's own pickle (protocol 4+) makes torch warn before our refusal; the user sees one line."""
+    import pickle
+    from tests.test_checkpoint import NotWeights
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(pickle.dumps(NotWeights(), protocol=4))
+    proc = subprocess.run([sys.executable, "-m", "cdt", "sample", "--checkpoint", str(path), "--prompt", "hi"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [f"error: refusing to load {path}: it holds pickled Python objects, "
+                                                "not plain weights"]
