@@ -141,6 +141,51 @@ CHOICES = {
 }
 
 
+
+def _at_least(lo):
+    return (lambda v: v >= lo), f"at least {lo}"
+
+
+def _above(lo):
+    return (lambda v: v > lo), f"above {lo}"
+
+
+_SHARE = (lambda v: 0 <= v < 1), "in [0, 1)"
+_POSITIVE, _COUNT, _NONNEG = _above(0), _at_least(1), _at_least(0)
+RANGES = {  # numeric keys a value can be out of range for; checked wherever a value is applied
+    **{f"model.{k}": _COUNT for k in ("d_model", "n_layers", "n_heads", "mlp_ratio")},
+    "model.block_size": _at_least(2),
+    **{f"model.{k}": _SHARE for k in ("dropout", "critic_dropout", "value_dropout")},
+    "data.n_records": _at_least(10),
+    "data.answer_tail": _NONNEG,
+    **{f"train.{k}": _COUNT for k in ("max_iters", "batch_size", "length_groups", "grad_accum", "eval_interval",
+                                      "eval_rows", "log_interval")},
+    **{f"train.{k}": _NONNEG for k in ("min_lr", "warmup_iters", "weight_decay", "grad_clip", "critic_alpha_start",
+                                       "critic_alpha_end", "critic_warmup_start", "critic_warmup_end",
+                                       "fill_temperature")},
+    "train.lr": _POSITIVE,
+    "train.beta1": _SHARE,
+    "train.beta2": _SHARE,
+    "sample.steps": _COUNT,
+    **{f"critic_stage.{k}": _COUNT for k in ("max_iters", "batch_size", "n_pairs", "eval_interval")},
+    "critic_stage.lr": _POSITIVE,
+    "critic_stage.trunk_lr": _NONNEG,
+    "critic_stage.val_share": ((lambda v: 0 < v < 1), "in (0, 1)"),
+}
+
+
+def check(cfg: RunConfig) -> RunConfig:
+    """Rules between keys, checked once every source is applied."""
+    m, t = cfg.model, cfg.train
+    if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
+        raise UsageError(f"model.d_model ({m.d_model}) must split into model.n_heads ({m.n_heads}) heads of even "
+                         "width")
+    if t.critic_warmup_end < t.critic_warmup_start:
+        raise UsageError(f"train.critic_warmup_end ({t.critic_warmup_end}) is before train.critic_warmup_start "
+                         f"({t.critic_warmup_start})")
+    return cfg
+
+
 def preset_text(name: str) -> str:
     if name not in PRESETS:
         raise UsageError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
@@ -173,6 +218,8 @@ def _coerce(key: str, value, hint):
         raise UsageError(f"{key} must be {base.__name__}, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise UsageError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if key in RANGES and not RANGES[key][0](value):
+        raise UsageError(f"{key} must be {RANGES[key][1]}, got {value!r}")
     return value
 
 
@@ -212,7 +259,7 @@ def resolve(preset: str | None = None, config_file: Path | None = None, override
         apply(cfg, _read_yaml(config_file.read_text(encoding="utf-8"), str(config_file)), str(config_file))
     for o in overrides:
         apply(cfg, o, "command line")
-    return cfg
+    return check(cfg)
 
 
 def to_yaml(cfg: RunConfig) -> str:

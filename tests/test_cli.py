@@ -108,3 +108,9 @@ def test_a_plain_pickle_is_refused_in_one_line_by_the_real_process(tmp_path):
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [f"error: refusing to load {path}: it holds pickled Python objects, "
                                                 "not plain weights"]
+
+
+def test_an_out_of_range_setting_stops_train_before_anything_is_written(tmp_path):
+    result = run("train", "--preset", "tiny", "--set", "train.batch_size=0", "--out", str(tmp_path / "r"))
+    assert_one_line_error(result, 2, "train.batch_size must be at least 1, got 0")
+    assert not (tmp_path / "r").exists()

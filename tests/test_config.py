@@ -50,6 +50,35 @@ def test_bad_config_files(tmp_path, text, match):
         resolve(None, f)
 
 
+@pytest.mark.parametrize("override, match", [
+    ("train.batch_size=0", "train.batch_size must be at least 1, got 0"),
+    ("train.max_iters=-5", "train.max_iters must be at least 1, got -5"),
+    ("train.lr=-1", "train.lr must be above 0, got -1.0"),
+    ("train.lr=0", "train.lr must be above 0"),
+    ("train.beta2=1", r"train.beta2 must be in \[0, 1\), got 1.0"),
+    ("model.d_model=0", "model.d_model must be at least 1"),
+    ("model.dropout=1.5", "model.dropout must be in"),
+    ("data.answer_tail=-3", "data.answer_tail must be at least 0"),
+    ("sample.steps=0", "sample.steps must be at least 1"),
+    ("critic_stage.val_share=1", r"critic_stage.val_share must be in \(0, 1\)"),
+    ("model.d_model=30", r"model.d_model \(30\) must split into model.n_heads \(2\) heads of even width"),
+    ("model.n_heads=3", "heads of even width"),  # 3 do not divide 32
+])
+def test_out_of_range_values_are_usage_errors(override, match):
+    with pytest.raises(UsageError, match=match):
+        resolve("tiny", None, [parse_override(override)])
+
+
+def test_rules_between_keys_see_every_source(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  critic_warmup_start: 50\n")
+    with pytest.raises(UsageError, match=r"critic_warmup_end \(10\) is before train.critic_warmup_start \(50\)"):
+        resolve("tiny", f)
+    # a flag that repairs what the file broke is taken into account
+    assert resolve("tiny", f, [parse_override("train.critic_warmup_end=60")]).train.critic_warmup_end == 60
+    assert resolve("tiny", None, [parse_override("model.d_model=36")]).model.d_model == 36  # 2 heads of 18: fine
+
+
 def test_unknown_preset_and_missing_file(tmp_path):
     with pytest.raises(UsageError, match="choose from tiny, small, base"):
         resolve("medium")
