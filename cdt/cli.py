@@ -587,7 +587,7 @@ def explore(
     settings.validate()
     ckpt = ckpt_mod.load(checkpoint)
     settings.steps = steps or ckpt.config.sample.steps
-    materials = load_materials(ckpt, prompt, length, index + rows if prompt is None else 1, masking, mask_ratio, seed)
+    materials = load_materials(ckpt, prompt, length, rows, masking, mask_ratio, seed, index)
     ex = Explorer(ckpt, materials, settings, device=device, sample=min(index, len(materials) - 1))
     if mode == "step" and prompt is not None:
         raise fail("--mode step needs a held-out row (its reference); drop --prompt", 2)

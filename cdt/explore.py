@@ -75,13 +75,16 @@ class Settings:
 
 
 def load_materials(ckpt: Checkpoint, prompt: str | None, length: int, rows: int, masking: str | None,
-                   mask_ratio: float, seed: int) -> list[Material]:
-    """A free prompt (one material), or the first `rows` held-out rows with a region masked."""
+                   mask_ratio: float, seed: int, index: int = 0) -> list[Material]:
+    """A free prompt (one material), or held-out rows 0 .. index + rows (as many as the split has) with a
+    region masked; `index` must be one of them."""
     if prompt is not None:
         separator = ckpt.extra.get("mask_region") == "answer"
         ids, protected = prompt_template(ckpt.vocab, prompt, length, ckpt.config.model.block_size, 1, separator)
         return [Material(ids[0], protected[0], None, f"prompt {prompt!r}")]
-    held = load_heldout(ckpt, rows, masking, mask_ratio, seed)
+    held = load_heldout(ckpt, index + rows, masking, mask_ratio, seed, clip=True)
+    if index >= len(held):
+        raise UsageError(f"--index {index} is past the validation split: it has {len(held)} rows (0-{len(held) - 1})")
     return [Material(held.template[i], held.protected[i], held.clean[i], f"held-out row {i} ({held.masking})")
             for i in range(len(held))]
 

@@ -148,6 +148,19 @@ def test_bad_input(tiny_run):
                           "unknown mode")
 
 
+def test_index_near_and_past_the_end_of_the_split(tiny_run):
+    from cdt.checkpoint import load
+    from cdt.sampling.heldout import load_heldout
+
+    size = len(load_heldout(load(tiny_run), 10_000, clip=True))
+    last = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--index", str(size - 1), "--rows", "32",
+                               "--steps", "2", "--final-only"])
+    assert last.exit_code == 0, last.stderr  # fewer than --rows rows remain: browse those
+    assert f"held-out row {size - 1} " in last.stdout
+    assert_one_line_error(runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--index", str(size)]), 2,
+                          f"--index {size} is past the validation split: it has {size} rows (0-{size - 1})")
+
+
 def test_split_keys():
     assert split_keys("n\x1b[Cq") == ["n", "\x1b[C", "q"]
     assert split_keys("\x1b") == ["\x1b"]

@@ -49,9 +49,10 @@ def default_masking(ckpt: Checkpoint) -> str:
 
 
 def load_heldout(ckpt: Checkpoint, n: int, masking: str | None = None, ratio: float = 0.3,
-                 seed: int = 0, scaffold: bool | None = None) -> HeldOut:
+                 seed: int = 0, scaffold: bool | None = None, clip: bool = False) -> HeldOut:
     """The first n validation rows of the checkpoint's corpus, with a region masked for infilling.
-    scaffold: answers in the scaffold layout (default: as the checkpoint was trained)."""
+    scaffold: answers in the scaffold layout (default: as the checkpoint was trained).
+    clip: fewer rows when the split has fewer (otherwise that is an error)."""
     if n < 1:
         raise UsageError("the number of held-out rows must be at least 1")
     data, block = ckpt.config.data, ckpt.config.model.block_size
@@ -73,6 +74,7 @@ def load_heldout(ckpt: Checkpoint, n: int, masking: str | None = None, ratio: fl
     if corpus.vocab != ckpt.vocab:
         raise CdtError(f"the corpus {data.source} no longer matches this checkpoint's vocabulary")
     available = len(corpus.val) if not corpus.val.window else n
+    n = min(n, available) if clip else n
     if n > available:
         raise UsageError(f"asked for {n} held-out rows; the validation split has {available}")
     clean, template, protected = heldout_templates(corpus, n, masking, ratio, seed)
