@@ -327,16 +327,17 @@ def frame_heatmap(ex, f, plain: bool, width: int = 80):
 def frame_legend(ex, plain: bool) -> Text:
     what = {"critic": "critic P(wrong)", "confidence": "generator doubt (1 - p)",
             "correctness": "correctness (red = wrong)"}[ex.settings.colouring]
+    null = " · ∅ = [NULL]" if ex.ckpt.config.data.emits_null else ""  # scaffold slots and answer tails
     if plain:
         return Text(f"legend: {ex.settings.colouring} line = {what} decile (0 = 0.0-0.1 ... 9 = 0.9-1.0); "
-                    "marks: x wrong vs the reference, ^ masked again next, ! both; ░ = [MASK]")
+                    f"marks: x wrong vs the reference, ^ masked again next, ! both; ░ = [MASK]{null}")
     text = Text(f"{what}  0.0 ")
     for k in range(10):
         text.append("  ", style=Style(bgcolor=heat((k + 0.5) / 10)))
     text.append(" 1.0   ")
     text.append("wrong", style=Style(underline=True, bold=True)).append(" = wrong vs the reference · ")
     text.append("remask", style=Style(reverse=True)).append(" = masked again next · ")
-    text.append("prompt", style=Style(dim=True)).append(" · ░ = [MASK]")
+    text.append("prompt", style=Style(dim=True)).append(" · ░ = [MASK]" + null)
     return text
 
 

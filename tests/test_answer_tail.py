@@ -167,3 +167,11 @@ def test_training_fills_the_tail_with_null_allowed(tmp_path, monkeypatch):
     seen.clear()
     train_module.train(cfg, tmp_path / "plain")
     assert seen and not any(seen)
+
+
+def test_explore_explains_null_only_for_models_that_write_it(tail_run, tiny_run):
+    tail = runner.invoke(app, ["explore", "--checkpoint", str(tail_run), "--steps", "3", "--final-only"])
+    assert tail.exit_code == 0, tail.stderr
+    assert "∅ = [NULL]" in tail.stdout  # the legend names the glyph the tail rows use
+    plain = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "3", "--final-only"])
+    assert plain.exit_code == 0 and "░ = [MASK]" in plain.stdout and "[NULL]" not in plain.stdout
