@@ -141,7 +141,6 @@ CHOICES = {
 }
 
 
-
 def _at_least(lo):
     return (lambda v: v >= lo), f"at least {lo}"
 

@@ -132,7 +132,7 @@ def _toolcalls_corpus(n_records: int, block_size: int, seed: int, scaffold: bool
     texts = [r.prompt + SEPARATOR + r.answer for r in records]
     vocab = Vocab.from_text("".join(texts), extra=string.printable.strip() + " \n")
 
-    def rows(recs: list, split: int) -> Rows:  # split 1 = train, 2 = validation: each its own tail draws
+    def rows(recs: list, split: int) -> Rows:  # split 1 = train, 2 = validation, each with its own tail draws
         if scaffold:
             return _scaffold_rows(recs, vocab, block_size)
         return _record_rows(recs, vocab, block_size, answer_tail, np.random.default_rng([seed, split]))
