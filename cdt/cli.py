@@ -407,10 +407,11 @@ def eval_cmd(
     if json_out:
         emit_json({"checkpoint": str(ckpt.path), "n": n, "mask": held.masking,
                    "mask_ratio": None if held.masking == "answer" else mask_ratio,
+                   "answer_tail": ckpt.config.data.answer_tail,  # > 0: regions do not give the answer's length
                    "commit": commit, "schedule": schedule, "temperature": temperature, "spread": spread,
                    "rows": [asdict(r) for r in rows]})
     else:
-        out_console.print(eval_table(rows, n, held.masking, mask_ratio))
+        out_console.print(eval_table(rows, n, held.masking, mask_ratio, ckpt.config.data.answer_tail))
 
 
 @app.command()

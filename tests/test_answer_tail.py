@@ -135,8 +135,13 @@ def test_eval_grades_a_tail_model(tail_run):
     result = runner.invoke(app, ["eval", "--checkpoint", str(tail_run), "--n", "8", "--steps", "4",
                                  "--policies", "confidence", "--json"])
     assert result.exit_code == 0, result.stderr
-    row = json.loads(result.stdout)["rows"][0]
+    doc = json.loads(result.stdout)
+    assert doc["answer_tail"] == 16  # scripts can tell the task from the plain one
+    row = doc["rows"][0]
     assert 0.0 <= row["exact"] <= 1.0 and row["json_valid"] is not None
+    table = runner.invoke(app, ["eval", "--checkpoint", str(tail_run), "--n", "8", "--steps", "4",
+                                "--policies", "confidence"])
+    assert "8 held-out answers (each + 0-16 [NULL]) infilled" in table.stdout
 
 
 def test_the_cli_refuses_a_tail_with_a_scaffold(tmp_path):
