@@ -121,3 +121,11 @@ def test_eval_results_do_not_depend_on_batch_size(tiny_run):
                                             (["--policies", "confidence,oracle"], "unknown policy")])
 def test_eval_bad_input(tiny_run, args, fragment):
     assert_one_line_error(run("eval", "--checkpoint", str(tiny_run), *args), 2, fragment)
+
+
+def test_sample_help_names_every_registered_policy():
+    from cdt.sampling import POLICIES
+
+    text = " ".join(run("sample", "--help").stdout.split())  # rich wraps the help text
+    listed = text.split("Remasking policy:")[1].split(".")[0]
+    assert {p.strip(" ,│") for p in listed.replace("│", " ").split(",")} >= set(POLICIES)

@@ -108,6 +108,21 @@ def test_critic_policy_remasks_the_highest_critic_scores():
     assert gen.critic_probs is not None and gen.critic_probs.shape == gen.tokens.shape
 
 
+def test_critic_confidence_multiplies_the_critic_by_the_confidence_at_sampling():
+    gen, _, protected = run(policy="critic-confidence", commit="remask", steps=6, schedule="linear")
+    first, second = gen.steps[0], gen.steps[1]
+    region = ~protected[0]
+    expect = 1 - (1 - first.critic_probs[0]) * first.confidence[0]
+    assert torch.allclose(first.scores[0][region], expect[region])
+    # step 2: new tokens use their own probability; tokens kept from step 1 keep step 1's
+    kept = region & ~first.remasked[0]
+    sampled = torch.where(second.masked_before[0], second.confidence[0], first.confidence[0])
+    expect = 1 - (1 - second.critic_probs[0]) * sampled
+    assert torch.allclose(second.scores[0][region], expect[region])
+    assert kept.any() and not torch.allclose(second.confidence[0][kept], first.confidence[0][kept])  # memory matters
+    assert gen.passes["critic"] == len(gen.steps)  # two passes per step, like critic
+
+
 def test_confidence_remasks_the_least_confident_new_tokens():
     gen, _, protected = run(policy="confidence", commit="lock", steps=4, schedule="linear")
     rec = gen.steps[0]

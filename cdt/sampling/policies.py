@@ -70,6 +70,16 @@ def _critic(ctx):
     return torch.sigmoid(ctx.critic_logits)
 
 
+def _critic_confidence(ctx):
+    """1 - P(right), with P(right) = the critic's P(right) x the generator's probability of the token
+    when it was sampled (kept for committed tokens: the generator's output at a visible position says
+    nothing about it)."""
+    conf = ctx.probs.gather(-1, ctx.tokens[..., None]).squeeze(-1)
+    sampled = torch.where(ctx.newly, conf, ctx.state.get("sampled_confidence", conf))
+    ctx.state["sampled_confidence"] = sampled
+    return 1.0 - (1.0 - torch.sigmoid(ctx.critic_logits)) * sampled
+
+
 def _critic_calibrated(ctx):
     p = torch.sigmoid(ctx.critic_logits)
     return ctx.calibration(p) if ctx.calibration is not None else p  # callers warn when the map is missing
@@ -84,6 +94,8 @@ POLICIES = {p.name: p for p in (
            help="running confidence: remask the lowest best-so-far confidence; lock at --lock-threshold"),
     Policy("critic", _critic, needs_critic=True,
            help="critic probability that the token is wrong (higher = more likely wrong)"),
+    Policy("critic-confidence", _critic_confidence, needs_critic=True, stateful=True,
+           help="1 - critic P(right) x the generator's p of the token when sampled: both judges at once"),
     Policy("critic-calibrated", _critic_calibrated, needs_critic=True,
            help="the critic probability through the map `cdt calibrate` wrote (observed error rate)"),
 )}
