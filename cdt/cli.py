@@ -196,7 +196,7 @@ def sample(
     n: int = typer.Option(1, "--n", min=1, help="Rows generated in one batch (each with its own seeded draws)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps [default: the checkpoint's sample.steps, 16]."),
     policy: str = typer.Option("confidence", help="Remasking policy: random, confidence, margin, entropy, rcr, critic, "
-                                                      "critic-confidence, critic-calibrated."),
+                                                      "critic-calibrated, critic-confidence."),
     commit: str = typer.Option("remask", help="remask (committed tokens may be remasked), lock (final once "
                                                "committed), threshold (commit all above --threshold)."),
     threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="threshold mode: confidence (1 - score) needed to commit."),

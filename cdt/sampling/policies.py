@@ -94,10 +94,10 @@ POLICIES = {p.name: p for p in (
            help="running confidence: remask the lowest best-so-far confidence; lock at --lock-threshold"),
     Policy("critic", _critic, needs_critic=True,
            help="critic probability that the token is wrong (higher = more likely wrong)"),
-    Policy("critic-confidence", _critic_confidence, needs_critic=True, stateful=True,
-           help="1 - critic P(right) x the generator's p of the token when sampled: both judges at once"),
     Policy("critic-calibrated", _critic_calibrated, needs_critic=True,
            help="the critic probability through the map `cdt calibrate` wrote (observed error rate)"),
+    Policy("critic-confidence", _critic_confidence, needs_critic=True, stateful=True,
+           help="1 - critic P(right) x the generator's p of the token when sampled: both judges at once"),
 )}
 
 
