@@ -36,8 +36,13 @@ class Policy:
     stateful: bool = False  # keeps its own memory in ctx.state; may lock positions via ctx.state["locked"]
 
 
+def _token_p(ctx):
+    """(b, n) the generator's probability of each token of the filled row."""
+    return ctx.probs.gather(-1, ctx.tokens[..., None]).squeeze(-1)
+
+
 def _confidence(ctx):
-    return 1.0 - ctx.probs.gather(-1, ctx.tokens[..., None]).squeeze(-1)
+    return 1.0 - _token_p(ctx)
 
 
 def _margin(ctx):
@@ -58,7 +63,7 @@ def _random(ctx):
 def _rcr(ctx):
     """Running-confidence remasking: each position keeps the highest confidence it has reached;
     once that passes the lock threshold it is final, below it it may be remasked."""
-    conf = ctx.probs.gather(-1, ctx.tokens[..., None]).squeeze(-1)
+    conf = _token_p(ctx)
     best = ctx.state.get("best", torch.zeros_like(conf))
     best = torch.where(ctx.newly, torch.maximum(best, conf), best)
     ctx.state["best"] = best
@@ -74,7 +79,7 @@ def _critic_confidence(ctx):
     """1 - P(right), with P(right) = the critic's P(right) x the generator's probability of the token
     when it was sampled (kept for committed tokens: the generator's output at a visible position says
     nothing about it)."""
-    conf = ctx.probs.gather(-1, ctx.tokens[..., None]).squeeze(-1)
+    conf = _token_p(ctx)
     sampled = torch.where(ctx.newly, conf, ctx.state.get("sampled_confidence", conf))
     ctx.state["sampled_confidence"] = sampled
     return 1.0 - (1.0 - torch.sigmoid(ctx.critic_logits)) * sampled
