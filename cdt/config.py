@@ -182,6 +182,11 @@ def check(cfg: RunConfig) -> RunConfig:
     if t.critic_warmup_end < t.critic_warmup_start:
         raise UsageError(f"train.critic_warmup_end ({t.critic_warmup_end}) is before train.critic_warmup_start "
                          f"({t.critic_warmup_start})")
+    d = cfg.data
+    if d.answer_tail and d.scaffold:
+        raise UsageError("data.answer_tail and data.scaffold do not combine (scaffold slots already end in [NULL])")
+    if d.answer_tail and d.source != "toolcalls":
+        raise UsageError("data.answer_tail needs the toolcalls corpus (a text file has no answers)")
     return cfg
 
 

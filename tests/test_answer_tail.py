@@ -144,10 +144,16 @@ def test_eval_grades_a_tail_model(tail_run):
     assert "8 held-out answers (each + 0-16 [NULL]) infilled" in table.stdout
 
 
-def test_the_cli_refuses_a_tail_with_a_scaffold(tmp_path):
-    result = runner.invoke(app, ["train", "--preset", "tiny", "--scaffold", "--set", "data.answer_tail=4",
-                                 "--out", str(tmp_path / "r")])
-    assert_one_line_error(result, 1, "do not combine")
+@pytest.mark.parametrize("args, message", [
+    (["--scaffold", "--set", "data.answer_tail=4"], "do not combine"),
+    (["--data", "TEXT", "--set", "data.answer_tail=4"], "needs the toolcalls corpus"),
+])
+def test_the_cli_refuses_a_tail_it_cannot_build_as_a_usage_error(tmp_path, args, message):
+    text = tmp_path / "t.txt"
+    text.write_text("some text to train on, long enough to split. " * 20)
+    args = [str(text) if a == "TEXT" else a for a in args]
+    result = runner.invoke(app, ["train", "--preset", "tiny", *args, "--out", str(tmp_path / "r")])
+    assert_one_line_error(result, 2, message)
     assert not (tmp_path / "r").exists()
 
 
