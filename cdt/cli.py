@@ -76,7 +76,8 @@ def emit_json(doc: dict) -> None:
 @app.command()
 @friendly_errors
 def train(
-    preset: Optional[str] = typer.Option(None, help="Preset: tiny (tests, seconds), small (default, ~10 min on 2 CPU cores), base (GPU)."),
+    preset: Optional[str] = typer.Option(None, help="Preset: tiny (tests, seconds), small (default, ~10 min on 2 CPU "
+                                         "cores), copy_long (small + copy head, 3x the steps, ~35 min), base (GPU)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with model/data/train sections; overrides the preset."),
     data: Optional[str] = typer.Option(None, help="'toolcalls' (embedded corpus) or the path of a UTF-8 text file."),
     out: Optional[Path] = typer.Option(None, help="Run directory for checkpoint, config.yaml and metrics.jsonl [default: runs/PRESET-TIMESTAMP]."),

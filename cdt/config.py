@@ -128,7 +128,7 @@ class RunConfig:
         return cfg
 
 
-PRESETS = ("tiny", "small", "base", "critic_pairwise")
+PRESETS = ("tiny", "small", "base", "copy_long", "critic_pairwise")
 CHOICES = {
     "model.positions": ("rotary", "learned"),
     "model.critic": ("none", "linear", "mlp"),

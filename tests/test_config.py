@@ -24,6 +24,13 @@ def test_every_shipped_preset_matches_the_dataclasses(name):
     assert preset_text(name) == (CONFIGS / f"{name}.yaml").read_text()  # the installed copy is this file
 
 
+def test_copy_long_is_the_readme_command_line():
+    # README: cdt train --set model.copy=true --max-iters 10200 --set train.critic_warmup_start=5700 ...
+    flags = ["model.copy=true", "train.max_iters=10200", "train.critic_warmup_start=5700",
+             "train.critic_warmup_end=6300"]
+    assert resolve("copy_long") == resolve(None, None, [parse_override(f) for f in flags])
+
+
 def test_precedence_defaults_preset_file_flags(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  d_model: 48\ntrain:\n  lr: 0.01\n  batch_size: 3\n")
