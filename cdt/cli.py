@@ -90,7 +90,8 @@ def train(
                                                            "with a message where it fails (often slower on CPU)."),
     eval_interval: Optional[int] = typer.Option(None, min=1, help="Steps between validation passes and checkpoints."),
     set_: List[str] = typer.Option([], "--set", help="Any config value, SECTION.KEY=VALUE (e.g. model.critic=mlp); repeatable."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped, with the settings it "
+                                "was trained with; flags given with it change them."),
     scaffold: bool = typer.Option(False, "--scaffold", help="Train on toolcalls answers in the schema-scaffold layout "
                                                             "(only value slots masked; block size at least 288)."),
     stage: str = typer.Option("generator", help="generator: the diffusion model and token critic; critic: the "
@@ -109,6 +110,7 @@ def train(
     With no arguments: the small preset on the embedded toolcalls corpus. Ctrl-C or
     SIGTERM saves a checkpoint first; --resume continues it bit for bit.
     """
+    from cdt import checkpoint
     from cdt.config import parse_override, resolve
     from cdt.render import TrainProgress, train_summary
     from cdt.train import train as run_train
@@ -131,11 +133,12 @@ def train(
     if scaffold:  # scaffolded rows are up to 265 characters; the flag alone must be enough to train
         overrides.append({"data": {"scaffold": True}})
     overrides += [parse_override(item) for item in set_]
-    cfg = resolve(preset, config, overrides)
-    if scaffold and not any(item.strip().startswith("model.block_size") for item in set_):
-        cfg.model.block_size = max(cfg.model.block_size, SCAFFOLD_BLOCK)
     if resume and out is None:
         raise fail("--resume needs --out DIR, the run directory to continue", 2)
+    # a resumed run keeps the settings it was trained with; flags given with --resume change them
+    cfg = resolve(preset, config, overrides, base=checkpoint.load(out).config if resume else None)
+    if scaffold and not any(item.strip().startswith("model.block_size") for item in set_):
+        cfg.model.block_size = max(cfg.model.block_size, SCAFFOLD_BLOCK)
     if out is None:
         out = Path("runs") / f"{preset or 'small'}-{time.strftime('%Y%m%d-%H%M%S')}"
     from cdt.distributed import dist_info

@@ -6,6 +6,7 @@ Precedence: dataclass defaults (= the `small` preset) < `--preset` < `--config F
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import asdict, dataclass, field
@@ -253,8 +254,10 @@ def parse_override(item: str) -> dict:
     return {section: {name: value}}
 
 
-def resolve(preset: str | None = None, config_file: Path | None = None, overrides: list[dict] = ()) -> RunConfig:
-    cfg = RunConfig()
+def resolve(preset: str | None = None, config_file: Path | None = None, overrides: list[dict] = (),
+            base: RunConfig | None = None) -> RunConfig:
+    """base (a resumed run's own config) < preset < config file < overrides; the defaults when no base."""
+    cfg = copy.deepcopy(base) if base is not None else RunConfig()
     if preset:
         apply(cfg, _read_yaml(preset_text(preset), f"preset {preset}"), f"preset {preset}")
     if config_file is not None:

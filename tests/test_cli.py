@@ -68,6 +68,35 @@ def test_non_utf8_data(tmp_path):
                           "not valid UTF-8", str(f))
 
 
+def test_resume_keeps_the_runs_own_settings(tmp_path):
+    """`--out RUN --resume` alone continues with the preset and --set values RUN was trained with
+    (the command `cdt train` prints as its last hint). Before, it fell back to the defaults and
+    refused the run's architecture, or, for a setting outside the architecture, trained on with
+    another value without a word."""
+    from tests.test_train import same_state
+
+    flags = ["--preset", "tiny", "--set", "model.copy=true", "--set", "train.lr=0.005", "--eval-interval", "100"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run("train", *flags, "--max-iters", "8", "--out", str(full), "--json").exit_code == 0
+    assert run("train", *flags, "--max-iters", "5", "--out", str(part), "--json").exit_code == 0
+    resumed = run("train", "--out", str(part), "--resume", "--max-iters", "8", "--json")
+    assert resumed.exit_code == 0, resumed.stderr
+    doc = json.loads(resumed.stdout)
+    assert doc["step"] == 8 and doc["config"]["model"]["copy"] and doc["config"]["train"]["lr"] == 0.005
+    same_state(full, part)
+
+
+def test_flags_given_with_resume_change_the_runs_settings(tmp_path, tiny_run):
+    import shutil
+
+    run_dir = tmp_path / "r"
+    shutil.copytree(tiny_run, run_dir)
+    result = run("train", "--out", str(run_dir), "--resume", "--max-iters", "32", "--set", "train.lr=0.0007", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "lr: 0.0007" in (run_dir / "config.yaml").read_text()
+    assert json.loads(result.stdout)["config"]["model"]["n_layers"] == 2  # the tiny run's own, not the default 4
+
+
 def test_resume_with_broken_checkpoints(tmp_path, tiny_run):
     good = (tiny_run / "checkpoint.pt").read_bytes()
     run_dir = tmp_path / "r"
