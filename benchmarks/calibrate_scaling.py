@@ -56,6 +56,9 @@ def child(args) -> None:
     from cdt.calibrate import CalibrateSettings, calibrate
     from cdt.checkpoint import load
 
+    from cdt.device import tune_cpu_allocator
+
+    tuned = not args.default_malloc and tune_cpu_allocator()  # as `cdt calibrate` runs
     torch.set_num_threads(args.threads)
     ckpt = load(args.checkpoint)
     ckpt.build_model()  # model weights resident before the baseline is read
@@ -66,7 +69,7 @@ def child(args) -> None:
                            Path(tmp) / "scores.jsonl", None)
         seconds = time.perf_counter() - t0
     print(json.dumps({"n": args.n, "seconds": seconds, "peak_rss_mib": peak_mib(), "baseline_rss_mib": base,
-                      "growth_mib": peak_mib() - base, "tokens": result.tokens.n}))
+                      "growth_mib": peak_mib() - base, "tokens": result.tokens.n, "allocator_tuned": tuned}))
 
 
 def main():
@@ -77,6 +80,7 @@ def main():
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator as it is (cdt tunes it)")
     ap.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args()
     if args.n is not None:
@@ -87,7 +91,7 @@ def main():
         for n in (int(x) for x in args.sizes.split(",")):
             proc = subprocess.run([sys.executable, __file__, "--checkpoint", ckpt, "--n", str(n), "--steps",
                                    str(args.steps), "--batch-size", str(args.batch_size), "--threads",
-                                   str(args.threads)], capture_output=True, text=True, check=True)
+                                   str(args.threads)] + ["--default-malloc"] * args.default_malloc, capture_output=True, text=True, check=True)
             runs.append(json.loads(proc.stdout))
     small, large = runs[0], runs[-1]
     print(json.dumps({

@@ -19,11 +19,19 @@ import torch
 from cdt.checkpoint import Checkpoint, load
 from cdt.config import resolve
 from cdt.data import load_corpus
+from cdt.device import tune_cpu_allocator
 from cdt.model import DiffusionLM
 from cdt.rng import seed_for
 from cdt.sampling import SampleConfig, generate
 from cdt.sampling.template import heldout_templates
-from cdt.vocab import MASK_ID
+from cdt.vocab import MASK_ID, PAD_ID
+
+
+def trimmed(template, protected, lo: int, hi: int):
+    """Rows lo..hi cut to the longest of them, as `cdt sample` and `cdt eval` run them (no batch
+    computes the padding of a longer row outside it; a single row has none)."""
+    width = int((template[lo:hi] != PAD_ID).sum(1).max())
+    return template[lo:hi, :width], protected[lo:hi, :width]
 
 
 def main():
@@ -34,7 +42,9 @@ def main():
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--rows", type=int, default=128, help="rows generated per measurement")
+    ap.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator as it is (cdt tunes it)")
     args = ap.parse_args()
+    tuned = not args.default_malloc and tune_cpu_allocator()
     if args.checkpoint:
         ckpt: Checkpoint = load(args.checkpoint)
         model, cfg = ckpt.build_model(), ckpt.config
@@ -50,14 +60,14 @@ def main():
     for policy in args.policies.split(","):
         for b in (int(x) for x in args.batches.split(",")):
             scfg = SampleConfig(policy=policy, steps=args.steps)
-            count = min(args.rows, max(b, 8 if b == 1 else b))
-            generate(model, template[:b], protected[:b], scfg)  # warm-up
+            count = max(args.rows, b)  # the same rows at every batch size
+            generate(model, *trimmed(template, protected, 0, b), scfg)  # warm-up
             t0, tokens, passes = time.perf_counter(), 0, 0
             for lo in range(0, count, b):
                 hi = min(lo + b, count)
-                gen = generate(model, template[lo:hi], protected[lo:hi], scfg,
-                               row_seeds=[seed_for(0, i) for i in range(lo, hi)])
-                tokens += int((template[lo:hi] == MASK_ID).sum())
+                rows, keep = trimmed(template, protected, lo, hi)
+                gen = generate(model, rows, keep, scfg, row_seeds=[seed_for(0, i) for i in range(lo, hi)])
+                tokens += int((rows == MASK_ID).sum())
                 passes += sum(gen.passes.values())
             elapsed = time.perf_counter() - t0
             results[f"{policy}@{b}"] = {"tokens_per_s": tokens / elapsed,
@@ -65,7 +75,8 @@ def main():
     small, large = (int(x) for x in (args.batches.split(",")[0], args.batches.split(",")[-1]))
     ratios = {p: results[f"{p}@{large}"]["tokens_per_s"] / results[f"{p}@{small}"]["tokens_per_s"]
               for p in args.policies.split(",")}
-    print(json.dumps({"steps": args.steps, "threads": torch.get_num_threads(), "results": results,
+    print(json.dumps({"steps": args.steps, "threads": torch.get_num_threads(), "allocator_tuned": tuned,
+                      "results": results,
                       f"batch{large}_over_batch{small}": ratios}, indent=2))
 
 

@@ -20,7 +20,7 @@ from cdt.config import resolve
 from cdt.data import load_corpus
 from cdt.model import DiffusionLM
 from cdt.noise import get_schedule, sample_t
-from cdt.device import pick_device
+from cdt.device import pick_device, tune_cpu_allocator
 from cdt.train import diffusion_step
 
 
@@ -87,7 +87,9 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--copy", action="store_true", help="with the copy head (model.copy)")
+    ap.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator as it is (cdt tunes it)")
     args = ap.parse_args()
+    tuned = not args.default_malloc and tune_cpu_allocator()
     cfg = resolve(args.preset)
     if args.batch_size:
         cfg.train.batch_size = args.batch_size
@@ -103,7 +105,7 @@ def main():
     print(json.dumps({
         "preset": args.preset, "batch_size": cfg.train.batch_size, "copy_head": cfg.model.copy, "device": str(device),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "matmul_peak_gflops": peak / 1e9,
+        "allocator_tuned": tuned, "matmul_peak_gflops": peak / 1e9,
         "generator_only": {**gen, "mfu": gen["flops_per_s"] / peak},
         "with_critic": {**both, "mfu": both["flops_per_s"] / peak},
         "critic_step_cost_ratio": both["step_s"] / gen["step_s"],

@@ -619,6 +619,9 @@ def explore(
 
 
 def main() -> None:
+    from cdt.device import tune_cpu_allocator
+
+    tune_cpu_allocator()
     app(prog_name="cdt")
 
 

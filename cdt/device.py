@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -20,3 +23,30 @@ def pick_device(name: str) -> torch.device:
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; nothing on CPU, where bf16 matmuls are very slow."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "LD_PRELOAD")
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed activation buffers in the process for the next pass (Linux with glibc).
+
+    A forward pass on CPU allocates and frees activations of several MB each. By default glibc
+    serves some of them with fresh mmap pages, or hands freed memory back to the kernel, so the next
+    pass page-faults its buffers in again. Serving blocks up to 32 MiB from the heap and keeping
+    up to 256 MiB of it free makes a batch-64 sampling step about a quarter faster
+    (benchmarks/README.md). Only the process's entry point calls this: importing cdt changes
+    nothing. Skipped when the user chose an allocator (LD_PRELOAD, glibc's MALLOC_* variables)
+    or set CDT_MALLOC=default. Returns whether it changed anything.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("CDT_MALLOC") == "default":
+        return False
+    if any(os.environ.get(name) for name in _MALLOC_ENV):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 256 << 20))

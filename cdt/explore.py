@@ -85,8 +85,9 @@ def load_materials(ckpt: Checkpoint, prompt: str | None, length: int, rows: int,
     held = load_heldout(ckpt, index + rows, masking, mask_ratio, seed, clip=True)
     if index >= len(held):
         raise UsageError(f"--index {index} is past the validation split: it has {len(held)} rows (0-{len(held) - 1})")
-    return [Material(held.template[i], held.protected[i], held.clean[i], f"held-out row {i} ({held.masking})")
-            for i in range(len(held))]
+    rows = [held.take(torch.tensor([i])) for i in range(len(held))]  # each at its own length, no padding
+    return [Material(row.template[0], row.protected[0], row.clean[0], f"held-out row {i} ({held.masking})")
+            for i, row in enumerate(rows)]
 
 
 @dataclass

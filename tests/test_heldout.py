@@ -113,3 +113,64 @@ def test_eval_on_a_text_checkpoint_defaults_to_spans(text_run):
 def test_eval_answer_masking_on_text_is_a_usage_error(text_run):
     assert_one_line_error(runner.invoke(app, ["eval", "--checkpoint", str(text_run), "--mask", "answer", "--n", "2"]),
                           2, "needs a corpus with prompts")
+
+
+# batching held-out rows by length
+
+
+def test_take_trims_to_the_longest_row_taken(tiny_run):
+    from cdt.checkpoint import load
+    from cdt.sampling.heldout import load_heldout
+
+    held = load_heldout(load(tiny_run), 12)
+    lengths = (held.clean != PAD_ID).sum(1)
+    rows = torch.tensor([3, 0, 3])
+    part = held.take(rows)
+    width = int(lengths[rows].max())
+    assert part.clean.shape == (3, width)
+    assert torch.equal(part.template, held.template[rows, :width])
+    assert torch.equal(part.protected, held.protected[rows, :width])
+    assert (held.clean[rows, width:] == PAD_ID).all()  # only padding is cut
+    assert [r.prompt for r in part.records] == [held.records[i].prompt for i in (3, 0, 3)]
+    assert part.exact(load(tiny_run).vocab, part.clean) == [True] * 3
+
+
+def test_batches_cover_every_row_once_shortest_first(tiny_run):
+    from cdt.checkpoint import load
+    from cdt.sampling.heldout import load_heldout
+
+    held = load_heldout(load(tiny_run), 23)
+    lengths = (held.clean != PAD_ID).sum(1)
+    seen, widths = [], []
+    for rows, part in held.batches(5):
+        assert len(rows) <= 5 and part.clean.shape == (len(rows), int(lengths[rows].max()))
+        assert torch.equal(part.clean, held.clean[rows, : part.clean.shape[1]])
+        seen += rows.tolist()
+        widths.append(part.clean.shape[1])
+    assert sorted(seen) == list(range(23))
+    assert lengths[seen].tolist() == sorted(lengths.tolist())  # ordered by length
+    assert widths == sorted(widths) and widths[0] < held.clean.shape[1]  # the short rows skip the long rows' padding
+
+
+def test_eval_equals_a_row_by_row_loop_at_full_width(tiny_run):
+    """The oracle: every row generated alone, in order, at the full padded width, graded by hand."""
+    from cdt.checkpoint import load
+    from cdt.rng import seed_for
+    from cdt.sampling.evaluate import evaluate_policies
+    from cdt.sampling.heldout import grade, load_heldout
+    from cdt.sampling.loop import SampleConfig, generate
+
+    ckpt = load(tiny_run)
+    held = load_heldout(ckpt, 9)
+    (row,) = evaluate_policies(ckpt, held, ["critic"], [3], 4, SampleConfig(), "cpu")  # sampled: seeds matter
+    model = ckpt.build_model()
+    right = total = exact = valid = 0
+    for i in range(len(held)):
+        gen = generate(model, held.template[i : i + 1], held.protected[i : i + 1],
+                       SampleConfig(policy="critic", steps=3), row_seeds=[seed_for(0, i)])
+        region = held.region(i, i + 1)
+        right += int(((gen.tokens == held.clean[i : i + 1]) & region).sum())
+        total += int(region.sum())
+        exact += held.exact(ckpt.vocab, gen.tokens, i)[0]
+        valid += grade(ckpt.vocab, held.records[i], gen.tokens[0]).valid_json
+    assert row.char_acc == right / total and row.exact == exact / 9 and row.json_valid == valid / 9

@@ -43,25 +43,24 @@ def evaluate_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
             right = total = exact = valid = fields_ok = fields = 0
             passes, batches = 0, 0
             t0 = time.perf_counter()
-            for lo in range(0, len(held), batch_size):
-                hi = min(lo + batch_size, len(held))
-                seeds = [seed_for(cfg.seed, i) for i in range(lo, hi)]
-                gen = generate(model, held.template[lo:hi], held.protected[lo:hi], cfg, row_seeds=seeds,
+            for index, part in held.batches(batch_size):
+                seeds = [seed_for(cfg.seed, int(i)) for i in index]
+                gen = generate(model, part.template, part.protected, cfg, row_seeds=seeds,
                                calibration=calibration, allow_null=ckpt.config.data.emits_null)
-                target = held.region(lo, hi)
-                hit = (gen.tokens == held.clean[lo:hi]) & target
+                target = part.region()
+                hit = (gen.tokens == part.clean) & target
                 right += int(hit.sum())
                 total += int(target.sum())
-                exact += sum(held.exact(ckpt.vocab, gen.tokens, lo))
+                exact += sum(part.exact(ckpt.vocab, gen.tokens))
                 passes += gen.passes["generator"] + gen.passes["critic"]
                 batches += 1
-                for row, rec in zip(gen.tokens, held.records[lo:hi] if held.records else ()):
+                for row, rec in zip(gen.tokens, part.records or ()):
                     check = grade(ckpt.vocab, rec, row, held.scaffold)
                     valid += check.valid_json
                     fields_ok += check.name_ok + sum(check.fields.values())
                     fields += 1 + len(check.fields)
                 if on_batch:
-                    on_batch(hi - lo)
+                    on_batch(len(index))
             m = len(held)
             graded = held.records is not None
             rows.append(EvalRow(policy, steps, passes / batches, right / max(total, 1), exact / m,
@@ -118,15 +117,14 @@ def evaluate_scaffold(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
                                "both_null", "values", "diversity", "chars", "repeats"), 0)
             passes = batches = 0
             t0 = time.perf_counter()
-            for lo in range(0, len(held), batch_size):
-                hi = min(lo + batch_size, len(held))
-                seeds = [seed_for(cfg.seed, i) for i in range(lo, hi)]
-                gen = generate(model, held.template[lo:hi], held.protected[lo:hi], cfg, row_seeds=seeds,
-                               calibration=calibration, allow_null=True, allowed_at=allowed[lo:hi])
+            for index, part in held.batches(batch_size):
+                seeds = [seed_for(cfg.seed, int(i)) for i in index]
+                gen = generate(model, part.template, part.protected, cfg, row_seeds=seeds, calibration=calibration,
+                               allow_null=True, allowed_at=allowed[index, : part.template.shape[1]])
                 passes += gen.passes["generator"] + gen.passes["critic"]
                 batches += 1
-                clean, prot = held.clean[lo:hi], held.protected[lo:hi]
-                for j, i in enumerate(range(lo, hi)):
+                clean, prot = part.clean, part.protected
+                for j, i in enumerate(index.tolist()):
                     row, ref = gen.tokens[j], clean[j]
                     n["structure"] += bool(torch.equal(row[prot[j]], ref[prot[j]]))
                     head = heads[i]
@@ -152,7 +150,7 @@ def evaluate_scaffold(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
                             n["repeats"] += sum(x == y for x, y in zip(value, value[1:]))
                     n["calls"] += all_ok
                 if on_batch:
-                    on_batch(hi - lo)
+                    on_batch(len(index))
             m = len(held)
             out.append(ScaffoldEvalRow(
                 policy, steps, passes / batches, n["structure"] / m, n["json"] / m, n["types"] / max(n["fields"], 1),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cdt.checkpoint import Checkpoint
@@ -30,6 +31,28 @@ class HeldOut:
 
     def __len__(self) -> int:
         return len(self.clean)
+
+    def lengths(self) -> torch.Tensor:
+        """(n,) each row's length: up to and including its last non-[PAD] position."""
+        real = self.clean != PAD_ID
+        return (real * torch.arange(1, real.shape[1] + 1)).amax(1)
+
+    def take(self, rows: torch.Tensor) -> HeldOut:
+        """These rows (indices into this set, repeats allowed), trimmed to the longest of them:
+        the columns cut are [PAD] in every row taken, which no position attends to."""
+        width = int(self.lengths()[rows].max())
+        records = [self.records[int(i)] for i in rows] if self.records is not None else None
+        return HeldOut(self.clean[rows, :width], self.template[rows, :width], self.protected[rows, :width],
+                       records, self.masking, self.scaffold)
+
+    def batches(self, batch_size: int):
+        """(rows, part) for batches of rows of similar length (ordered by length, then index), each part
+        trimmed to its longest row, so no batch spends compute on the padding of the longest held-out row.
+        Rows keep their own seeds and graders sum over rows, so the order changes no result."""
+        order = torch.from_numpy(np.argsort(self.lengths().numpy(), kind="stable"))
+        for lo in range(0, len(order), batch_size):
+            rows = order[lo : lo + batch_size]
+            yield rows, self.take(rows)
 
     def region(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
         """(rows, L) bool: the masked positions a generation is graded on."""
