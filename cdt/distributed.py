@@ -76,6 +76,11 @@ def any_rank(flag: bool, dist: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def cleanup(dist: DistInfo) -> None:
+def cleanup(dist: DistInfo, wait: bool = False) -> None:
+    """Leave the process group. wait: first meet every rank at a barrier (a normal end): a rank
+    that tore its group down while rank 0 still ran the final evaluation died of SIGABRT now and
+    then, and torchrun then stopped rank 0 too. Not after an error, where a peer may never come."""
     if dist.active and td.is_initialized():
+        if wait:
+            td.barrier()
         td.destroy_process_group()

@@ -371,6 +371,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     step, saved, last_eval = start, start, {}
     tokens, t0 = 0, time.perf_counter()
     window_tokens, window_t0 = 0, t0
+    finished = False  # the loop ended normally on this rank (not by an exception)
     try:
         while step < tc.max_iters and not distributed.any_rank(stop.requested, dist, device):
             torch.manual_seed(seed_for(tc.seed, dist.rank, step, 1))  # dropout, if any
@@ -431,6 +432,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
                     reporter.on_eval(last_eval)
                 save(step, last_eval)
                 saved = step
+        finished = True
     except Exception:
         # nothing lost on a crash: parameters and optimizer still hold the last completed step.
         # (A second Ctrl-C is a KeyboardInterrupt that may land mid-update: that state is not saved.)
@@ -440,7 +442,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     finally:
         for sig, handler in previous.items():  # give the caller its own handlers back
             signal.signal(sig, handler)
-        distributed.cleanup(dist)
+        distributed.cleanup(dist, wait=finished)
     if step > saved:
         save(step, last_eval)
     elapsed = time.perf_counter() - t0
