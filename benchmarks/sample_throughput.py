@@ -23,15 +23,9 @@ from cdt.device import tune_cpu_allocator
 from cdt.model import DiffusionLM
 from cdt.rng import seed_for
 from cdt.sampling import SampleConfig, generate
+from cdt.sampling.heldout import HeldOut
 from cdt.sampling.template import heldout_templates
-from cdt.vocab import MASK_ID, PAD_ID
-
-
-def trimmed(template, protected, lo: int, hi: int):
-    """Rows lo..hi cut to the longest of them, as `cdt sample` and `cdt eval` run them (no batch
-    computes the padding of a longer row outside it; a single row has none)."""
-    width = int((template[lo:hi] != PAD_ID).sum(1).max())
-    return template[lo:hi, :width], protected[lo:hi, :width]
+from cdt.vocab import MASK_ID
 
 
 def main():
@@ -45,6 +39,8 @@ def main():
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator as it is (cdt tunes it)")
     args = ap.parse_args()
     tuned = not args.default_malloc and tune_cpu_allocator()
+    if max(int(x) for x in args.batches.split(",")) > args.rows:
+        ap.error("every batch size must be at most --rows")
     if args.checkpoint:
         ckpt: Checkpoint = load(args.checkpoint)
         model, cfg = ckpt.build_model(), ckpt.config
@@ -55,19 +51,21 @@ def main():
         cfg.model.vocab_size = len(corpus.vocab)
         torch.manual_seed(0)
         model = DiffusionLM(cfg.model).eval()
-    _, template, protected = heldout_templates(corpus, args.rows)
+    held = HeldOut(*heldout_templates(corpus, args.rows), records=None, masking="answer")
     results = {}
     for policy in args.policies.split(","):
         for b in (int(x) for x in args.batches.split(",")):
             scfg = SampleConfig(policy=policy, steps=args.steps)
-            count = max(args.rows, b)  # the same rows at every batch size
-            generate(model, *trimmed(template, protected, 0, b), scfg)  # warm-up
+            count = args.rows  # the same rows at every batch size
+            warm = held.take(torch.arange(b))
+            generate(model, warm.template, warm.protected, scfg)  # warm-up
             t0, tokens, passes = time.perf_counter(), 0, 0
             for lo in range(0, count, b):
                 hi = min(lo + b, count)
-                rows, keep = trimmed(template, protected, lo, hi)
-                gen = generate(model, rows, keep, scfg, row_seeds=[seed_for(0, i) for i in range(lo, hi)])
-                tokens += int((rows == MASK_ID).sum())
+                part = held.take(torch.arange(lo, hi))  # cut to its longest row, as cdt sample and eval run
+                gen = generate(model, part.template, part.protected, scfg,
+                               row_seeds=[seed_for(0, i) for i in range(lo, hi)])
+                tokens += int((part.template == MASK_ID).sum())
                 passes += sum(gen.passes.values())
             elapsed = time.perf_counter() - t0
             results[f"{policy}@{b}"] = {"tokens_per_s": tokens / elapsed,

@@ -33,14 +33,13 @@ class HeldOut:
         return len(self.clean)
 
     def lengths(self) -> torch.Tensor:
-        """(n,) each row's length: up to and including its last non-[PAD] position."""
-        real = self.clean != PAD_ID
-        return (real * torch.arange(1, real.shape[1] + 1)).amax(1)
+        """(n,) each row's length ([PAD] only ever follows a row's text)."""
+        return (self.clean != PAD_ID).sum(1)
 
     def take(self, rows: torch.Tensor) -> HeldOut:
         """These rows (indices into this set, repeats allowed), trimmed to the longest of them:
         the columns cut are [PAD] in every row taken, which no position attends to."""
-        width = int(self.lengths()[rows].max())
+        width = int((self.clean[rows] != PAD_ID).sum(1).max())
         records = [self.records[int(i)] for i in rows] if self.records is not None else None
         return HeldOut(self.clean[rows, :width], self.template[rows, :width], self.protected[rows, :width],
                        records, self.masking, self.scaffold)
