@@ -55,7 +55,6 @@ def child(args) -> None:
 
     from cdt.calibrate import CalibrateSettings, calibrate
     from cdt.checkpoint import load
-
     from cdt.device import tune_cpu_allocator
 
     tuned = not args.default_malloc and tune_cpu_allocator()  # as `cdt calibrate` runs
@@ -89,9 +88,10 @@ def main():
         ckpt = args.checkpoint or str(make_checkpoint(args.preset, Path(tmp)))
         runs = []
         for n in (int(x) for x in args.sizes.split(",")):
-            proc = subprocess.run([sys.executable, __file__, "--checkpoint", ckpt, "--n", str(n), "--steps",
-                                   str(args.steps), "--batch-size", str(args.batch_size), "--threads",
-                                   str(args.threads)] + ["--default-malloc"] * args.default_malloc, capture_output=True, text=True, check=True)
+            cmd = [sys.executable, __file__, "--checkpoint", ckpt, "--n", str(n), "--steps", str(args.steps),
+                   "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+            cmd += ["--default-malloc"] if args.default_malloc else []
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             runs.append(json.loads(proc.stdout))
     small, large = runs[0], runs[-1]
     print(json.dumps({

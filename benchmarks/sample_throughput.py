@@ -56,12 +56,11 @@ def main():
     for policy in args.policies.split(","):
         for b in (int(x) for x in args.batches.split(",")):
             scfg = SampleConfig(policy=policy, steps=args.steps)
-            count = args.rows  # the same rows at every batch size
             warm = held.take(torch.arange(b))
             generate(model, warm.template, warm.protected, scfg)  # warm-up
             t0, tokens, passes = time.perf_counter(), 0, 0
-            for lo in range(0, count, b):
-                hi = min(lo + b, count)
+            for lo in range(0, args.rows, b):  # the same rows at every batch size
+                hi = min(lo + b, args.rows)
                 part = held.take(torch.arange(lo, hi))  # cut to its longest row, as cdt sample and eval run
                 gen = generate(model, part.template, part.protected, scfg,
                                row_seeds=[seed_for(0, i) for i in range(lo, hi)])
@@ -69,7 +68,7 @@ def main():
                 passes += sum(gen.passes.values())
             elapsed = time.perf_counter() - t0
             results[f"{policy}@{b}"] = {"tokens_per_s": tokens / elapsed,
-                                       "passes_per_step": passes / ((count + b - 1) // b) / args.steps}
+                                       "passes_per_step": passes / ((args.rows + b - 1) // b) / args.steps}
     small, large = (int(x) for x in (args.batches.split(",")[0], args.batches.split(",")[-1]))
     ratios = {p: results[f"{p}@{large}"]["tokens_per_s"] / results[f"{p}@{small}"]["tokens_per_s"]
               for p in args.policies.split(",")}
