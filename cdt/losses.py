@@ -15,11 +15,14 @@ def diffusion_nelbo(logits: torch.Tensor, clean: torch.Tensor, masked: torch.Ten
     """
     ce = F.cross_entropy(logits[masked].float(), clean[masked], reduction="none")  # (m,)
     w = weight.to(ce.device)[:, None].expand_as(masked)[masked]
-    return (w * ce).sum() / max(int(n_tokens), 1)
+    return (w * ce).sum() / torch.as_tensor(n_tokens).clamp_min(1)  # a tensor: no graph break under compile
 
 
 def critic_bce(critic_logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean binary cross-entropy over valid positions; target 1 = the token is wrong."""
+    if torch.compiler.is_compiling():  # the same mean without testing the data (no graph break)
+        bce = F.binary_cross_entropy_with_logits(critic_logits.float(), target.float(), reduction="none")
+        return (bce * valid).sum() / valid.sum().clamp_min(1)
     if not bool(valid.any()):
         return critic_logits.sum() * 0.0  # keeps the graph (and every parameter) in the backward
     return F.binary_cross_entropy_with_logits(critic_logits[valid].float(), target[valid])

@@ -37,3 +37,19 @@ def test_critic_bce_without_valid_positions_is_zero_but_keeps_the_graph():
     loss = critic_bce(logits, torch.zeros(1, 3), torch.zeros(1, 3, dtype=torch.bool))
     loss.backward()
     assert loss.item() == 0.0 and logits.grad is not None
+
+
+def test_losses_give_the_same_value_when_traced_for_torch_compile():
+    torch.manual_seed(0)
+    logits, clean = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    masked = torch.rand(2, 5) < 0.5
+    masked[0, 0] = True
+    weight, n = torch.tensor([2.0, 0.5]), torch.tensor(9)
+    critic, target, valid = torch.randn(2, 5), (torch.rand(2, 5) < 0.3).float(), torch.rand(2, 5) < 0.6
+    valid[0, 0] = True
+    eager = (diffusion_nelbo(logits, clean, masked, weight, n), critic_bce(critic, target, valid))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda: critic_bce(critic, target, valid), backend="eager")()  # the branch-free form
+    assert torch.allclose(compiled, eager[1], atol=1e-6)
+    assert diffusion_nelbo(logits, clean, masked, weight, 9) == eager[0]  # int and tensor counts agree
+    assert diffusion_nelbo(logits, clean, masked, weight, 0) == diffusion_nelbo(logits, clean, masked, weight, 1)
