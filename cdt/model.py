@@ -139,9 +139,7 @@ class DiffusionLM(nn.Module):
         pad = ids == PAD_ID
         # (b, 1, 1, n) True = may attend; None lets SDPA take its fastest kernel when nothing is padded.
         # Under torch.compile the mask is always passed: testing the data would break the graph.
-        key_mask = (~pad)[:, None, None, :]
-        if not torch.compiler.is_compiling() and not bool(pad.any()):
-            key_mask = None
+        key_mask = (~pad)[:, None, None, :] if torch.compiler.is_compiling() or bool(pad.any()) else None
         rotary = self.rotary[:n] if self.pos is None else None
         for block in self.blocks:
             x = block(x, key_mask, rotary)
