@@ -2,6 +2,10 @@
 
     python benchmarks/train_throughput.py                   # small preset, batch 16
     python benchmarks/train_throughput.py --batch-size 64   # the prototype's setting
+    python benchmarks/train_throughput.py --optimizer adamw --no-copy   # the default before Muon and the copy head
+
+Each step is what `cdt train` runs: the preset's model and optimizer (Muon's orthogonalisation
+counts as time, not as model FLOPs).
 
 Prints one JSON document. MFU is measured against the fp32 (CPU) or bf16 (CUDA)
 matmul peak measured in the same run, so the ratio holds on a noisy shared machine.
@@ -20,6 +24,7 @@ from cdt.config import resolve
 from cdt.data import load_corpus
 from cdt.model import DiffusionLM
 from cdt.noise import get_schedule, sample_t
+from cdt.optim import make_optimizer, set_learning_rates
 from cdt.device import pick_device, tune_cpu_allocator
 from cdt.train import diffusion_step
 
@@ -58,7 +63,8 @@ def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
     cfg.model.critic = "linear" if critic else "none"
     torch.manual_seed(0)
     model = DiffusionLM(cfg.model).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = make_optimizer(model, cfg.train)
+    set_learning_rates(opt, cfg.train.warmup_iters, cfg.train)  # the peak rates
     schedule = get_schedule(cfg.train.schedule)
     positions, flops, elapsed = 0, 0.0, 0.0
     for step in range(steps + 2):  # two warm-up steps
@@ -86,14 +92,19 @@ def main():
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--copy", action="store_true", help="with the copy head (model.copy)")
+    ap.add_argument("--copy", action=argparse.BooleanOptionalAction, default=None,
+                    help="with or without the copy head (model.copy) [default: the preset's]")
+    ap.add_argument("--optimizer", choices=("adamw", "muon"), default=None, help="[default: the preset's]")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator as it is (cdt tunes it)")
     args = ap.parse_args()
     tuned = not args.default_malloc and tune_cpu_allocator()
     cfg = resolve(args.preset)
     if args.batch_size:
         cfg.train.batch_size = args.batch_size
-    cfg.model.copy = cfg.model.copy or args.copy
+    if args.copy is not None:
+        cfg.model.copy = args.copy
+    if args.optimizer:
+        cfg.train.optimizer = args.optimizer
     device = pick_device(args.device)
     corpus = load_corpus(cfg.data.source, cfg.model.block_size, min(cfg.data.n_records, 5000), cfg.data.seed)
     cfg.model.vocab_size = len(corpus.vocab)
@@ -103,7 +114,8 @@ def main():
     both = measure(cfg, corpus, device, args.steps, critic=True)
     peak = max(peak, matmul_peak(device, dtype))  # measured before and after the steps
     print(json.dumps({
-        "preset": args.preset, "batch_size": cfg.train.batch_size, "copy_head": cfg.model.copy, "device": str(device),
+        "preset": args.preset, "batch_size": cfg.train.batch_size, "copy_head": cfg.model.copy,
+        "optimizer": cfg.train.optimizer, "device": str(device),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "allocator_tuned": tuned, "matmul_peak_gflops": peak / 1e9,
         "generator_only": {**gen, "mfu": gen["flops_per_s"] / peak},

@@ -83,7 +83,10 @@ def train(
     out: Optional[Path] = typer.Option(None, help="Run directory for checkpoint, config.yaml and metrics.jsonl [default: runs/PRESET-TIMESTAMP]."),
     max_iters: Optional[int] = typer.Option(None, min=1, help="Optimizer steps in total (a resumed run counts the earlier ones)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Rows per step."),
-    lr: Optional[float] = typer.Option(None, min=0.0, help="Peak learning rate."),
+    lr: Optional[float] = typer.Option(None, min=0.0, help="Peak learning rate (of every parameter with adamw; of the "
+                                       "embedding, norms and heads with muon)."),
+    optimizer: Optional[str] = typer.Option(None, help="muon (default): Muon on the trunk's matrices (peak rate "
+                                            "train.muon_lr), AdamW on the rest; or adamw on every parameter."),
     seed: Optional[int] = typer.Option(None, help="Training seed: batches, masks, critic fills."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (bf16 autocast on CUDA, fp32 on CPU)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the training step; falls back to eager "
@@ -116,8 +119,8 @@ def train(
     from cdt.train import train as run_train
 
     flags = {"data": {"source": data}, "model": {},
-             "train": {"max_iters": max_iters, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
-                       "eval_interval": eval_interval, "compile": compile_ or None}}
+             "train": {"max_iters": max_iters, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed,
+                       "device": device, "eval_interval": eval_interval, "compile": compile_ or None}}
     overrides = [{s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}]
     if stage not in ("generator", "critic"):
         raise fail(f"unknown stage {stage!r}; choose generator or critic", 2)

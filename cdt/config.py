@@ -32,7 +32,7 @@ class ModelConfig:
     positions: str = "rotary"  # rotary | learned
     critic: str = "linear"  # none | linear | mlp
     critic_dropout: float = 0.1  # mlp critic only
-    copy: bool = False  # generator head mixes in a pointer over the row's visible characters (see model.py)
+    copy: bool = True  # generator head mixes in a pointer over the row's visible characters (see model.py)
     value_head: bool = False  # sequence-level value head (cdt train --stage critic); higher = more likely right
     value_dropout: float = 0.3  # dropout inside the value head's MLP
 
@@ -58,10 +58,12 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, noise, critic weighting and evaluation."""
 
-    max_iters: int = 3400
+    max_iters: int = 3000
     batch_size: int = 16  # smaller batches with more steps beat large ones at equal CPU time
     length_groups: int = 4  # batches drawn together, sorted by length: ~25% less padding; 32 learned slower per step; 1 = off
-    lr: float = 2e-3
+    optimizer: str = "muon"  # muon (Muon on the hidden matrices, AdamW on the rest) | adamw
+    lr: float = 2e-3  # peak rate of AdamW's parameters
+    muon_lr: float = 0.02  # peak rate of Muon's matrices (optimizer: muon), on the same schedule
     min_lr: float = 2e-4  # cosine floor, ~lr/10
     warmup_iters: int = 100
     weight_decay: float = 0.1
@@ -124,9 +126,15 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        """A saved config; keys it predates take the value they had then, not today's default."""
         cfg = cls()
+        apply(cfg, EARLIER_DEFAULTS, source="cdt's earlier defaults")
         apply(cfg, d, source="checkpoint")
         return cfg
+
+
+# Defaults that changed: what a checkpoint saved before its key existed was trained with.
+EARLIER_DEFAULTS = {"model": {"copy": False}, "train": {"optimizer": "adamw"}}
 
 
 PRESETS = ("tiny", "small", "base", "copy_long", "critic_pairwise")
@@ -134,6 +142,7 @@ CHOICES = {
     "model.positions": ("rotary", "learned"),
     "model.critic": ("none", "linear", "mlp"),
     "data.mask_region": ("auto", "answer", "all"),
+    "train.optimizer": ("adamw", "muon"),
     "train.schedule": ("loglinear", "linear", "cosine"),
     "train.loss_weighting": ("nelbo", "flat"),
     "train.critic_scope": ("masked", "masked+context"),
@@ -164,6 +173,7 @@ RANGES = {  # numeric keys a value can be out of range for; checked wherever a v
                                        "critic_alpha_end", "critic_warmup_start", "critic_warmup_end",
                                        "fill_temperature")},
     "train.lr": _POSITIVE,
+    "train.muon_lr": _POSITIVE,
     "train.beta1": _SHARE,
     "train.beta2": _SHARE,
     "sample.steps": _COUNT,

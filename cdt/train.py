@@ -35,6 +35,7 @@ from cdt.losses import critic_bce, diffusion_nelbo
 from cdt.metrics import auroc
 from cdt.model import DiffusionLM
 from cdt.noise import Schedule, corrupt, get_schedule, sample_t
+from cdt.optim import lr_at, make_optimizer, set_learning_rates, state_kind
 from cdt.rng import seed_for
 from cdt.vocab import MASK_ID, PAD_ID
 
@@ -43,14 +44,6 @@ VALUE_RECORDS = 64  # held-out records probed for value accuracy at each evaluat
 
 
 # helpers
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to min_lr at max_iters."""
-    if step < cfg.warmup_iters:
-        return cfg.lr * (step + 1) / cfg.warmup_iters
-    progress = min((step - cfg.warmup_iters) / max(cfg.max_iters - cfg.warmup_iters, 1), 1.0)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
 def critic_alpha(step: int, cfg: TrainConfig) -> float:
@@ -228,14 +221,6 @@ def value_accuracy(model: DiffusionLM, records: list, vocab, device: torch.devic
 # the loop
 
 
-def make_optimizer(model: DiffusionLM, tc: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on norms and biases)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(tc.beta1, tc.beta2))
-
-
 class MetricsLog:
     """JSON lines in the run directory; on resume, lines past the checkpoint's step are dropped."""
 
@@ -312,6 +297,10 @@ def _check_resume(ckpt: checkpoint.Checkpoint, cfg: RunConfig, corpus: Corpus) -
     diff = [f"{k} {getattr(old, k)} vs {getattr(new, k)}" for k in vars(new) if getattr(old, k) != getattr(new, k)]
     if diff:
         raise CdtError(f"cannot resume {ckpt.path}: different architecture ({'; '.join(diff)})")
+    saved = state_kind(ckpt.optimizer_state)
+    if saved is not None and saved != cfg.train.optimizer:
+        raise CdtError(f"cannot resume {ckpt.path}: it was trained with train.optimizer={saved}, not "
+                       f"{cfg.train.optimizer}; pass --set train.optimizer={saved}")
 
 
 def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None,
@@ -375,11 +364,9 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     try:
         while step < tc.max_iters and not distributed.any_rank(stop.requested, dist, device):
             torch.manual_seed(seed_for(tc.seed, dist.rank, step, 1))  # dropout, if any
-            lr, alpha = lr_at(step, tc), critic_alpha(step, tc)
+            lr, alpha = set_learning_rates(optimizer, step, tc), critic_alpha(step, tc)
             # a critic weight of 0 skips the critic's pass (DDP keeps it: every parameter must take part)
             critic_pass = alpha > 0 or dist.active
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             n = 0
             for micro in range(tc.grad_accum):  # gradients sync only on the last micro-step

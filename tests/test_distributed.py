@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+from cdt import checkpoint
+
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not sys.platform.startswith("linux"),
                                 reason="needs torch.distributed (gloo)")
 
@@ -102,3 +104,11 @@ def test_cuda_training_in_bf16_autocast(tmp_path):
     cfg = tiny_config(max_iters=3, eval_interval=3, device="cuda")
     result = train(cfg, tmp_path / "gpu")
     assert result.step == 3 and result.final_eval["val_bpc"] > 0
+
+
+def test_muon_trains_under_torchrun(tmp_path):
+    out = tmp_path / "muon"
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cdt",
+                "train", *COMMON, "--batch-size", "4", "--optimizer", "muon", "--out", str(out)], tmp_path)
+    assert summary(proc)["config"]["train"]["optimizer"] == "muon"
+    assert set(checkpoint.load(out).optimizer_state) == {"adamw", "muon"}

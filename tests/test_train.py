@@ -26,8 +26,11 @@ def same_state(a, b):
     assert sa.step == sb.step
     assert sa.model_state.keys() == sb.model_state.keys()
     assert all(torch.equal(sa.model_state[k], sb.model_state[k]) for k in sa.model_state)
-    oa, ob = sa.optimizer_state["state"], sb.optimizer_state["state"]
-    assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
+    parts = ["adamw", "muon"] if "muon" in sa.optimizer_state else [None]
+    for part in parts:  # muon: one state dict per optimiser
+        oa, ob = ((s.optimizer_state[part] if part else s.optimizer_state)["state"] for s in (sa, sb))
+        assert oa.keys() == ob.keys() and oa
+        assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
 
 
 def test_schedules():
@@ -59,8 +62,9 @@ class StopAt(Reporter):
             self.stop.signal_name = "SIGTERM"
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
-    cfg = dict(max_iters=24, eval_interval=10, log_interval=5)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, optimizer):
+    cfg = dict(max_iters=24, eval_interval=10, log_interval=5, optimizer=optimizer)
     train(tiny_config(**cfg), tmp_path / "full")
     stop = StopRequest()
     part = train(tiny_config(**cfg), tmp_path / "part", reporter=StopAt(stop, 15), stop=stop)
