@@ -77,7 +77,8 @@ def emit_json(doc: dict) -> None:
 @friendly_errors
 def train(
     preset: Optional[str] = typer.Option(None, help="Preset: tiny (tests, seconds), small (default, ~10 min on 2 CPU "
-                                         "cores), copy_long (small + copy head, 3x the steps, ~35 min), base (GPU)."),
+                                         "cores), long (small, 3x the steps, ~28 min), copy_long (long with AdamW, "
+                                         "~35 min), base (GPU), critic_pairwise (--stage critic)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with model/data/train sections; overrides the preset."),
     data: Optional[str] = typer.Option(None, help="'toolcalls' (embedded corpus) or the path of a UTF-8 text file."),
     out: Optional[Path] = typer.Option(None, help="Run directory for checkpoint, config.yaml and metrics.jsonl [default: runs/PRESET-TIMESTAMP]."),
@@ -124,6 +125,15 @@ def train(
     overrides = [{s: {k: v for k, v in kv.items() if v is not None} for s, kv in flags.items()}]
     if stage not in ("generator", "critic"):
         raise fail(f"unknown stage {stage!r}; choose generator or critic", 2)
+    # a flag of the other stage is refused, not silently dropped
+    generator_only = {"--optimizer": optimizer, "--data": data, "--compile": compile_ or None,
+                      "--scaffold": scaffold or None, "--resume": resume or None}
+    critic_only = {"--samples": samples, "--init": init, "--loss": loss,
+                   "--freeze-trunk/--train-trunk": freeze_trunk, "--value-dropout": value_dropout}
+    other_stage = generator_only if stage == "critic" else critic_only
+    if misplaced := [name for name, value in other_stage.items() if value is not None]:
+        raise fail(f"{', '.join(misplaced)}: not used by --stage {stage}; "
+                   f"{'leave it out' if len(misplaced) == 1 else 'leave them out'}", 2)
     if stage == "critic":
         stage_flags = {"samples": str(samples) if samples else None, "init": str(init) if init else None,
                        "loss": loss, "freeze_trunk": freeze_trunk, "lr": lr, "max_iters": max_iters,

@@ -137,7 +137,7 @@ class RunConfig:
 EARLIER_DEFAULTS = {"model": {"copy": False}, "train": {"optimizer": "adamw"}}
 
 
-PRESETS = ("tiny", "small", "base", "copy_long", "critic_pairwise")
+PRESETS = ("tiny", "small", "long", "base", "copy_long", "critic_pairwise")
 CHOICES = {
     "model.positions": ("rotary", "learned"),
     "model.critic": ("none", "linear", "mlp"),

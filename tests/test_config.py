@@ -31,6 +31,14 @@ def test_copy_long_is_the_readme_command_line():
     assert resolve("copy_long") == resolve(None, None, [parse_override(f) for f in flags])
 
 
+def test_long_is_the_default_three_times_as_long():
+    # README, "Longer runs": the default's settings, --max-iters 9000, the critic's warm-up scaled with it
+    flags = ["train.max_iters=9000", "train.critic_warmup_start=5700", "train.critic_warmup_end=6300",
+             "train.eval_interval=500"]
+    assert resolve("long") == resolve(None, None, [parse_override(f) for f in flags])
+    assert resolve("long").train.optimizer == "muon" and resolve("long").model.copy
+
+
 def test_precedence_defaults_preset_file_flags(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  d_model: 48\ntrain:\n  lr: 0.01\n  batch_size: 3\n")
@@ -87,7 +95,7 @@ def test_rules_between_keys_see_every_source(tmp_path):
 
 
 def test_unknown_preset_and_missing_file(tmp_path):
-    with pytest.raises(UsageError, match="choose from tiny, small, base"):
+    with pytest.raises(UsageError, match="choose from tiny, small, long, base"):
         resolve("medium")
     with pytest.raises(UsageError, match="not found"):
         resolve(None, tmp_path / "nope.yaml")

@@ -128,5 +128,12 @@ def test_stage_bad_input(tiny_run, samples_file, tmp_path):
     assert_one_line_error(runner.invoke(app, ["train", "--stage", "critic", "--samples", str(samples_file),
                                               "--init", str(tiny_run), "--out", str(tiny_run)]), 1, "already holds")
     assert_one_line_error(runner.invoke(app, ["train", "--stage", "judge"]), 2, "unknown stage")
+    # a flag of the other stage is refused, not silently dropped, and nothing is written
+    assert_one_line_error(stage(tiny_run, samples_file, tmp_path / "o", "--optimizer", "adamw", "--compile"), 2,
+                          "--optimizer, --compile: not used by --stage critic")
+    assert_one_line_error(runner.invoke(app, ["train", "--preset", "tiny", "--out", str(tmp_path / "g"),
+                                              "--samples", str(samples_file)]), 2,
+                          "--samples: not used by --stage generator; leave it out")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "g").exists()
     with pytest.raises(CdtError, match="not found"):
         load_samples(tmp_path / "missing.jsonl")
