@@ -35,7 +35,7 @@ from cdt.losses import critic_bce, diffusion_nelbo
 from cdt.metrics import auroc
 from cdt.model import DiffusionLM
 from cdt.noise import Schedule, corrupt, get_schedule, sample_t
-from cdt.optim import lr_at, make_optimizer, set_learning_rates, state_kind
+from cdt.optim import make_optimizer, set_learning_rates, state_kind
 from cdt.rng import seed_for
 from cdt.vocab import MASK_ID, PAD_ID
 

@@ -12,7 +12,8 @@ import torch
 
 from cdt import checkpoint
 from cdt.errors import CdtError
-from cdt.train import Reporter, StopRequest, critic_alpha, lr_at, train
+from cdt.optim import lr_at
+from cdt.train import Reporter, StopRequest, critic_alpha, train
 from tests.conftest import tiny_config
 
 
