@@ -33,6 +33,8 @@ class ModelConfig:
     critic: str = "linear"  # none | linear | mlp
     critic_dropout: float = 0.1  # mlp critic only
     copy: bool = True  # generator head mixes in a pointer over the row's visible characters (see model.py)
+    ngram: int = 4  # add hashed embeddings of the 2..ngram characters ending at each position (0 = off; see model.py)
+    ngram_buckets: int = 4096  # rows per n-gram size in that table
     value_head: bool = False  # sequence-level value head (cdt train --stage critic); higher = more likely right
     value_dropout: float = 0.3  # dropout inside the value head's MLP
 
@@ -134,7 +136,7 @@ class RunConfig:
 
 
 # Defaults that changed: what a checkpoint saved before its key existed was trained with.
-EARLIER_DEFAULTS = {"model": {"copy": False}, "train": {"optimizer": "adamw"}}
+EARLIER_DEFAULTS = {"model": {"copy": False, "ngram": 0}, "train": {"optimizer": "adamw"}}
 
 
 PRESETS = ("tiny", "small", "long", "base", "copy_long", "critic_pairwise")
@@ -162,7 +164,8 @@ def _above(lo):
 _SHARE = (lambda v: 0 <= v < 1), "in [0, 1)"
 _POSITIVE, _COUNT, _NONNEG = _above(0), _at_least(1), _at_least(0)
 RANGES = {  # numeric keys a value can be out of range for; checked wherever a value is applied
-    **{f"model.{k}": _COUNT for k in ("d_model", "n_layers", "n_heads", "mlp_ratio")},
+    **{f"model.{k}": _COUNT for k in ("d_model", "n_layers", "n_heads", "mlp_ratio", "ngram_buckets")},
+    "model.ngram": ((lambda v: v == 0 or 2 <= v <= 8), "0 (off) or 2 to 8"),
     "model.block_size": _at_least(2),
     **{f"model.{k}": _SHARE for k in ("dropout", "critic_dropout", "value_dropout")},
     "data.n_records": _at_least(10),

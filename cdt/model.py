@@ -33,6 +33,21 @@ def apply_rotary(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
 
+def ngram_ids(ids: torch.Tensor, n_max: int, buckets: int) -> torch.Tensor:
+    """(b, n) character ids -> (b, n, n_max - 1) row indices into the n-gram table: for each size k in
+    2..n_max, a hash of the k characters ending at each position (positions before the row read as -1),
+    offset by (k - 2) * buckets so each size has its own rows."""
+    out, h = [], ids + 1
+    for k in range(2, n_max + 1):
+        prev = F.pad(ids, (k - 1, 0), value=-1)[:, : ids.shape[1]] + 1  # the character k - 1 to the left
+        h = (h * _NGRAM_MULT + prev * (k * 7919 + 1)) % _NGRAM_MOD
+        out.append(h % buckets + (k - 2) * buckets)
+    return torch.stack(out, -1)
+
+
+_NGRAM_MULT, _NGRAM_MOD = 40503, 2_147_483_629  # h stays below 2^31, so h * mult fits int64
+
+
 # modules
 
 
@@ -85,6 +100,9 @@ class DiffusionLM(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Embedding(cfg.block_size, cfg.d_model) if cfg.positions == "learned" else None
+        # hashed character n-grams (as in the Byte Latent Transformer's hash embeddings): a word's identity
+        # is in the input of its last characters, instead of being assembled by attention first
+        self.ngram = nn.Embedding((cfg.ngram - 1) * cfg.ngram_buckets, cfg.d_model) if cfg.ngram >= 2 else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         if cfg.critic == "linear":
@@ -134,6 +152,8 @@ class DiffusionLM(nn.Module):
         if n > self.cfg.block_size:
             raise ValueError(f"sequence of {n} exceeds block size {self.cfg.block_size}")
         x = self.embed(ids)
+        if self.ngram is not None:
+            x = x + self.ngram(ngram_ids(ids, self.cfg.ngram, self.cfg.ngram_buckets)).sum(2)
         if self.pos is not None:
             x = x + self.pos.weight[:n]
         pad = ids == PAD_ID
@@ -197,4 +217,5 @@ class DiffusionLM(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.embed.weight.numel() + (self.pos.weight.numel() if self.pos is not None else 0)
+            n -= self.ngram.weight.numel() if self.ngram is not None else 0
         return n

@@ -3,7 +3,7 @@
 `adamw`: AdamW on every parameter, weight decay on matrices only.
 `muon`: Muon (momentum orthogonalised by Newton-Schulz iterations, `torch.optim.Muon`) on the
 hidden matrices, the trunk's projections and the copy head's query and key; AdamW on the rest (the
-embedding, which is also the generator head, norms, biases and one-row heads). Both step as one
+embedding, which is also the generator head, the n-gram table, norms, biases and one-row heads). Both step as one
 optimiser with one state dict, and every group follows one warm-up + cosine schedule scaled to its
 own peak (`train.lr`, or `train.muon_lr` for Muon's matrices).
 """
@@ -26,8 +26,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
-    """Muon's share: matrices with more than one row and column, except the tied embedding."""
-    return p.dim() == 2 and min(p.shape) > 1 and name != "embed.weight"
+    """Muon's share: matrices with more than one row and column, except the embedding tables (lookups)."""
+    return p.dim() == 2 and min(p.shape) > 1 and name not in ("embed.weight", "ngram.weight")
 
 
 class MuonAdamW:
