@@ -2,10 +2,11 @@
 
     python benchmarks/train_throughput.py                   # small preset, batch 16
     python benchmarks/train_throughput.py --batch-size 64   # the prototype's setting
-    python benchmarks/train_throughput.py --optimizer adamw --no-copy   # the default before Muon and the copy head
+    python benchmarks/train_throughput.py --optimizer adamw --no-copy --ngram 0   # the default before Muon and the copy head
+    python benchmarks/train_throughput.py --ngram 0         # without the hashed n-gram embeddings
 
 Each step is what `cdt train` runs: the preset's model and optimizer (Muon's orthogonalisation
-counts as time, not as model FLOPs).
+counts as time, not as model FLOPs; so do the n-gram table's lookups and update).
 
 Prints one JSON document. MFU is measured against the fp32 (CPU) or bf16 (CUDA)
 matmul peak measured in the same run, so the ratio holds on a noisy shared machine.
@@ -95,6 +96,8 @@ def main():
     ap.add_argument("--copy", action=argparse.BooleanOptionalAction, default=None,
                     help="with or without the copy head (model.copy) [default: the preset's]")
     ap.add_argument("--optimizer", choices=("adamw", "muon"), default=None, help="[default: the preset's]")
+    ap.add_argument("--ngram", type=int, default=None,
+                    help="largest hashed n-gram size, 0 = none (model.ngram) [default: the preset's]")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator as it is (cdt tunes it)")
     args = ap.parse_args()
     tuned = not args.default_malloc and tune_cpu_allocator()
@@ -105,6 +108,8 @@ def main():
         cfg.model.copy = args.copy
     if args.optimizer:
         cfg.train.optimizer = args.optimizer
+    if args.ngram is not None:
+        cfg.model.ngram = args.ngram
     device = pick_device(args.device)
     corpus = load_corpus(cfg.data.source, cfg.model.block_size, min(cfg.data.n_records, 5000), cfg.data.seed)
     cfg.model.vocab_size = len(corpus.vocab)
@@ -115,6 +120,7 @@ def main():
     peak = max(peak, matmul_peak(device, dtype))  # measured before and after the steps
     print(json.dumps({
         "preset": args.preset, "batch_size": cfg.train.batch_size, "copy_head": cfg.model.copy,
+        "ngram": cfg.model.ngram,
         "optimizer": cfg.train.optimizer, "device": str(device),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "allocator_tuned": tuned, "matmul_peak_gflops": peak / 1e9,

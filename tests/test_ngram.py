@@ -82,7 +82,8 @@ def test_the_table_is_not_counted_as_model_parameters_and_goes_to_adamw():
     opt = make_optimizer(m, cfg.train)
     names = {id(p): n for n, p in m.named_parameters()}
     muon = {names[id(p)] for g in opt.parts["muon"].param_groups for p in g["params"]}
-    assert "ngram.weight" not in muon
+    adamw = {names[id(p)] for g in opt.parts["adamw"].param_groups for p in g["params"]}
+    assert "ngram.weight" not in muon and "ngram.weight" in adamw
 
 
 @pytest.mark.parametrize("value", ["1", "9", "-2"])
@@ -101,3 +102,17 @@ def test_a_checkpoint_saved_before_ngram_existed_loads_without_it(tiny_run, tmp_
     ck = checkpoint.load(old)
     assert ck.config.model.ngram == 0
     assert ck.build_model("cpu").ngram is None
+
+
+def test_a_run_with_ngrams_trains_saves_and_rebuilds_the_same_model(tmp_path):
+    from cdt.train import train
+
+    cfg = resolve("tiny", overrides=[{"model": {"ngram": 3, "ngram_buckets": 256}, "train": {"max_iters": 12}}])
+    result = train(cfg, tmp_path / "run")
+    ck = checkpoint.load(tmp_path / "run")
+    assert ck.config.model.ngram == 3 and ck.config.model.ngram_buckets == 256
+    model = ck.build_model("cpu")
+    assert model.ngram.weight.shape == (2 * 256, cfg.model.d_model)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    assert torch.equal(model.ngram.weight, state["ngram.weight"])
+    assert result.step == 12
