@@ -33,6 +33,9 @@ def apply_rotary(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(xc * rot).flatten(-2).to(x.dtype)
 
 
+_NGRAM_MULT, _NGRAM_MOD = 40503, 2_147_483_629  # h stays below 2^31, so h * mult fits int64
+
+
 def ngram_ids(ids: torch.Tensor, n_max: int, buckets: int) -> torch.Tensor:
     """(b, n) character ids -> (b, n, n_max - 1) row indices into the n-gram table: for each size k in
     2..n_max, a hash of the k characters ending at each position (positions before the row read as -1),
@@ -43,9 +46,6 @@ def ngram_ids(ids: torch.Tensor, n_max: int, buckets: int) -> torch.Tensor:
         h = (h * _NGRAM_MULT + prev * (k * 7919 + 1)) % _NGRAM_MOD
         out.append(h % buckets + (k - 2) * buckets)
     return torch.stack(out, -1)
-
-
-_NGRAM_MULT, _NGRAM_MOD = 40503, 2_147_483_629  # h stays below 2^31, so h * mult fits int64
 
 
 # modules

@@ -31,7 +31,7 @@ def test_sizes_use_disjoint_rows_and_the_row_start_is_its_own_character():
     got = ngram_ids(ids, 5, B)
     for k in range(4):  # size k + 2 lives in rows [k B, (k + 1) B)
         assert (got[..., k] >= k * B).all() and (got[..., k] < (k + 1) * B).all()
-    # a bigram at position 0 reads "row start, c": not the bigram of (c's id 0 ... ) nor of a real pair
+    # the bigram at position 0 is (row start, 7), which must not hash like the real pair (7, 7) after it
     row = torch.tensor([[7, 7]])
     first, second = ngram_ids(row, 2, 4096)[0, :, 0]
     assert first != second  # "^7" differs from "77"
