@@ -27,6 +27,7 @@ from cdt.model import DiffusionLM
 from cdt.noise import get_schedule, sample_t
 from cdt.optim import make_optimizer, set_learning_rates
 from cdt.device import pick_device, tune_cpu_allocator
+from cdt.errors import UsageError
 from cdt.train import diffusion_step
 
 
@@ -101,15 +102,13 @@ def main():
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator as it is (cdt tunes it)")
     args = ap.parse_args()
     tuned = not args.default_malloc and tune_cpu_allocator()
-    cfg = resolve(args.preset)
-    if args.batch_size:
-        cfg.train.batch_size = args.batch_size
-    if args.copy is not None:
-        cfg.model.copy = args.copy
-    if args.optimizer:
-        cfg.train.optimizer = args.optimizer
-    if args.ngram is not None:
-        cfg.model.ngram = args.ngram
+    given = {"model": {"copy": args.copy, "ngram": args.ngram},
+             "train": {"batch_size": args.batch_size, "optimizer": args.optimizer}}
+    try:  # the same type and range checks as cdt train (--ngram 1, --batch-size 0, an unknown preset)
+        cfg = resolve(args.preset, overrides=[{s: {k: v for k, v in kv.items() if v is not None}
+                                               for s, kv in given.items()}])
+    except UsageError as e:
+        ap.error(str(e))
     device = pick_device(args.device)
     corpus = load_corpus(cfg.data.source, cfg.model.block_size, min(cfg.data.n_records, 5000), cfg.data.seed)
     cfg.model.vocab_size = len(corpus.vocab)

@@ -21,6 +21,15 @@ def test_train_throughput_prints_its_figures():
     print(json.dumps(doc, indent=2))
 
 
+@pytest.mark.parametrize("flags, says", [(["--ngram", "1"], "model.ngram must be 0 (off) or 2 to 8"),
+                                         (["--batch-size", "0"], "train.batch_size must be at least 1"),
+                                         (["--preset", "nope"], "unknown preset 'nope'")])
+def test_train_throughput_refuses_what_cdt_train_refuses(flags, says):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), *flags],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and says in proc.stderr and not proc.stdout  # before any measuring
+
+
 @pytest.mark.slow
 def test_sample_throughput_prints_its_figures():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sample_throughput.py"), "--preset", "tiny",
