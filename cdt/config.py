@@ -35,6 +35,7 @@ class ModelConfig:
     copy: bool = True  # generator head mixes in a pointer over the row's visible characters (see model.py)
     ngram: int = 4  # add hashed embeddings of the 2..ngram characters ending at each position (0 = off; see model.py)
     ngram_buckets: int = 4096  # rows per n-gram size in that table
+    qk_norm: bool = True  # RMS-normalise each head's queries and keys before attention (QK-norm; see model.py)
     value_head: bool = False  # sequence-level value head (cdt train --stage critic); higher = more likely right
     value_dropout: float = 0.3  # dropout inside the value head's MLP
 
@@ -60,7 +61,7 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, noise, critic weighting and evaluation."""
 
-    max_iters: int = 3000
+    max_iters: int = 2800
     batch_size: int = 16  # smaller batches with more steps beat large ones at equal CPU time
     length_groups: int = 4  # batches drawn together, sorted by length: ~25% less padding; 32 learned slower per step; 1 = off
     optimizer: str = "muon"  # muon (Muon on the hidden matrices, AdamW on the rest) | adamw
@@ -79,10 +80,10 @@ class TrainConfig:
     critic_scope: str = "masked"  # masked | masked+context
     critic_alpha_start: float = 0.0  # critic loss weight before warm-up (0: generator alone, its pass skipped) ...
     critic_alpha_end: float = 1.0  # ... and after it
-    critic_warmup_start: int = 1900  # the generator alone first: more steps in the same time, better values
-    critic_warmup_end: int = 2100
+    critic_warmup_start: int = 1750  # the generator alone first: more steps in the same time, better values
+    critic_warmup_end: int = 1950
     fill_temperature: float = 1.0  # temperature of the generator samples the critic judges
-    eval_interval: int = 250
+    eval_interval: int = 500
     eval_rows: int = 256
     log_interval: int = 25
     seed: int = 1337
@@ -136,7 +137,7 @@ class RunConfig:
 
 
 # Defaults that changed: what a checkpoint saved before its key existed was trained with.
-EARLIER_DEFAULTS = {"model": {"copy": False, "ngram": 0}, "train": {"optimizer": "adamw"}}
+EARLIER_DEFAULTS = {"model": {"copy": False, "ngram": 0, "qk_norm": False}, "train": {"optimizer": "adamw"}}
 
 
 PRESETS = ("tiny", "small", "long", "base", "copy_long", "critic_pairwise")

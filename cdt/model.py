@@ -58,10 +58,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
+        self.qk_norm = cfg.qk_norm
 
     def forward(self, x, key_mask, rotary):
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if self.qk_norm:  # every query and key at unit RMS: a score depends on their angle, not on their growth
+            q, k = F.rms_norm(q, (q.shape[-1],)), F.rms_norm(k, (k.shape[-1],))
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
