@@ -2,8 +2,9 @@
 
     python benchmarks/train_throughput.py                   # small preset, batch 16
     python benchmarks/train_throughput.py --batch-size 64   # the prototype's setting
-    python benchmarks/train_throughput.py --optimizer adamw --no-copy --ngram 0   # the default before Muon and the copy head
+    python benchmarks/train_throughput.py --optimizer adamw --no-copy --ngram 0 --no-qk-norm   # the default before Muon and the copy head
     python benchmarks/train_throughput.py --ngram 0         # without the hashed n-gram embeddings
+    python benchmarks/train_throughput.py --no-qk-norm      # without QK-norm
 
 Each step is what `cdt train` runs: the preset's model and optimizer (Muon's orthogonalisation
 counts as time, not as model FLOPs; so do the n-gram table's lookups and update).
@@ -99,10 +100,12 @@ def main():
     ap.add_argument("--optimizer", choices=("adamw", "muon"), default=None, help="[default: the preset's]")
     ap.add_argument("--ngram", type=int, default=None,
                     help="largest hashed n-gram size, 0 = none (model.ngram) [default: the preset's]")
+    ap.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=None,
+                    help="with or without QK-norm (model.qk_norm) [default: the preset's]")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator as it is (cdt tunes it)")
     args = ap.parse_args()
     tuned = not args.default_malloc and tune_cpu_allocator()
-    given = {"model": {"copy": args.copy, "ngram": args.ngram},
+    given = {"model": {"copy": args.copy, "ngram": args.ngram, "qk_norm": args.qk_norm},
              "train": {"batch_size": args.batch_size, "optimizer": args.optimizer}}
     try:  # the same type and range checks as cdt train (--ngram 1, --batch-size 0, an unknown preset)
         cfg = resolve(args.preset, overrides=[{s: {k: v for k, v in kv.items() if v is not None}
@@ -119,7 +122,7 @@ def main():
     peak = max(peak, matmul_peak(device, dtype))  # measured before and after the steps
     print(json.dumps({
         "preset": args.preset, "batch_size": cfg.train.batch_size, "copy_head": cfg.model.copy,
-        "ngram": cfg.model.ngram,
+        "ngram": cfg.model.ngram, "qk_norm": cfg.model.qk_norm,
         "optimizer": cfg.train.optimizer, "device": str(device),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "allocator_tuned": tuned, "matmul_peak_gflops": peak / 1e9,
