@@ -32,9 +32,8 @@ def test_copy_long_is_the_readme_command_line():
 
 
 def test_long_is_the_default_three_times_as_long():
-    # README, "Longer runs": the default's settings before QK-norm, --max-iters 9000, the critic's warm-up later
-    flags = ["model.qk_norm=false", "train.max_iters=9000", "train.critic_warmup_start=5700",
-             "train.critic_warmup_end=6300", "train.eval_interval=500"]
+    # README, "Longer runs": the default's settings, --max-iters 9000, the critic's warm-up later
+    flags = ["train.max_iters=9000", "train.critic_warmup_start=5700", "train.critic_warmup_end=6300"]
     assert resolve("long") == resolve(None, None, [parse_override(f) for f in flags])
     assert resolve("long").train.optimizer == "muon" and resolve("long").model.copy
 

@@ -65,6 +65,6 @@ def test_a_run_with_qk_norm_trains_saves_and_rebuilds_the_same_model(tmp_path):
     assert torch.isfinite(model(ids)).all()
 
 
-def test_the_default_has_it_and_the_tiny_and_long_presets_do_not():
-    assert resolve(None).model.qk_norm and resolve("small").model.qk_norm
-    assert not resolve("tiny").model.qk_norm and not resolve("long").model.qk_norm
+def test_the_default_and_long_have_it_and_tiny_does_not():
+    assert resolve(None).model.qk_norm and resolve("small").model.qk_norm and resolve("long").model.qk_norm
+    assert not resolve("tiny").model.qk_norm
