@@ -227,6 +227,8 @@ def sample(
     spread: bool = typer.Option(False, "--spread", help="Never commit two adjacent new tokens in one step: the "
                                                         "best of each run of masked neighbours goes first "
                                                         "(remask and lock modes; threshold ignores it)."),
+    blocks: int = typer.Option(1, min=1, help="Semi-autoregressive (LLaDA): fill the region in this many "
+                                              "left-to-right blocks, each with its share of the steps; 1 = off."),
     seed: int = typer.Option(0, help="Seed; the same seed gives the same output."),
     schema: Optional[str] = typer.Option(None, help="Fill the value slots of a built-in toolcalls tool's scaffold "
                                                     "(e.g. get_weather); Python writes the JSON structure."),
@@ -251,10 +253,10 @@ def sample(
     from cdt.sampling.loop import SampleConfig
     from cdt.sampling.run import sample as run_sample
 
-    cfg = SampleConfig(steps=steps or 1, policy=policy, commit=commit, threshold=threshold, schedule=schedule,
-                       temperature=temperature, top_k=top_k, top_p=top_p, randomness=randomness,
+    cfg = SampleConfig(steps=steps or blocks, policy=policy, commit=commit, threshold=threshold, schedule=schedule,
+                       temperature=temperature, top_k=top_k, top_p=top_p, randomness=randomness, blocks=blocks,
                        selection=selection, spread=spread, seed=seed, lock_threshold=lock_threshold)
-    cfg.validate()
+    cfg.validate()  # the checkpoint's step count, when --steps is not given, is checked once it is read
     if schema or schema_file or prompts_file:
         return _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget, prompts_file, device,
                                 show_steps, json_out)
@@ -371,6 +373,8 @@ def eval_cmd(
     spread: bool = typer.Option(False, "--spread", help="Never commit two adjacent new tokens in one step: the "
                                                         "best of each run of masked neighbours goes first "
                                                         "(remask and lock modes; threshold ignores it)."),
+    blocks: int = typer.Option(1, min=1, help="Semi-autoregressive: fill the region in this many left-to-right "
+                                              "blocks, each with its share of the steps (1 = the whole region)."),
     seed: int = typer.Option(0, help="Seed: the same for every policy, so they see the same draws."),
     scaffold: bool = typer.Option(False, "--scaffold", help="Fill only the value slots of scaffolded answers and grade "
                                                             "structure, types, fields, [NULL] use and collapse."),
@@ -396,11 +400,11 @@ def eval_cmd(
 
     policy_list, steps_list = _csv(policies, str, "--policies"), _csv(steps, int, "--steps")
     base = SampleConfig(commit=commit, schedule=schedule, temperature=temperature, spread=spread, seed=seed,
-                        lock_threshold=lock_threshold)
-    for p in policy_list:
-        SampleConfig(**{**base.__dict__, "policy": p}).validate()
+                        lock_threshold=lock_threshold, blocks=blocks)
     if min(steps_list) < 1:
         raise fail("--steps must be at least 1", 2)
+    for p in policy_list:
+        SampleConfig(**{**base.__dict__, "policy": p, "steps": min(steps_list)}).validate()
     ckpt = ckpt_mod.load(checkpoint)
     if scaffold:
         if mask not in (None, "answer"):
@@ -418,7 +422,8 @@ def eval_cmd(
     if scaffold:
         if json_out:
             emit_json({"checkpoint": str(ckpt.path), "n": n, "scaffold": True, "commit": commit, "schedule": schedule,
-                       "temperature": temperature, "spread": spread, "rows": [asdict(r) for r in rows]})
+                       "temperature": temperature, "spread": spread, "blocks": blocks,
+                       "rows": [asdict(r) for r in rows]})
         else:
             out_console.print(scaffold_table(rows, n))
         return
@@ -427,9 +432,9 @@ def eval_cmd(
                    "mask_ratio": None if held.masking == "answer" else mask_ratio,
                    "answer_tail": ckpt.config.data.answer_tail,  # > 0: regions do not give the answer's length
                    "commit": commit, "schedule": schedule, "temperature": temperature, "spread": spread,
-                   "rows": [asdict(r) for r in rows]})
+                   "blocks": blocks, "rows": [asdict(r) for r in rows]})
     else:
-        out_console.print(eval_table(rows, n, held.masking, mask_ratio, ckpt.config.data.answer_tail))
+        out_console.print(eval_table(rows, n, held.masking, mask_ratio, ckpt.config.data.answer_tail, blocks))
 
 
 @app.command()

@@ -122,10 +122,11 @@ def trajectory(result, vocab, plain: bool) -> Text:
     return text
 
 
-def eval_table(rows, n: int, masking: str = "answer", ratio: float = 0.0, tail: int = 0) -> Table:
+def eval_table(rows, n: int, masking: str = "answer", ratio: float = 0.0, tail: int = 0, blocks: int = 1) -> Table:
     """Policies x steps, ordered by trunk passes so equal-cost rows stand together."""
     region = "answers" if masking == "answer" else f"{masking} regions ({ratio:.0%} masked)"
     region += f" (each + 0-{tail} [NULL])" if tail and masking == "answer" else ""
+    region += f" in {blocks} left-to-right blocks" if blocks > 1 else ""
     # no vertical rules and fixed minimum widths: 80 columns hold every cell unabridged
     table = Table(title=f"cdt eval · {n} held-out {region} infilled", title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False, padding=(0, 0, 0, 1))

@@ -108,6 +108,25 @@ def test_spread_flag_reaches_sample_and_eval(tiny_run):
     assert json.loads(ev.stdout)["spread"] is True
 
 
+def test_blocks_flag_reaches_sample_and_eval_and_is_checked_against_the_steps(tiny_run):
+    args = ("--checkpoint", str(tiny_run), "--steps", "4", "--json", "--blocks", "2")
+    sample = run("sample", *args, "--prompt", "Hi", "--length", "10")
+    assert sample.exit_code == 0, sample.stderr
+    assert json.loads(sample.stdout)["config"]["blocks"] == 2
+    ev = run("eval", *args, "--policies", "confidence", "--n", "3")
+    assert ev.exit_code == 0, ev.stderr
+    assert json.loads(ev.stdout)["blocks"] == 2
+    table = run("eval", "--checkpoint", str(tiny_run), "--policies", "confidence", "--steps", "4", "--n", "3",
+                "--blocks", "2")
+    assert "in 2 left-to-right blocks" in table.stdout
+    assert_one_line_error(run("eval", "--checkpoint", str(tiny_run), "--steps", "8,2", "--blocks", "4"), 2,
+                          "--blocks must be between 1 and --steps (2)")
+    assert_one_line_error(run("sample", "--checkpoint", str(tiny_run), "--steps", "2", "--blocks", "4"), 2,
+                          "--blocks must be between 1 and --steps (2)")
+    # without --steps, the checkpoint's own step count (16) is the bound
+    assert_one_line_error(run("sample", "--checkpoint", str(tiny_run), "--blocks", "17"), 2, "(16), got 17")
+
+
 def test_eval_results_do_not_depend_on_batch_size(tiny_run):
     a = run("eval", "--checkpoint", str(tiny_run), "--policies", "critic", "--steps", "3", "--n", "5",
             "--batch-size", "5", "--json")

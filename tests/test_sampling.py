@@ -246,3 +246,41 @@ def test_spread_commits_no_adjacent_new_tokens_while_the_quota_allows(commit):
     pairs, bursts = adjacent_commits(spread)
     assert bursts > 0 and pairs == 0
     assert (spread.tokens >= 3).all()
+
+
+def test_later_blocks_hand_computed():
+    from cdt.sampling.loop import later_blocks
+
+    editable = torch.tensor([[False, True, True, True, True, True, True, False]])  # a region of 6 positions
+    cfg = SampleConfig(steps=6, blocks=3)  # blocks of 2 positions, 2 steps each
+    expected = {1: [0, 0, 0, 1, 1, 1, 1, 0], 2: [0, 0, 0, 1, 1, 1, 1, 0], 3: [0, 0, 0, 0, 0, 1, 1, 0],
+                4: [0, 0, 0, 0, 0, 1, 1, 0], 5: [0] * 8, 6: [0] * 8}
+    for step, row in expected.items():
+        assert later_blocks(editable, step, cfg).long().tolist() == [row], step
+
+
+@pytest.mark.parametrize("commit", ["remask", "lock", "threshold"])
+def test_blocks_fill_the_region_left_to_right(commit):
+    """With 2 blocks over 8 steps, the right half stays masked for the first 4 steps, whatever the scores."""
+    gen, _, protected = run(n_masks=16, policy="random", commit=commit, steps=8, blocks=2, threshold=0.0)
+    right = torch.zeros_like(protected)
+    right[:, 4 + 8:] = True  # prompt of 4, then a region of 16: its last 8 positions
+    for rec in gen.steps[:4]:
+        assert rec.remasked[right].all()  # nothing of the right block is committed before its turn
+    if commit != "threshold":  # threshold commits as fast as confidence allows; the others follow the schedule
+        assert not gen.steps[3].remasked[~right & ~protected].any()  # the left block is done by then
+    assert len(gen.steps) > 4 and (gen.tokens[~protected] >= 3).all()
+    plain, _, _ = run(n_masks=16, policy="random", commit=commit, steps=8, threshold=0.0)
+    assert not all(rec.remasked[right].all() for rec in plain.steps[:4])  # without blocks, it would be
+
+
+def test_blocks_spend_no_extra_passes():
+    for policy, expected in (("confidence", {"generator": 8, "critic": 0}), ("critic", {"generator": 8, "critic": 8})):
+        gen, _, _ = run(policy=policy, steps=8, blocks=4)
+        assert gen.passes == expected
+
+
+@pytest.mark.parametrize("blocks", [0, 9])
+def test_blocks_outside_one_to_steps_are_refused(blocks):
+    with pytest.raises(UsageError, match="--blocks must be between 1 and --steps"):
+        run(steps=8, blocks=blocks)

@@ -47,6 +47,8 @@ class SampleConfig:
     top_p: float = 1.0  # 1 = off
     randomness: float = 0.0  # blend scores with uniform noise: (1 - r) * score + r * U
     selection: str = "topk"  # topk: remask the k worst; gumbel: sample k without replacement, p ~ score
+    blocks: int = 1  # semi-autoregressive (LLaDA): the region in this many left-to-right blocks, each its share of
+    # the steps; positions of later blocks stay masked until their block's turn
     spread: bool = False  # commit new tokens that are the best of their masked neighbours first (no adjacent
     # pairs); remask and lock only: threshold mode commits by confidence alone
     seed: int = 0
@@ -54,6 +56,8 @@ class SampleConfig:
     def validate(self) -> None:
         if self.steps < 1:
             raise UsageError("--steps must be at least 1")
+        if not 1 <= self.blocks <= self.steps:
+            raise UsageError(f"--blocks must be between 1 and --steps ({self.steps}), got {self.blocks}")
         get_policy(self.policy)
         for name, value, allowed in (("commit", self.commit, COMMITS), ("schedule", self.schedule, SCHEDULES),
                                      ("selection", self.selection, SELECTIONS)):
@@ -124,6 +128,17 @@ def spread_scores(scores: torch.Tensor, newly: torch.Tensor) -> torch.Tensor:
     right = torch.cat([own[:, 1:], inf], 1)
     best = newly & (own < left) & (own <= right)
     return torch.where(newly & ~best, scores + 1e3, scores)
+
+
+def later_blocks(editable: torch.Tensor, step: int, cfg: SampleConfig) -> torch.Tensor:
+    """(b, n) bool: editable positions in blocks whose turn comes after `step` (1-based). Each row's region
+    is cut into `cfg.blocks` left-to-right blocks of equal share, and block j gets steps
+    (j * steps / blocks, (j + 1) * steps / blocks]."""
+    index = editable.long().cumsum(1) - 1  # the position's rank in its row's region
+    total = editable.sum(1, keepdim=True).clamp_min(1)
+    block = index * cfg.blocks // total
+    current = (step - 1) * cfg.blocks // cfg.steps
+    return editable & (block > current)
 
 
 def pick_worst(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, cfg: SampleConfig,
@@ -200,7 +215,9 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
         open_ = editable & ~state["locked"] if "locked" in state else editable  # locked positions are final
         if cfg.spread and cfg.commit != "threshold":
             scores = spread_scores(scores, newly & open_)
-        remask = _choose(step, scores, newly & open_, open_, total, cfg, gens)
+        later = later_blocks(editable, step, cfg) if cfg.blocks > 1 else torch.zeros_like(editable)
+        scores = torch.where(later, scores + 1e6, scores)  # later blocks go back to [MASK] before anything else
+        remask = _choose(step, scores, newly & open_, open_, total, cfg, gens, later)
         x = filled.masked_fill(remask, MASK_ID)
         if record:
             confidence = ctx.probs.gather(-1, filled[..., None]).squeeze(-1)
@@ -230,14 +247,15 @@ def final_critic_probs(model: DiffusionLM, gen: Generation) -> tuple[torch.Tenso
     return critic_probs(model, gen.tokens), 1
 
 
-def _choose(step, scores, newly, editable, total, cfg: SampleConfig, gens) -> torch.Tensor:
-    """Which positions go back to [MASK] after this step."""
+def _choose(step, scores, newly, editable, total, cfg: SampleConfig, gens, later) -> torch.Tensor:
+    """Which positions go back to [MASK] after this step (`later`: blocks whose turn has not come)."""
     if step == cfg.steps:
         return torch.zeros_like(newly)
     if cfg.commit == "threshold":
-        below = newly & (1.0 - scores < cfg.threshold)
-        best = scores.masked_fill(~newly, float("inf")).argmin(dim=1)  # the most confident new token per row
-        keep_one = torch.zeros_like(newly).scatter_(1, best[:, None], True) & newly
+        below = newly & ((1.0 - scores < cfg.threshold) | later)
+        now = newly & ~later  # the current block's new tokens (all of them without blocks)
+        best = scores.masked_fill(~now, float("inf")).argmin(dim=1)  # the most confident of them per row
+        keep_one = torch.zeros_like(newly).scatter_(1, best[:, None], True) & now
         return below & ~keep_one
     k = masked_after(step, cfg.steps, total, cfg.schedule).to(newly.device)
     if cfg.commit == "lock":
