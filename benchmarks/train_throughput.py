@@ -2,9 +2,11 @@
 
     python benchmarks/train_throughput.py                   # small preset, batch 16
     python benchmarks/train_throughput.py --batch-size 64   # the prototype's setting
-    python benchmarks/train_throughput.py --optimizer adamw --no-copy --ngram 0 --no-qk-norm   # the default before Muon and the copy head
+    # the default before Muon and the copy head:
+    python benchmarks/train_throughput.py --optimizer adamw --no-copy --ngram 0 --no-qk-norm
     python benchmarks/train_throughput.py --ngram 0         # without the hashed n-gram embeddings
     python benchmarks/train_throughput.py --no-qk-norm      # without QK-norm
+    python benchmarks/train_throughput.py --critic-rows 8   # the critic's pass on 8 of the 16 rows
 
 Each step is what `cdt train` runs: the preset's model and optimizer (Muon's orthogonalisation
 counts as time, not as model FLOPs; so do the n-gram table's lookups and update).
@@ -52,14 +54,16 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def flops_per_position(cfg, n: int, critic: bool) -> float:
-    """Forward + backward FLOPs per sequence position: 6 x matmul parameters + attention scores."""
+def flops_per_position(cfg, n: int, critic: float) -> float:
+    """Forward + backward FLOPs per sequence position: 6 x matmul parameters + attention scores.
+
+    critic: the share of the batch's rows the critic's pass takes (0: none, 1: all)."""
     d, L, v = cfg.d_model, cfg.n_layers, cfg.vocab_size
     trunk = 6 * (12 * d * d * L) + 12 * L * n * d  # qkv+proj (4d^2) and mlp (8d^2) per layer; QK^T and AV
     head = 6 * d * v
     if cfg.copy:  # pointer q/k projections, its scores over the row, the per-character sum
         head += 6 * (2 * d * d) + 6 * n * d + 6 * n * v
-    return trunk + head + ((trunk + 6 * d) if critic else 0)
+    return trunk + head + critic * (trunk + 6 * d)
 
 
 def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
@@ -75,7 +79,8 @@ def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
         batch = corpus.batch(step, cfg.train.batch_size, 0)
         sync(device)
         t0 = time.perf_counter()
-        out = diffusion_step(model, batch, sample_t(len(batch.ids), g), schedule, cfg.train, "answer", g, device)
+        out = diffusion_step(model, batch, sample_t(len(batch.ids), g), schedule, cfg.train, "answer", g, device,
+                             critic_rows=cfg.train.critic_rows)
         loss = out.gen_loss + (out.critic_loss if critic else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -85,7 +90,8 @@ def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
             elapsed += time.perf_counter() - t0
             b, n = batch.ids.shape
             positions += b * n
-            flops += b * n * flops_per_position(cfg.model, n, critic)
+            share = out.critic_logits.shape[0] / b if critic else 0.0
+            flops += b * n * flops_per_position(cfg.model, n, share)
     return {"step_s": elapsed / steps, "positions_per_s": positions / elapsed, "flops_per_s": flops / elapsed}
 
 
@@ -102,11 +108,14 @@ def main():
                     help="largest hashed n-gram size, 0 = none (model.ngram) [default: the preset's]")
     ap.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=None,
                     help="with or without QK-norm (model.qk_norm) [default: the preset's]")
+    ap.add_argument("--critic-rows", type=int, default=None,
+                    help="rows of each batch the critic's pass takes, 0 = all (train.critic_rows) "
+                         "[default: the preset's]")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator as it is (cdt tunes it)")
     args = ap.parse_args()
     tuned = not args.default_malloc and tune_cpu_allocator()
     given = {"model": {"copy": args.copy, "ngram": args.ngram, "qk_norm": args.qk_norm},
-             "train": {"batch_size": args.batch_size, "optimizer": args.optimizer}}
+             "train": {"batch_size": args.batch_size, "optimizer": args.optimizer, "critic_rows": args.critic_rows}}
     try:  # the same type and range checks as cdt train (--ngram 1, --batch-size 0, an unknown preset)
         cfg = resolve(args.preset, overrides=[{s: {k: v for k, v in kv.items() if v is not None}
                                                for s, kv in given.items()}])
@@ -122,7 +131,7 @@ def main():
     peak = max(peak, matmul_peak(device, dtype))  # measured before and after the steps
     print(json.dumps({
         "preset": args.preset, "batch_size": cfg.train.batch_size, "copy_head": cfg.model.copy,
-        "ngram": cfg.model.ngram, "qk_norm": cfg.model.qk_norm,
+        "ngram": cfg.model.ngram, "qk_norm": cfg.model.qk_norm, "critic_rows": cfg.train.critic_rows,
         "optimizer": cfg.train.optimizer, "device": str(device),
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "allocator_tuned": tuned, "matmul_peak_gflops": peak / 1e9,

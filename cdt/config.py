@@ -78,6 +78,7 @@ class TrainConfig:
     antithetic: bool = True  # stratified t over the batch, lower-variance NELBO
     loss_weighting: str = "nelbo"  # nelbo: w(t)-weighted (MDLM); flat: mean cross-entropy over masked tokens
     critic_scope: str = "masked"  # masked | masked+context
+    critic_rows: int = 0  # rows of each batch the critic's pass sees, evenly spaced (0: all); the generator sees all
     critic_alpha_start: float = 0.0  # critic loss weight before warm-up (0: generator alone, its pass skipped) ...
     critic_alpha_end: float = 1.0  # ... and after it
     critic_warmup_start: int = 1750  # the generator alone first: more steps in the same time, better values
@@ -171,6 +172,7 @@ RANGES = {  # numeric keys a value can be out of range for; checked wherever a v
     **{f"model.{k}": _SHARE for k in ("dropout", "critic_dropout", "value_dropout")},
     "data.n_records": _at_least(10),
     "data.answer_tail": _NONNEG,
+    "train.critic_rows": _NONNEG,
     **{f"train.{k}": _COUNT for k in ("max_iters", "batch_size", "length_groups", "grad_accum", "eval_interval",
                                       "eval_rows", "log_interval")},
     **{f"train.{k}": _NONNEG for k in ("min_lr", "warmup_iters", "weight_decay", "grad_clip", "critic_alpha_start",

@@ -25,9 +25,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
+LOOKUP_TABLES = ("embed.weight", "ngram.weight", "pos.weight")
+
+
 def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
-    """Muon's share: matrices with more than one row and column, except the embedding tables (lookups)."""
-    return p.dim() == 2 and min(p.shape) > 1 and name not in ("embed.weight", "ngram.weight")
+    """Muon's share: matrices with more than one row and column, except the lookup tables (the embedding,
+    the n-gram table, learned positions), whose rows are inputs to the trunk, not linear maps."""
+    return p.dim() == 2 and min(p.shape) > 1 and name not in LOOKUP_TABLES
 
 
 class MuonAdamW:

@@ -73,7 +73,8 @@ class TrainStep(torch.nn.Module):
         self.model = model
 
     def forward(self, batch, t, schedule, tc, region, gen, device, allow_null, alpha, critic=True):
-        out = diffusion_step(self.model, batch, t, schedule, tc, region, gen, device, allow_null, critic)
+        out = diffusion_step(self.model, batch, t, schedule, tc, region, gen, device, allow_null, critic,
+                             tc.critic_rows)
         loss = out.gen_loss if out.critic_loss is None else out.gen_loss + alpha * out.critic_loss
         return loss, out
 
@@ -87,14 +88,17 @@ class StepOutput:
     masked: torch.Tensor  # (b, n) bool
     maskable: torch.Tensor  # (b, n) bool
     logits: torch.Tensor  # (b, n, v)
-    artifacts: CriticArtifacts | None
-    critic_logits: torch.Tensor | None  # (b, n)
+    artifacts: CriticArtifacts | None  # of the rows the critic's pass took (all but with critic_rows)
+    critic_logits: torch.Tensor | None  # (rows, n)
 
 
 def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: Schedule, cfg: TrainConfig,
                    region: str, generator: torch.Generator, device: torch.device,
-                   allow_null: bool = False, critic: bool = True) -> StepOutput:
-    """Corrupt, generator pass, fill via build_critic_artifacts, critic pass. Used by training and eval."""
+                   allow_null: bool = False, critic: bool = True, critic_rows: int = 0) -> StepOutput:
+    """Corrupt, generator pass, fill via build_critic_artifacts, critic pass. Used by training and eval.
+
+    critic_rows > 0: the fill and the critic's pass take only that many rows of the batch, evenly
+    spaced (training's `train.critic_rows`); the generator's loss still takes every row."""
     clean = batch.ids.to(device, non_blocking=True)
     maskable = batch.maskable.to(device, non_blocking=True) if region == "answer" else clean != PAD_ID
     noisy, masked = corrupt(clean, maskable, t, schedule, generator)
@@ -106,7 +110,11 @@ def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: 
         gen_loss = diffusion_nelbo(logits, clean, masked, schedule.weight(t), maskable.sum())
     if not model.has_critic or not critic:  # critic=False: the generator alone (critic weight 0)
         return StepOutput(gen_loss, None, noisy, masked, maskable, logits, None, None)
-    art = build_critic_artifacts(noisy, logits.detach(), clean, temperature=cfg.fill_temperature,
+    c_noisy, c_logits, c_clean = noisy, logits.detach(), clean
+    if 0 < critic_rows < len(clean):  # every (b / critic_rows)-th row: the critic sees every stratum of t
+        rows = torch.arange(critic_rows, device=clean.device) * len(clean) // critic_rows
+        c_noisy, c_logits, c_clean = noisy[rows], c_logits[rows], clean[rows]
+    art = build_critic_artifacts(c_noisy, c_logits, c_clean, temperature=cfg.fill_temperature,
                                  scope=cfg.critic_scope, allow_null=allow_null, generator=generator)
     with autocast(device):
         critic_logits = model.critic_logits(model(art.critic_input)).float()
@@ -331,7 +339,11 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     start = 0
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state)
-        optimizer.load_state_dict(ckpt.optimizer_state)
+        try:
+            optimizer.load_state_dict(ckpt.optimizer_state)
+        except (ValueError, KeyError) as e:  # parameter groups of another shape, e.g. an earlier cdt's split
+            raise CdtError(f"cannot resume {ckpt.path}: its optimizer state was saved with other parameter "
+                           f"groups than this version of cdt uses ({e}); train a new run") from None
         start = ckpt.step
         if start >= cfg.train.max_iters:
             raise UsageError(f"{out} already reached step {start}; pass --max-iters above {start} to continue")

@@ -23,6 +23,7 @@ def test_train_throughput_prints_its_figures():
 
 @pytest.mark.parametrize("flags, says", [(["--ngram", "1"], "model.ngram must be 0 (off) or 2 to 8"),
                                          (["--batch-size", "0"], "train.batch_size must be at least 1"),
+                                         (["--critic-rows", "-1"], "train.critic_rows must be at least 0"),
                                          (["--preset", "nope"], "unknown preset 'nope'")])
 def test_train_throughput_refuses_what_cdt_train_refuses(flags, says):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), *flags],

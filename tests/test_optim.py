@@ -43,6 +43,32 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     assert decay == {n for n in adamw if model.get_parameter(n).dim() == 2}  # no decay on norms and biases
 
 
+def test_learned_positions_are_a_lookup_table_for_adamw_not_a_matrix_for_muon():
+    model, cfg = small_model()
+    cfg.model.positions = "learned"
+    model = DiffusionLM(cfg.model)
+    opt = make_optimizer(model, cfg.train)
+    adamw = {id(p) for g in opt.parts["adamw"].param_groups for p in g["params"]}
+    muon = {id(p) for g in opt.parts["muon"].param_groups for p in g["params"]}
+    assert id(model.pos.weight) in adamw and id(model.pos.weight) not in muon
+
+
+def test_resuming_a_run_whose_optimizer_split_the_parameters_otherwise_is_one_line(tmp_path, monkeypatch):
+    """An earlier cdt gave learned positions to Muon: its optimizer state does not fit today's groups."""
+    import cdt.optim
+
+    out = tmp_path / "old"
+    overrides = ["--preset", "tiny", "--optimizer", "muon", "--set", "model.positions=learned", "--out", str(out)]
+    with monkeypatch.context() as m:
+        m.setattr(cdt.optim, "LOOKUP_TABLES", ("embed.weight", "ngram.weight"))
+        assert runner.invoke(app, ["train", *overrides, "--max-iters", "4"]).exit_code == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    refused = runner.invoke(app, ["train", "--out", str(out), "--resume", "--max-iters", "6"])
+    assert refused.exit_code == 1, refused.output
+    assert "other parameter groups" in refused.output and "Traceback" not in refused.output
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
 def test_adamw_alone_is_a_plain_adamw():
     model, cfg = small_model()
     cfg.train.optimizer = "adamw"
