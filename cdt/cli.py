@@ -165,11 +165,11 @@ def train(
         f"cdt eval --checkpoint {out} --n 128   # compare remasking policies on held-out answers",
         f"cdt calibrate --checkpoint {out} --n-samples 200   # can the critic's P(wrong) be trusted?",
         f"cdt sample --checkpoint {out} --prompt {EXAMPLE_PROMPT!r} --length {example_length} --policy critic",
-        f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # keep training",
+        f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # train on: the rate schedule is re-spread over the new total",
     ] if cfg.data.source == "toolcalls" else [
         f"cdt sample --checkpoint {out} --length 64",
         f"cdt calibrate --checkpoint {out} --n-samples 200   # can the critic's P(wrong) be trusted?",
-        f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # keep training",
+        f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # train on: the rate schedule is re-spread over the new total",
     ]
     if json_out:
         doc = asdict(result)

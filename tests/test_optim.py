@@ -174,3 +174,18 @@ def test_the_optimizer_flag_from_the_command_line(tmp_path):
     bad = runner.invoke(app, ["train", "--preset", "tiny", "--optimizer", "sgd", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "adamw, muon" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "x").exists()
+
+
+def test_training_on_past_the_end_re_spreads_the_schedule_as_the_hint_says(tmp_path):
+    """The README and the hint after `cdt train`: a finished run resumed to twice its steps continues at about
+    half the peak rate, not at the floor it ended on."""
+    from dataclasses import replace
+
+    tc = RunConfig().train
+    assert lr_at(tc.max_iters, tc) == pytest.approx(tc.min_lr)
+    resumed = lr_at(tc.max_iters, replace(tc, max_iters=2 * tc.max_iters))
+    assert 0.45 * tc.lr < resumed < 0.6 * tc.lr
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--max-iters", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "--resume --max-iters 8   # train on: the rate schedule is re-spread over the new total" in result.stdout
