@@ -215,8 +215,9 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
         open_ = editable & ~state["locked"] if "locked" in state else editable  # locked positions are final
         if cfg.spread and cfg.commit != "threshold":
             scores = spread_scores(scores, newly & open_)
-        later = later_blocks(editable, step, cfg) if cfg.blocks > 1 else torch.zeros_like(editable)
-        scores = torch.where(later, scores + 1e6, scores)  # later blocks go back to [MASK] before anything else
+        later = later_blocks(editable, step, cfg) if cfg.blocks > 1 else None
+        if later is not None:  # later blocks go back to [MASK] before anything else
+            scores = torch.where(later, scores + 1e6, scores)
         remask = _choose(step, scores, newly & open_, open_, total, cfg, gens, later)
         x = filled.masked_fill(remask, MASK_ID)
         if record:
@@ -247,13 +248,14 @@ def final_critic_probs(model: DiffusionLM, gen: Generation) -> tuple[torch.Tenso
     return critic_probs(model, gen.tokens), 1
 
 
-def _choose(step, scores, newly, editable, total, cfg: SampleConfig, gens, later) -> torch.Tensor:
-    """Which positions go back to [MASK] after this step (`later`: blocks whose turn has not come)."""
+def _choose(step, scores, newly, editable, total, cfg: SampleConfig, gens, later=None) -> torch.Tensor:
+    """Which positions go back to [MASK] after this step (`later`: blocks whose turn has not come, or None)."""
     if step == cfg.steps:
         return torch.zeros_like(newly)
     if cfg.commit == "threshold":
-        below = newly & ((1.0 - scores < cfg.threshold) | later)
-        now = newly & ~later  # the current block's new tokens (all of them without blocks)
+        below = newly & (1.0 - scores < cfg.threshold)
+        now = newly if later is None else newly & ~later  # the current block's new tokens
+        below = below if later is None else below | (newly & later)
         best = scores.masked_fill(~now, float("inf")).argmin(dim=1)  # the most confident of them per row
         keep_one = torch.zeros_like(newly).scatter_(1, best[:, None], True) & now
         return below & ~keep_one
