@@ -161,15 +161,16 @@ def train(
     if not main_rank:
         return
     example_length = len(EXAMPLE_ANSWER) + cfg.data.answer_tail // 2  # a tail model takes a budget: [NULL] ends it
+    train_on = f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # train on: the rate schedule is re-spread over the new total"
     next_commands = [
         f"cdt eval --checkpoint {out} --n 128   # compare remasking policies on held-out answers",
         f"cdt calibrate --checkpoint {out} --n-samples 200   # can the critic's P(wrong) be trusted?",
         f"cdt sample --checkpoint {out} --prompt {EXAMPLE_PROMPT!r} --length {example_length} --policy critic",
-        f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # train on: the rate schedule is re-spread over the new total",
+        train_on,
     ] if cfg.data.source == "toolcalls" else [
         f"cdt sample --checkpoint {out} --length 64",
         f"cdt calibrate --checkpoint {out} --n-samples 200   # can the critic's P(wrong) be trusted?",
-        f"cdt train --out {out} --resume --max-iters {result.max_iters * 2}   # train on: the rate schedule is re-spread over the new total",
+        train_on,
     ]
     if json_out:
         doc = asdict(result)
