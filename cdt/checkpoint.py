@@ -33,6 +33,7 @@ class Checkpoint:
     model_state: dict
     step: int
     optimizer_state: dict | None = None
+    train_model_state: dict | None = None  # the raw weights, when `model_state` holds their moving average
     extra: dict = field(default_factory=dict)  # corpus info, last metrics
 
     def build_model(self, device: str | torch.device = "cpu") -> DiffusionLM:
@@ -66,7 +67,9 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save(path: Path, *, model: DiffusionLM, config: RunConfig, vocab: Vocab, step: int,
-         optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> Path:
+         optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
+         train_state: dict | None = None) -> Path:
+    """`model` holds the weights to use; `train_state`, the raw weights to resume from when they differ."""
     state = {
         "format": FORMAT,
         "version": VERSION,
@@ -75,6 +78,7 @@ def save(path: Path, *, model: DiffusionLM, config: RunConfig, vocab: Vocab, ste
         "step": step,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "train_model": None if train_state is None else {k: v.detach().cpu() for k, v in train_state.items()},
         "extra": extra or {},
     }
     atomic_write(path, lambda tmp: torch.save(state, tmp))
@@ -100,6 +104,7 @@ def load(path: str | Path) -> Checkpoint:
         config = RunConfig.from_dict(state["config"])
         vocab = Vocab.from_dict(state["vocab"])
         return Checkpoint(path=p, config=config, vocab=vocab, model_state=state["model"], step=int(state["step"]),
-                          optimizer_state=state.get("optimizer"), extra=state.get("extra") or {})
+                          optimizer_state=state.get("optimizer"), train_model_state=state.get("train_model"),
+                          extra=state.get("extra") or {})
     except (KeyError, TypeError, CdtError) as e:
         raise CdtError(f"{p} is an incomplete cdt checkpoint ({e})") from None

@@ -76,7 +76,7 @@ def emit_json(doc: dict) -> None:
 @app.command()
 @friendly_errors
 def train(
-    preset: Optional[str] = typer.Option(None, help="Preset: tiny (tests, seconds), small (default, ~10 min on 2 CPU "
+    preset: Optional[str] = typer.Option(None, help="Preset: tiny (tests, seconds), small (default, ~11 min on 2 CPU "
                                          "cores), long (small, ~3x the steps, ~33 min), copy_long (long with AdamW, "
                                          "~35 min), base (GPU), critic_pairwise (--stage critic)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with model/data/train sections; overrides the preset."),

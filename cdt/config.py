@@ -73,6 +73,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     grad_clip: float = 1.0
+    ema: float = 0.99  # decay of the weights' moving average, which validation and the checkpoint use (0: off)
     grad_accum: int = 1  # micro-steps per optimizer step; global batch = batch_size x world size x grad_accum
     schedule: str = "loglinear"  # loglinear | linear | cosine
     antithetic: bool = True  # stratified t over the batch, lower-variance NELBO
@@ -182,6 +183,7 @@ RANGES = {  # numeric keys a value can be out of range for; checked wherever a v
     "train.muon_lr": _POSITIVE,
     "train.beta1": _SHARE,
     "train.beta2": _SHARE,
+    "train.ema": _SHARE,
     "sample.steps": _COUNT,
     **{f"critic_stage.{k}": _COUNT for k in ("max_iters", "batch_size", "n_pairs", "eval_interval")},
     "critic_stage.lr": _POSITIVE,

@@ -30,6 +30,7 @@ from cdt.data import SEPARATOR, Batch, Corpus, load_corpus
 from cdt import distributed
 from cdt.device import autocast, pick_device
 from cdt.distributed import dist_info
+from cdt.ema import WeightAverage
 from cdt.errors import CdtError, UsageError
 from cdt.losses import critic_bce, diffusion_nelbo
 from cdt.metrics import auroc
@@ -338,7 +339,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     optimizer = make_optimizer(model, cfg.train)
     start = 0
     if ckpt is not None:
-        model.load_state_dict(ckpt.model_state)
+        model.load_state_dict(ckpt.model_state if ckpt.train_model_state is None else ckpt.train_model_state)
         try:
             optimizer.load_state_dict(ckpt.optimizer_state)
         except (ValueError, KeyError) as e:  # parameter groups of another shape, e.g. an earlier cdt's split
@@ -350,6 +351,10 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
 
     schedule, region = get_schedule(cfg.train.schedule), mask_region(cfg, corpus)
     tc = cfg.train
+    average = WeightAverage(model, tc.ema) if tc.ema > 0 else None
+    if average is not None and ckpt is not None and ckpt.train_model_state is not None:
+        average.load(ckpt.model_state, updates=start)
+    averaged = average.applied if average is not None else contextlib.nullcontext
     log = None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -359,8 +364,10 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
 
     def save(step: int, final_eval: dict | None = None) -> None:
         if dist.is_main:
-            checkpoint.save(ckpt_path, model=model, config=cfg, vocab=corpus.vocab, step=step,
-                            optimizer=optimizer, extra={**extra, "eval": final_eval or {}})
+            raw = None if average is None else {k: v.detach().clone() for k, v in model.state_dict().items()}
+            with averaged():
+                checkpoint.save(ckpt_path, model=model, config=cfg, vocab=corpus.vocab, step=step,
+                                optimizer=optimizer, extra={**extra, "eval": final_eval or {}}, train_state=raw)
 
     stop = stop or StopRequest()
     previous = stop.install()
@@ -411,6 +418,8 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
+            if average is not None:
+                average.update()
             step += 1
             tokens += n
             window_tokens += n
@@ -426,7 +435,8 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
                 reporter.on_log(record)
             if step % tc.eval_interval == 0 or step == tc.max_iters:
                 if dist.is_main:
-                    last_eval = {"kind": "eval", "step": step, **evaluate(model, corpus, cfg, device)}
+                    with averaged():
+                        last_eval = {"kind": "eval", "step": step, **evaluate(model, corpus, cfg, device)}
                     log.write(last_eval)
                     reporter.on_eval(last_eval)
                 save(step, last_eval)

@@ -27,6 +27,9 @@ def same_state(a, b):
     assert sa.step == sb.step
     assert sa.model_state.keys() == sb.model_state.keys()
     assert all(torch.equal(sa.model_state[k], sb.model_state[k]) for k in sa.model_state)
+    assert (sa.train_model_state is None) == (sb.train_model_state is None)  # the raw weights under the average
+    if sa.train_model_state is not None:
+        assert all(torch.equal(sa.train_model_state[k], sb.train_model_state[k]) for k in sa.train_model_state)
     parts = ["adamw", "muon"] if "muon" in sa.optimizer_state else [None]
     for part in parts:  # muon: one state dict per optimiser
         oa, ob = ((s.optimizer_state[part] if part else s.optimizer_state)["state"] for s in (sa, sb))
