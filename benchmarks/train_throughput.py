@@ -9,7 +9,8 @@
     python benchmarks/train_throughput.py --critic-rows 8   # the critic's pass on 8 of the 16 rows
 
 Each step is what `cdt train` runs: the preset's model and optimizer (Muon's orthogonalisation
-counts as time, not as model FLOPs; so do the n-gram table's lookups and update).
+counts as time, not as model FLOPs; so do the n-gram table's lookups and update, and the
+moving average of the weights, `train.ema`).
 
 Prints one JSON document. MFU is measured against the fp32 (CPU) or bf16 (CUDA)
 matmul peak measured in the same run, so the ratio holds on a noisy shared machine.
@@ -30,6 +31,7 @@ from cdt.model import DiffusionLM
 from cdt.noise import get_schedule, sample_t
 from cdt.optim import make_optimizer, set_learning_rates
 from cdt.device import pick_device, tune_cpu_allocator
+from cdt.ema import WeightAverage
 from cdt.errors import UsageError
 from cdt.train import diffusion_step
 
@@ -72,6 +74,7 @@ def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
     model = DiffusionLM(cfg.model).to(device).train()
     opt = make_optimizer(model, cfg.train)
     set_learning_rates(opt, cfg.train.warmup_iters, cfg.train)  # the peak rates
+    average = WeightAverage(model, cfg.train.ema) if cfg.train.ema > 0 else None
     schedule = get_schedule(cfg.train.schedule)
     positions, flops, elapsed = 0, 0.0, 0.0
     for step in range(steps + 2):  # two warm-up steps
@@ -85,6 +88,8 @@ def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if average is not None:
+            average.update()
         sync(device)
         if step >= 2:
             elapsed += time.perf_counter() - t0
