@@ -177,7 +177,7 @@ def train(
         doc.update(run_dir=str(out), checkpoint=str(result.checkpoint), config=cfg.to_dict())
         emit_json(doc)
     else:
-        out_console.print(train_summary(result, next_commands), soft_wrap=True, end="")
+        out_console.print(train_summary(result, next_commands, ema=cfg.train.ema), soft_wrap=True, end="")
     if result.interrupted:
         raise fail(f"stopped by {result.interrupted} at step {result.step}; checkpoint saved; "
                    f"resume with: cdt train --out {out} --resume", 1)

@@ -74,13 +74,17 @@ class TrainProgress(Reporter):
             self.progress.stop()
 
 
-def train_summary(result, next_commands: list[str]) -> Text:
-    """The final summary of `cdt train` (stdout): plain lines, so paths and commands copy whole."""
+def train_summary(result, next_commands: list[str], ema: float = 0.0) -> Text:
+    """The final summary of `cdt train` (stdout): plain lines, so paths and commands copy whole.
+    `ema`: the decay of the weights' moving average the figures describe (0: the raw weights)."""
     state = f"stopped by {result.interrupted}" if result.interrupted else "finished"
     rows = [("checkpoint", str(result.checkpoint)),
             ("steps", f"{result.step} / {result.max_iters} ({state})"
              + (f", resumed from {result.resumed_from}" if result.resumed_from else "")),
             ("time", f"{result.elapsed_s:.0f} s · {result.tokens_per_s:,.0f} tokens/s")]
+    if ema > 0:
+        rows.append(("weights", f"moving average, decay {ema:g} (train.ema): the figures below and every later "
+                                "command use it"))
     e = result.final_eval
     if e:
         rows.append(("generator", f"validation bits/char {_num(e['val_bpc'])} · "

@@ -38,6 +38,9 @@ def test_train_human_summary_names_checkpoint_and_next_steps(tmp_path):
     result = run("train", "--preset", "tiny", "--max-iters", "6", "--out", str(tmp_path / "r"))
     assert result.exit_code == 0, result.stderr
     assert "checkpoint.pt" in result.stdout and "--resume" in result.stdout
+    assert "moving average, decay 0.99" in result.stdout  # which weights the figures describe
+    raw = run("train", "--preset", "tiny", "--max-iters", "6", "--out", str(tmp_path / "raw"), "--set", "train.ema=0")
+    assert raw.exit_code == 0 and "moving average" not in raw.stdout
 
 
 def test_set_and_config_file(tmp_path):
