@@ -35,6 +35,7 @@ class ModelConfig:
     copy: bool = True  # generator head mixes in a pointer over the row's visible characters (see model.py)
     ngram: int = 4  # add hashed embeddings of the 2..ngram characters ending at each position (0 = off; see model.py)
     ngram_buckets: int = 4096  # rows per n-gram size in that table
+    word_buckets: int = 0  # rows of a hashed table of the word so far at each position (0 = off; see model.py)
     qk_norm: bool = True  # RMS-normalise each head's queries and keys before attention (QK-norm; see model.py)
     value_head: bool = False  # sequence-level value head (cdt train --stage critic); higher = more likely right
     value_dropout: float = 0.3  # dropout inside the value head's MLP
@@ -169,6 +170,7 @@ _POSITIVE, _COUNT, _NONNEG = _above(0), _at_least(1), _at_least(0)
 RANGES = {  # numeric keys a value can be out of range for; checked wherever a value is applied
     **{f"model.{k}": _COUNT for k in ("d_model", "n_layers", "n_heads", "mlp_ratio", "ngram_buckets")},
     "model.ngram": ((lambda v: v == 0 or 2 <= v <= 8), "0 (off) or 2 to 8"),
+    "model.word_buckets": _NONNEG,
     "model.block_size": _at_least(2),
     **{f"model.{k}": _SHARE for k in ("dropout", "critic_dropout", "value_dropout")},
     "data.n_records": _at_least(10),

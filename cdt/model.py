@@ -48,6 +48,20 @@ def ngram_ids(ids: torch.Tensor, n_max: int, buckets: int) -> torch.Tensor:
     return torch.stack(out, -1)
 
 
+def word_ids(ids: torch.Tensor, word_char: torch.Tensor, buckets: int, max_len: int = 16) -> torch.Tensor:
+    """(b, n) character ids -> (b, n) rows of the word table: a hash of the word so far at each position,
+    the run of word characters (`word_char`, (v,) bool) that ends there, up to `max_len` of them.
+    [MASK], [PAD] and any other character end a run; callers zero the rows of non-word positions."""
+    n = ids.shape[1]
+    inside = word_char[ids]
+    h, alive = ids + 1, inside
+    for k in range(1, max_len):
+        alive = alive & F.pad(inside, (k, 0), value=False)[:, :n]  # still inside the word k characters back
+        prev = F.pad(ids, (k, 0), value=-1)[:, :n] + 1
+        h = torch.where(alive, (h * _NGRAM_MULT + prev * (k * 7919 + 1)) % _NGRAM_MOD, h)
+    return h % buckets
+
+
 # modules
 
 
@@ -106,6 +120,12 @@ class DiffusionLM(nn.Module):
         # hashed character n-grams (as in the Byte Latent Transformer's hash embeddings): a word's identity
         # is in the input of its last characters, instead of being assembled by attention first
         self.ngram = nn.Embedding((cfg.ngram - 1) * cfg.ngram_buckets, cfg.d_model) if cfg.ngram >= 2 else None
+        # hashed whole words: "seven" and "eleven" share every n-gram up to 4 ("even"), not their word row.
+        # `word_char` says which characters make words; `cdt train` sets it from the corpus vocabulary and
+        # checkpoints keep it (a buffer, not a parameter: it is never trained).
+        self.words = nn.Embedding(cfg.word_buckets, cfg.d_model) if cfg.word_buckets > 0 else None
+        if self.words is not None:
+            self.register_buffer("word_char", torch.zeros(cfg.vocab_size, dtype=torch.bool))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         if cfg.critic == "linear":
@@ -157,6 +177,9 @@ class DiffusionLM(nn.Module):
         x = self.embed(ids)
         if self.ngram is not None:
             x = x + self.ngram(ngram_ids(ids, self.cfg.ngram, self.cfg.ngram_buckets)).sum(2)
+        if self.words is not None:
+            inside = self.word_char[ids][..., None].to(x.dtype)
+            x = x + self.words(word_ids(ids, self.word_char, self.cfg.word_buckets)) * inside
         if self.pos is not None:
             x = x + self.pos.weight[:n]
         pad = ids == PAD_ID
@@ -221,4 +244,5 @@ class DiffusionLM(nn.Module):
         if non_embedding:
             n -= self.embed.weight.numel() + (self.pos.weight.numel() if self.pos is not None else 0)
             n -= self.ngram.weight.numel() if self.ngram is not None else 0
+            n -= self.words.weight.numel() if self.words is not None else 0
         return n

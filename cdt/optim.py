@@ -25,7 +25,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-LOOKUP_TABLES = ("embed.weight", "ngram.weight", "pos.weight")
+LOOKUP_TABLES = ("embed.weight", "ngram.weight", "words.weight", "pos.weight")
 
 
 def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:

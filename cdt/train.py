@@ -332,6 +332,8 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
 
     torch.manual_seed(cfg.train.seed)
     model = DiffusionLM(cfg.model).to(device)
+    if model.words is not None:  # which characters make words (a resumed run loads the same from its state)
+        model.word_char.copy_(corpus.vocab.word_characters())
     step_module = distributed.wrap(TrainStep(model), dist, device)  # both trunk passes in one (DDP) forward
     eager = step_module
     if cfg.train.compile:

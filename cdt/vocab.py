@@ -82,6 +82,12 @@ class Vocab:
                 out.append(self.chars[i - len(SPECIALS)])
         return "".join(out)
 
+    def word_characters(self) -> torch.Tensor:
+        """(len,) bool: the ids of letters and digits, the characters a word is made of (model.word_buckets)."""
+        out = torch.zeros(len(self), dtype=torch.bool)
+        out[[i for c, i in self._index.items() if c.isalnum()]] = True
+        return out
+
     def emittable(self, allow_null: bool = False) -> torch.Tensor:
         return emittable(len(self), allow_null)
 
