@@ -36,6 +36,11 @@ def apply_rotary(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
 _NGRAM_MULT, _NGRAM_MOD = 40503, 2_147_483_629  # h stays below 2^31, so h * mult fits int64
 
 
+def _hash_step(h: torch.Tensor, prev: torch.Tensor, k: int) -> torch.Tensor:
+    """Extend the hashes `h` by the character ids + 1 `prev`, k characters back (n-grams and words)."""
+    return (h * _NGRAM_MULT + prev * (k * 7919 + 1)) % _NGRAM_MOD
+
+
 def ngram_ids(ids: torch.Tensor, n_max: int, buckets: int) -> torch.Tensor:
     """(b, n) character ids -> (b, n, n_max - 1) row indices into the n-gram table: for each size k in
     2..n_max, a hash of the k characters ending at each position (positions before the row read as -1),
@@ -43,7 +48,7 @@ def ngram_ids(ids: torch.Tensor, n_max: int, buckets: int) -> torch.Tensor:
     out, h = [], ids + 1
     for k in range(2, n_max + 1):
         prev = F.pad(ids, (k - 1, 0), value=-1)[:, : ids.shape[1]] + 1  # the character k - 1 to the left
-        h = (h * _NGRAM_MULT + prev * (k * 7919 + 1)) % _NGRAM_MOD
+        h = _hash_step(h, prev, k)
         out.append(h % buckets + (k - 2) * buckets)
     return torch.stack(out, -1)
 
@@ -58,7 +63,7 @@ def word_ids(ids: torch.Tensor, word_char: torch.Tensor, buckets: int, max_len: 
     for k in range(1, max_len):
         alive = alive & F.pad(inside, (k, 0), value=False)[:, :n]  # still inside the word k characters back
         prev = F.pad(ids, (k, 0), value=-1)[:, :n] + 1
-        h = torch.where(alive, (h * _NGRAM_MULT + prev * (k * 7919 + 1)) % _NGRAM_MOD, h)
+        h = torch.where(alive, _hash_step(h, prev, k), h)
     return h % buckets
 
 
