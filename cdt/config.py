@@ -78,7 +78,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-steps per optimizer step; global batch = batch_size x world size x grad_accum
     schedule: str = "loglinear"  # loglinear | linear | cosine
     antithetic: bool = True  # stratified t over the batch, lower-variance NELBO
-    loss_weighting: str = "nelbo"  # nelbo: w(t)-weighted (MDLM); flat: mean cross-entropy over masked tokens
+    loss_weighting: str = "flat"  # flat: mean cross-entropy over masked tokens; nelbo: w(t)-weighted (MDLM)
     critic_scope: str = "masked"  # masked | masked+context
     critic_rows: int = 0  # rows of each batch the critic's pass sees, evenly spaced (0: all); the generator sees all
     critic_alpha_start: float = 0.0  # critic loss weight before warm-up (0: generator alone, its pass skipped) ...
