@@ -116,7 +116,7 @@ def trajectory(result, vocab, plain: bool) -> Text:
             text.append(f"  step {rec.step:>3}  ")
             for pos in range(start, end):
                 tok = int(rec.filled[i, pos])
-                ch = "∅" if tok == NULL_ID else vocab.decode([tok]) or " "
+                ch = "∅" if tok == NULL_ID else glyph(vocab, tok) or " "
                 remasked = bool(rec.remasked[i, pos])
                 if plain:
                     text.append("_" if remasked else ch)
@@ -263,6 +263,12 @@ HELP = ("→/n next step · ←/b previous · ↓/j next sample · ↑/k previou
 SHOWN = {"\n": "⏎", "\t": "⇥"}
 
 
+def glyph(vocab, tok: int) -> str:
+    """One token as one visible character: a newline or tab would break a row of the trajectory."""
+    ch = vocab.decode([tok])
+    return SHOWN.get(ch, ch)
+
+
 def heat(v: float) -> Color:
     """0 → green, 0.5 → yellow, 1 → red."""
     v = min(1.0, max(0.0, v))
@@ -393,7 +399,7 @@ def slot_trajectory(gen, starts: list[int], vocab, plain: bool) -> Text:
                 tok = int(rec.filled[i, pos])
                 if tok == PAD_ID:
                     break
-                ch = "∅" if tok == NULL_ID else SHOWN.get(vocab.decode([tok]), vocab.decode([tok]))
+                ch = "∅" if tok == NULL_ID else glyph(vocab, tok)
                 remasked = bool(rec.remasked[i, pos])
                 text.append("_" if remasked and plain else ch, style="reverse red" if remasked and not plain else "")
             text.append("\n")

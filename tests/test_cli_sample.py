@@ -148,3 +148,21 @@ def test_sample_help_names_every_registered_policy():
     text = " ".join(run("sample", "--help").stdout.split())  # rich wraps the help text
     listed = text.split("Remasking policy:")[1].split(".")[0]
     assert {p.strip(" ,│") for p in listed.replace("│", " ").split(",")} >= set(POLICIES)
+
+
+def test_the_trajectory_keeps_one_line_per_step_when_a_row_holds_a_newline():
+    """A generated newline or tab is shown as ⏎ / ⇥, so it cannot break a step's line in two."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from cdt.render import trajectory
+    from cdt.vocab import Vocab
+
+    vocab = Vocab.from_text("ab\n\t")
+    row = torch.tensor([vocab.encode("a\nb\t")])
+    steps = [SimpleNamespace(step=k, filled=row, remasked=torch.zeros_like(row, dtype=torch.bool)) for k in (1, 2)]
+    result = SimpleNamespace(region=(0, 4), texts=["a\nb\t"], generation=SimpleNamespace(steps=steps))
+    for plain in (True, False):
+        lines = trajectory(result, vocab, plain).plain.splitlines()
+        assert lines == ["row 0", "  step   1  a⏎b⇥", "  step   2  a⏎b⇥"]
