@@ -14,6 +14,19 @@ def tiny_config(**train):
     return resolve("tiny", overrides=[{"train": train}] if train else [])
 
 
+@pytest.fixture(scope="module")
+def tiny_model():
+    """(config, 300-record toolcalls corpus, untrained tiny model) for tests that call a training step."""
+    from cdt.data import load_corpus
+    from cdt.model import DiffusionLM
+
+    cfg = tiny_config()
+    corpus = load_corpus("toolcalls", cfg.model.block_size, 300)
+    cfg.model.vocab_size = len(corpus.vocab)
+    torch.manual_seed(0)
+    return cfg, corpus, DiffusionLM(cfg.model)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """One tiny training run shared by tests that only read a checkpoint."""

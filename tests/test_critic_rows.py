@@ -6,26 +6,14 @@ import torch
 import cdt.train as train_mod
 from cdt import checkpoint
 from cdt.config import RunConfig, resolve
-from cdt.data import load_corpus
-from cdt.model import DiffusionLM
 from cdt.noise import get_schedule, sample_t
 from cdt.vocab import MASK_ID
-from tests.conftest import tiny_config
 
 B = 8
 
 
-@pytest.fixture(scope="module")
-def setup():
-    cfg = tiny_config()
-    corpus = load_corpus("toolcalls", cfg.model.block_size, 300)
-    cfg.model.vocab_size = len(corpus.vocab)
-    torch.manual_seed(0)
-    return cfg, corpus, DiffusionLM(cfg.model)
-
-
-def step(setup, rows: int):
-    cfg, corpus, model = setup
+def step(tiny_model, rows: int):
+    cfg, corpus, model = tiny_model
     g = torch.Generator().manual_seed(0)
     batch = corpus.batch(0, B, 0)
     return batch, train_mod.diffusion_step(model, batch, sample_t(B, g), get_schedule("loglinear"), cfg.train,
@@ -33,9 +21,9 @@ def step(setup, rows: int):
 
 
 @pytest.mark.parametrize("rows, picked", [(2, [0, 4]), (3, [0, 2, 5]), (1, [0])])
-def test_the_critic_judges_evenly_spaced_rows_and_the_generator_all(setup, rows, picked):
-    batch, full = step(setup, 0)
-    _, part = step(setup, rows)
+def test_the_critic_judges_evenly_spaced_rows_and_the_generator_all(tiny_model, rows, picked):
+    batch, full = step(tiny_model, 0)
+    _, part = step(tiny_model, rows)
     assert torch.equal(part.noisy, full.noisy) and torch.equal(part.gen_loss, full.gen_loss)
     art = part.artifacts
     assert art.critic_input.shape == (rows, batch.ids.shape[1]) and part.critic_logits.shape[0] == rows
@@ -48,9 +36,9 @@ def test_the_critic_judges_evenly_spaced_rows_and_the_generator_all(setup, rows,
 
 
 @pytest.mark.parametrize("rows", [B, B + 5])
-def test_as_many_rows_as_the_batch_or_more_is_every_row(setup, rows):
-    _, full = step(setup, 0)
-    _, same = step(setup, rows)
+def test_as_many_rows_as_the_batch_or_more_is_every_row(tiny_model, rows):
+    _, full = step(tiny_model, 0)
+    _, same = step(tiny_model, rows)
     assert torch.equal(same.critic_logits, full.critic_logits) and torch.equal(same.critic_loss, full.critic_loss)
 
 

@@ -1,34 +1,22 @@
 """train.loss_weighting: the generator's loss of a training step against a loop over the masked characters."""
 
+import dataclasses
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 import cdt.train as train_mod
-from cdt.data import load_corpus
-from cdt.model import DiffusionLM
 from cdt.noise import get_schedule
-from tests.conftest import tiny_config
 
 B = 6
 
 
-@pytest.fixture(scope="module")
-def setup():
-    cfg = tiny_config()
-    corpus = load_corpus("toolcalls", cfg.model.block_size, 300)
-    cfg.model.vocab_size = len(corpus.vocab)
-    torch.manual_seed(0)
-    return cfg, corpus, DiffusionLM(cfg.model).eval()
-
-
-def step(setup, weighting: str, t: torch.Tensor):
-    cfg, corpus, model = setup
-    cfg.train.loss_weighting = weighting
+def step(tiny_model, weighting: str, t: torch.Tensor):
+    cfg, corpus, model = tiny_model
     batch = corpus.batch(0, B, 0)
-    out = train_mod.diffusion_step(model, batch, t, get_schedule("loglinear"), cfg.train, "answer",
+    out = train_mod.diffusion_step(model, batch, t, get_schedule("loglinear"),
+                                   dataclasses.replace(cfg.train, loss_weighting=weighting), "answer",
                                    torch.Generator().manual_seed(0), torch.device("cpu"), critic=False)
     return batch, out
 
@@ -47,19 +35,19 @@ def per_character(batch, out, t):
 T = torch.tensor([0.05, 0.2, 0.4, 0.6, 0.8, 0.95])
 
 
-def test_nelbo_weights_each_masked_character_by_one_over_t_and_divides_by_the_maskable_count(setup):
-    batch, out = step(setup, "nelbo", T)
+def test_nelbo_weights_each_masked_character_by_one_over_t_and_divides_by_the_maskable_count(tiny_model):
+    batch, out = step(tiny_model, "nelbo", T)
     chars = per_character(batch, out, T)
     assert len(chars) > 20  # the oracle compares something
     expected = sum(ce / t for ce, t in chars) / int(batch.maskable.sum())
     assert math.isclose(out.gen_loss.item(), expected, rel_tol=1e-5)
 
 
-def test_flat_is_the_mean_cross_entropy_of_the_masked_characters_whatever_their_t(setup):
-    batch, out = step(setup, "flat", T)
+def test_flat_is_the_mean_cross_entropy_of_the_masked_characters_whatever_their_t(tiny_model):
+    batch, out = step(tiny_model, "flat", T)
     chars = per_character(batch, out, T)
     expected = sum(ce for ce, _ in chars) / len(chars)
     assert math.isclose(out.gen_loss.item(), expected, rel_tol=1e-5)
     # the same noise under the MDLM weighting gives another number: the option does something
-    _, nelbo = step(setup, "nelbo", T)
+    _, nelbo = step(tiny_model, "nelbo", T)
     assert torch.equal(nelbo.masked, out.masked) and not math.isclose(nelbo.gen_loss.item(), expected, rel_tol=1e-2)

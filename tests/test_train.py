@@ -195,6 +195,7 @@ def test_validation_nelbo_does_not_depend_on_the_training_weighting():
     cfg.model.vocab_size = len(corpus.vocab)
     torch.manual_seed(0)
     model = DiffusionLM(cfg.model)
+    cfg.train.loss_weighting = "nelbo"
     nelbo = evaluate(model, corpus, cfg, torch.device("cpu"))
     cfg.train.loss_weighting = "flat"
     flat = evaluate(model, corpus, cfg, torch.device("cpu"))
