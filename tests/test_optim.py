@@ -113,6 +113,31 @@ def test_one_muon_step_is_an_orthogonalised_update_at_muon_lr():
     assert torch.sum((before - w.detach()) * w.grad) > 0
 
 
+@pytest.mark.parametrize("decay", [0.0, 0.1])
+def test_weight_decay_shrinks_every_matrix_at_its_own_rate_and_nothing_else(decay):
+    """With zero gradients a step is the decay alone: Muon's matrices x (1 - muon_lr * wd), AdamW's
+    matrices (embedding, heads) x (1 - lr * wd), vectors untouched; the default decays nothing."""
+    assert RunConfig().train.weight_decay == 0.0
+    model, cfg = small_model()
+    tc = cfg.train
+    tc.weight_decay = decay
+    opt = make_optimizer(model, tc)
+    set_learning_rates(opt, tc.warmup_iters, tc)  # the peak
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    muon = {id(p) for p in opt.parts["muon"].param_groups[0]["params"]}
+    for name, p in model.named_parameters():
+        if id(p) in muon:
+            factor = 1 - tc.muon_lr * decay
+        elif p.dim() >= 2:
+            factor = 1 - tc.lr * decay
+        else:
+            factor = 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor, msg=name)
+
+
 def test_state_kind_tells_the_saved_optimizers_apart():
     model, cfg = small_model()
     assert state_kind(make_optimizer(model, cfg.train).state_dict()) == "muon"
