@@ -381,21 +381,25 @@ def eval_cmd(
                                                             "structure, types, fields, [NULL] use and collapse."),
     lock_threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="rcr policy: confidence at which a position locks."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    rows_out: Optional[Path] = typer.Option(None, "--rows", help="Also write every held-out row's outcome under "
+                                                                 "every setting to this new JSON Lines file."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document with every row of the table."),
 ):
     """Compare remasking policies by infilling held-out validation rows.
 
     Rows are ordered by trunk passes, so policies at equal cost stand together
     (critic at T steps spends as many passes as confidence at 2T). JSON validity and
-    field accuracy are reported for toolcalls checkpoints.
+    field accuracy are reported for toolcalls checkpoints. Different policies at equal
+    steps or equal passes are then compared row by row on exact match (McNemar's test).
     """
     from rich.progress import Progress
 
     from cdt import calibration_map
     from cdt import checkpoint as ckpt_mod
-    from cdt.render import eval_table
+    from cdt.paired import equal_cost_pairs
+    from cdt.render import eval_table, paired_table
     from cdt.render import scaffold_table
-    from cdt.sampling.evaluate import evaluate_policies, evaluate_scaffold
+    from cdt.sampling.evaluate import evaluate_policies, evaluate_scaffold, outcome_file
     from cdt.sampling.heldout import load_heldout
     from cdt.sampling.loop import SampleConfig
 
@@ -406,6 +410,8 @@ def eval_cmd(
         raise fail("--steps must be at least 1", 2)
     for p in policy_list:
         SampleConfig(**{**base.__dict__, "policy": p, "steps": min(steps_list)}).validate()
+    if rows_out is not None and scaffold:
+        raise fail("--rows is not available with --scaffold", 2)
     ckpt = ckpt_mod.load(checkpoint)
     if scaffold:
         if mask not in (None, "answer"):
@@ -415,11 +421,14 @@ def eval_cmd(
         held = load_heldout(ckpt, n, mask, mask_ratio, seed)
     for p in policy_list:
         warn(calibration_map.for_policy(ckpt.path.parent, p)[1])
-    with Progress(console=err_console, disable=not err_console.is_terminal, transient=True) as progress:
+    with outcome_file(rows_out) as save_rows, \
+            Progress(console=err_console, disable=not err_console.is_terminal, transient=True) as progress:
         task = progress.add_task("eval", total=len(policy_list) * len(steps_list) * n)
         run_eval = evaluate_scaffold if scaffold else evaluate_policies
         rows = run_eval(ckpt, held, policy_list, steps_list, batch_size, base, device,
                         on_batch=lambda k: progress.advance(task, k))
+        if not scaffold:
+            save_rows(rows)
     if scaffold:
         if json_out:
             emit_json({"checkpoint": str(ckpt.path), "n": n, "scaffold": True, "commit": commit, "schedule": schedule,
@@ -428,14 +437,20 @@ def eval_cmd(
         else:
             out_console.print(scaffold_table(rows, n))
         return
+    pairs = equal_cost_pairs([(r.policy, r.steps, r.passes, r.hits()) for r in rows])
     if json_out:
         emit_json({"checkpoint": str(ckpt.path), "n": n, "mask": held.masking,
                    "mask_ratio": None if held.masking == "answer" else mask_ratio,
                    "answer_tail": ckpt.config.data.answer_tail,  # > 0: regions do not give the answer's length
                    "commit": commit, "schedule": schedule, "temperature": temperature, "spread": spread,
-                   "blocks": blocks, "rows": [asdict(r) for r in rows]})
+                   "blocks": blocks, "rows": [r.summary() for r in rows], "paired": [asdict(p) for p in pairs],
+                   "rows_file": str(rows_out) if rows_out else None})
     else:
         out_console.print(eval_table(rows, n, held.masking, mask_ratio, ckpt.config.data.answer_tail, blocks))
+        if pairs:
+            out_console.print(paired_table(pairs, n))
+        if rows_out is not None:
+            out_console.print(f"per-row outcomes: {rows_out}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -132,7 +132,7 @@ def eval_table(rows, n: int, masking: str = "answer", ratio: float = 0.0, tail: 
     region += f" (each + 0-{tail} [NULL])" if tail and masking == "answer" else ""
     region += f" in {blocks} left-to-right blocks" if blocks > 1 else ""
     # no vertical rules and fixed minimum widths: 80 columns hold every cell unabridged
-    table = Table(title=f"cdt eval · {n} held-out {region} infilled", title_justify="left", box=box.SIMPLE_HEAD,
+    table = Table(title=f"cdt eval · {n:,} held-out {region} infilled", title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False, padding=(0, 0, 0, 1))
     width = max(len(r.policy) for r in rows)
     graded = rows[0].json_valid is not None
@@ -146,6 +146,21 @@ def eval_table(rows, n: int, masking: str = "answer", ratio: float = 0.0, tail: 
                  f"[bold]{_pct(r.exact)}[/bold]" if r.exact == best else _pct(r.exact)]
         cells += [_pct(r.json_valid), _pct(r.field_acc)] if graded else []
         table.add_row(*cells, f"{r.seconds:.1f}")
+    return table
+
+
+def paired_table(pairs, n: int) -> Table:
+    """Exact match compared row by row at equal steps or passes: which setting is ahead, the rows only
+    it gets right (wins) and only the other does (losses), and whether that split could be chance (McNemar)."""
+    table = Table(title=f"paired on the same {n:,} rows · exact match", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 0, 0, 1))
+    for col in ("equal", "ahead", "behind", "wins", "losses", "points", "95% CI", "p"):
+        name = col in ("ahead", "behind")  # long policy names fold; numbers are never cut
+        table.add_column(col, justify="left" if name or col == "equal" else "right", no_wrap=not name,
+                         overflow="fold" if name else "ellipsis")
+    for p in pairs:
+        table.add_row(p.equal, p.a, p.b, str(p.only_a), str(p.only_b), f"{100 * p.diff:+.1f}",
+                      f"{100 * p.low:+.1f}..{100 * p.high:+.1f}", "<0.001" if p.p_value < 0.001 else f"{p.p_value:.3f}")
     return table
 
 
@@ -409,7 +424,7 @@ def slot_trajectory(gen, starts: list[int], vocab, plain: bool) -> Text:
 def scaffold_table(rows, n: int) -> Table:
     """Scaffolded infilling per policy and steps, ordered by trunk passes; fits 80 columns."""
     kept = min(r.structure for r in rows)
-    table = Table(title=f"cdt eval --scaffold · {n} held-out calls · structure kept in {_pct(kept)} of rows",
+    table = Table(title=f"cdt eval --scaffold · {n:,} held-out calls · structure kept in {_pct(kept)} of rows",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1))
 
     def pct(x):

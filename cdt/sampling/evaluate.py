@@ -7,16 +7,35 @@ rows with the same random streams, and a result does not depend on the batch siz
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 
 from cdt import calibration_map
 from cdt.checkpoint import Checkpoint
 from cdt.device import pick_device
+from cdt.errors import CdtError, UsageError
 from cdt.rng import seed_for
 from cdt.sampling.heldout import HeldOut, grade
 from cdt.sampling.loop import SampleConfig, generate
+from cdt.scores import ScoreWriter
+
+
+@dataclass
+class RowOutcome:
+    """One held-out row under one setting: what `--rows` writes and the paired comparison reads."""
+
+    index: int  # the row's place in the held-out set (its seed and its region depend on it alone)
+    exact: bool
+    chars_right: int
+    chars: int
+    json_valid: bool | None
+    fields_right: int | None  # tool name and argument values
+    fields: int | None
+    text: str  # the generated region, [NULL] dropped
+    reference: str
 
 
 @dataclass
@@ -29,6 +48,14 @@ class EvalRow:
     json_valid: float | None  # toolcalls: share of answers that parse as JSON
     field_acc: float | None  # toolcalls: share of argument values (and tool names) right
     seconds: float
+    outcomes: list[RowOutcome] = field(default_factory=list, repr=False)  # by held-out index
+
+    def summary(self) -> dict:
+        """The aggregate figures (a row of the table and of `--json`), without the per-row outcomes."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "outcomes"}
+
+    def hits(self) -> list[bool]:
+        return [o.exact for o in self.outcomes]
 
 
 def evaluate_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], steps_list: list[int],
@@ -40,33 +67,73 @@ def evaluate_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
             cfg = SampleConfig(**{**base.__dict__, "policy": policy, "steps": steps})
             cfg.validate()
             calibration, _ = calibration_map.for_policy(ckpt.path.parent, policy)  # the CLI prints the warning
-            right = total = exact = valid = fields_ok = fields = 0
+            outcomes: list[RowOutcome | None] = [None] * len(held)
             passes, batches = 0, 0
             t0 = time.perf_counter()
             for index, part in held.batches(batch_size):
                 seeds = [seed_for(cfg.seed, int(i)) for i in index]
                 gen = generate(model, part.template, part.protected, cfg, row_seeds=seeds,
                                calibration=calibration, allow_null=ckpt.config.data.emits_null)
-                target = part.region()
-                hit = (gen.tokens == part.clean) & target
-                right += int(hit.sum())
-                total += int(target.sum())
-                exact += sum(part.exact(ckpt.vocab, gen.tokens))
                 passes += gen.passes["generator"] + gen.passes["critic"]
                 batches += 1
-                for row, rec in zip(gen.tokens, part.records or ()):
-                    check = grade(ckpt.vocab, rec, row, held.scaffold)
-                    valid += check.valid_json
-                    fields_ok += check.name_ok + sum(check.fields.values())
-                    fields += 1 + len(check.fields)
+                for j, i in enumerate(index.tolist()):
+                    outcomes[i] = _outcome(ckpt.vocab, held, part, j, i, gen.tokens[j])
                 if on_batch:
                     on_batch(len(index))
-            m = len(held)
-            graded = held.records is not None
-            rows.append(EvalRow(policy, steps, passes / batches, right / max(total, 1), exact / m,
-                                valid / m if graded else None, fields_ok / max(fields, 1) if graded else None,
-                                time.perf_counter() - t0))
+            rows.append(_aggregate(policy, steps, passes / batches, outcomes, time.perf_counter() - t0))
     return rows
+
+
+@contextmanager
+def outcome_file(path: Path | None):
+    """`--rows`: yields save(rows), which writes one JSON line per held-out row and setting. The file is
+    opened first, so a path that cannot be written fails before the evaluation runs; it appears under
+    its name only once complete, and an error or Ctrl-C before then leaves nothing behind."""
+    if path is None:
+        yield lambda rows: None
+        return
+    if path.exists():
+        raise UsageError(f"{path} exists; --rows writes a new file (choose another name or delete it)")
+    try:
+        writer = ScoreWriter(path)
+    except OSError as e:
+        raise CdtError(f"cannot write {path}: {e.strerror}") from None
+
+    def save(rows: list[EvalRow]) -> None:
+        for r in rows:
+            for o in r.outcomes:
+                writer.write({"policy": r.policy, "steps": r.steps, **asdict(o)})
+        writer.close()
+
+    try:
+        yield save
+    finally:
+        if writer.partial.exists():  # not saved: nothing half-written stays
+            writer.close(complete=False).unlink()
+
+
+def _outcome(vocab, held: HeldOut, part: HeldOut, j: int, i: int, row: torch.Tensor) -> RowOutcome:
+    """Grade row j of a batch (held-out row i); exact as HeldOut.exact defines it."""
+    target = part.region(j, j + 1)[0]
+    right = int(((row == part.clean[j]) & target).sum())
+    valid = fields_right = n_fields = None
+    if held.records is not None:
+        check = grade(vocab, part.records[j], row, held.scaffold)
+        valid, fields_right, n_fields = check.valid_json, check.name_ok + sum(check.fields.values()), 1 + len(check.fields)
+    text, reference = part.region_text(vocab, row, j)
+    return RowOutcome(i, text == reference, right, int(target.sum()), valid, fields_right, n_fields, text, reference)
+
+
+def _aggregate(policy: str, steps: int, passes: float, outcomes: list[RowOutcome], seconds: float) -> EvalRow:
+    m = len(outcomes)
+    graded = outcomes[0].json_valid is not None
+    total = sum(o.chars for o in outcomes)
+    n_fields = sum(o.fields for o in outcomes) if graded else 0
+    return EvalRow(policy, steps, passes, sum(o.chars_right for o in outcomes) / max(total, 1),
+                   sum(o.exact for o in outcomes) / m,
+                   sum(o.json_valid for o in outcomes) / m if graded else None,
+                   sum(o.fields_right for o in outcomes) / max(n_fields, 1) if graded else None,
+                   seconds, outcomes)
 
 
 # scaffolds

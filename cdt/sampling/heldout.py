@@ -57,12 +57,16 @@ class HeldOut:
         """(rows, L) bool: the masked positions a generation is graded on."""
         return ~self.protected[lo:hi] & (self.clean[lo:hi] != PAD_ID)
 
+    def region_text(self, vocab, row: torch.Tensor, i: int) -> tuple[str, str]:
+        """Row i's region as generated in `row` and in the reference, decoded ([NULL] dropped)."""
+        m = self.region(i, i + 1)[0]
+        return vocab.decode(row[m]), vocab.decode(self.clean[i][m])
+
     def exact(self, vocab, tokens: torch.Tensor, lo: int = 0) -> list[bool]:
         """Per generated row (rows lo.. of this set): does its region read as the reference's once
         decoded? [NULL] is dropped, so an answer ended inside an [NULL] tail is graded on its text;
         without [NULL] this is position-by-position equality."""
-        region = self.region(lo, lo + len(tokens))
-        return [vocab.decode(t[m]) == vocab.decode(c[m]) for t, c, m in zip(tokens, self.clean[lo:], region)]
+        return [a == b for a, b in (self.region_text(vocab, t, lo + k) for k, t in enumerate(tokens))]
 
 
 def default_masking(ckpt: Checkpoint) -> str:

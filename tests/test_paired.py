@@ -1,0 +1,148 @@
+"""The paired comparison of `cdt eval`: McNemar's exact test and its interval against brute-force
+binomial sums, the pairing rule, and `--rows` through the real command line."""
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from cdt.cli import app
+from cdt.paired import compare, equal_cost_pairs, mcnemar
+from tests.test_cli import assert_one_line_error
+
+runner = CliRunner()
+
+
+def binom_tail_ge(k: int, m: int, q: float) -> float:
+    return sum(math.comb(m, i) * q**i * (1 - q) ** (m - i) for i in range(k, m + 1))
+
+
+def test_mcnemar_p_is_the_doubled_binomial_tail_of_the_smaller_count():
+    for m in range(0, 25):
+        for wins in range(m + 1):
+            expected = min(1.0, 2 * sum(math.comb(m, i) for i in range(min(wins, m - wins) + 1)) / 2**m) if m else 1.0
+            p, _, _ = mcnemar(wins, m - wins, 50)
+            assert p == pytest.approx(expected, rel=1e-12, abs=1e-15), (wins, m)
+
+
+def test_interval_is_clopper_pearson_on_the_discordant_rows_and_agrees_with_the_test():
+    n = 60
+    for m in range(1, 41):
+        for wins in range(m + 1):
+            p, low, high = mcnemar(wins, m - wins, n)
+            d = (2 * wins - m) / n
+            assert low <= d <= high
+            # back to the share of wins among the m discordant rows, then the defining tail sums
+            q_low, q_high = (low * n / m + 1) / 2, (high * n / m + 1) / 2
+            if wins > 0:
+                assert binom_tail_ge(wins, m, q_low) == pytest.approx(0.025, abs=1e-9)
+            else:
+                assert q_low == pytest.approx(0.0, abs=1e-12)
+            if wins < m:
+                assert 1 - binom_tail_ge(wins + 1, m, q_high) == pytest.approx(0.025, abs=1e-9)
+            else:
+                assert q_high == pytest.approx(1.0, abs=1e-12)
+            assert (low > 0 or high < 0) == (p < 0.05), (wins, m, p, low, high)
+
+
+def test_compare_counts_a_hand_made_case_and_puts_the_better_setting_first():
+    right_a = [True, True, False, False, True, True]
+    right_b = [False, True, True, False, False, True]
+    r = compare("critic@16", right_a, "confidence@32", right_b, "passes")
+    assert (r.a, r.b, r.only_a, r.only_b, r.both, r.n) == ("critic@16", "confidence@32", 2, 1, 2, 6)
+    assert r.diff == pytest.approx(1 / 6)
+    flipped = compare("confidence@32", right_b, "critic@16", right_a, "passes")
+    assert (flipped.a, flipped.only_a, flipped.only_b, flipped.diff) == ("critic@16", 2, 1, r.diff)
+    assert flipped.p_value == r.p_value == 1.0  # 2 wins against 1 is no evidence at all
+    none = compare("x@1", [True, False], "y@1", [True, False], "steps")
+    assert (none.diff, none.low, none.high, none.p_value) == (0.0, 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError):
+        compare("x@1", [True], "y@1", [True, False], "steps")
+
+
+def test_paired_table_keeps_every_number_whole_in_80_columns():
+    from rich.console import Console
+
+    from cdt.render import paired_table
+
+    a = [True] * 54 + [False] * 39 + [True] * 400 + [False] * 531
+    b = [False] * 54 + [True] * 39 + [True] * 400 + [False] * 531
+    console = Console(width=80, record=True)
+    console.print(paired_table([compare("critic-confidence@16", a, "confidence@32", b, "passes")], 1024))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "paired on the same 1,024 rows" in text
+    row = next(line for line in text.splitlines() if line.startswith(" passes"))
+    assert row.split()[-5:] == ["54", "39", "+1.5", "-0.5..+3.3", "0.146"]  # p from binomtest(54, 93)
+    assert "critic-confide" in text and "…" not in text  # a long name folds, nothing is cut
+
+
+def test_pairs_are_different_policies_at_equal_steps_or_equal_passes():
+    hits = [True, False, True]
+    settings = [("confidence", 8, 8.0, hits), ("confidence", 16, 16.0, hits), ("confidence", 32, 31.6, hits),
+                ("critic", 8, 16.0, hits), ("critic", 16, 32.0, hits), ("random", 16, 16.0, hits)]
+    got = [(p.equal, {p.a, p.b}) for p in equal_cost_pairs(settings)]
+    assert got == [
+        ("passes", {"confidence@16", "critic@8"}),
+        ("passes", {"confidence@32", "critic@16"}),  # 31.6 passes (a reused pass) rounds to 32
+        ("passes", {"critic@8", "random@16"}),
+        ("steps", {"confidence@8", "critic@8"}),
+        ("steps", {"confidence@16", "critic@16"}),
+        ("steps", {"confidence@16", "random@16"}),  # equal steps (and passes): labelled by steps
+        ("steps", {"critic@16", "random@16"}),
+    ]
+
+
+def test_eval_rows_file_and_paired_json_agree(tiny_run, tmp_path):
+    out = tmp_path / "sub" / "rows.jsonl"
+    result = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--policies", "confidence,critic",
+                                 "--steps", "2,4", "--n", "7", "--batch-size", "3", "--rows", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 4 * 7 and doc["rows_file"] == str(out)
+    by = {}
+    for line in lines:
+        by.setdefault((line["policy"], line["steps"]), {})[line["index"]] = line
+        assert line["exact"] == (line["text"] == line["reference"])
+        assert 0 <= line["chars_right"] <= line["chars"] and 0 <= line["fields_right"] <= line["fields"]
+    for row in doc["rows"]:
+        per = by[(row["policy"], row["steps"])]
+        assert sorted(per) == list(range(7))
+        assert row["exact"] == sum(o["exact"] for o in per.values()) / 7
+        assert row["char_acc"] == sum(o["chars_right"] for o in per.values()) / sum(o["chars"] for o in per.values())
+        assert row["json_valid"] == sum(o["json_valid"] for o in per.values()) / 7
+        assert "outcomes" not in row
+    assert [(p["equal"], {p["a"], p["b"]}) for p in doc["paired"]] == [
+        ("passes", {"confidence@4", "critic@2"}), ("steps", {"confidence@2", "critic@2"}),
+        ("steps", {"confidence@4", "critic@4"})]
+    for p in doc["paired"]:  # recount from the file
+        (pa, sa), (pb, sb) = (x.split("@") for x in (p["a"], p["b"]))
+        a, b = by[(pa, int(sa))], by[(pb, int(sb))]
+        assert p["only_a"] == sum(a[i]["exact"] and not b[i]["exact"] for i in range(7))
+        assert p["only_b"] == sum(b[i]["exact"] and not a[i]["exact"] for i in range(7))
+        assert p["only_a"] >= p["only_b"] and p["n"] == 7
+    table = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--policies", "confidence,critic",
+                                "--steps", "2", "--n", "3"])
+    assert table.exit_code == 0 and "paired on the same 3 rows" in table.stdout
+
+
+def test_eval_rows_never_overwrites_and_leaves_nothing_when_interrupted(tiny_run, tmp_path, monkeypatch):
+    out = tmp_path / "rows.jsonl"
+    out.write_text("keep me\n")
+    args = ["eval", "--checkpoint", str(tiny_run), "--policies", "confidence", "--steps", "2", "--n", "2"]
+    assert_one_line_error(runner.invoke(app, args + ["--rows", str(out)]), 2, "exists")
+    assert out.read_text() == "keep me\n"
+    assert_one_line_error(runner.invoke(app, args + ["--rows", str(tmp_path / "x.jsonl"), "--scaffold"]), 2,
+                          "--rows is not available with --scaffold")
+
+    import cdt.sampling.evaluate as evaluate
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_policies", interrupted)
+    fresh = tmp_path / "fresh.jsonl"
+    assert_one_line_error(runner.invoke(app, args + ["--rows", str(fresh)]), 1, "interrupted")
+    assert list(tmp_path.iterdir()) == [out]  # neither the file nor a partial one
