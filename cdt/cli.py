@@ -427,8 +427,7 @@ def eval_cmd(
         run_eval = evaluate_scaffold if scaffold else evaluate_policies
         rows = run_eval(ckpt, held, policy_list, steps_list, batch_size, base, device,
                         on_batch=lambda k: progress.advance(task, k))
-        if not scaffold:
-            save_rows(rows)
+        save_rows(rows)  # a no-op without --rows (which --scaffold refuses above)
     if scaffold:
         if json_out:
             emit_json({"checkpoint": str(ckpt.path), "n": n, "scaffold": True, "commit": commit, "schedule": schedule,
