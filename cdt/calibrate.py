@@ -98,11 +98,16 @@ class CalibrationResult:
 
 
 def sample_scores(probs: np.ndarray, top: int) -> dict:
-    """Aggregates of one sample's generated-token critic probabilities."""
+    """Aggregates of one sample's generated-token critic probabilities.
+
+    The means are exactly rounded sums (math.fsum), so they depend on the values alone: numpy's float32
+    mean changed in the 9th digit with where a row sat in its batch (SIMD summation order), which made
+    the scores file differ between --batch-size values on an Intel Xeon."""
     if probs.size == 0:
         return {"score": 0.0, "score_max": 0.0, "score_mean": 0.0}
-    desc = np.sort(probs)[::-1]
-    return {"score": float(desc[:top].mean()), "score_max": float(desc[0]), "score_mean": float(probs.mean())}
+    desc = np.sort(probs)[::-1].tolist()
+    return {"score": math.fsum(desc[:top]) / len(desc[:top]), "score_max": desc[0],
+            "score_mean": math.fsum(desc) / len(desc)}
 
 
 def _plan(cfg: CalibrateSettings) -> tuple[int, list[tuple[int, int]]]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as td
 
+from cdt.errors import CdtError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -43,6 +45,11 @@ def setup(dist: DistInfo, device: torch.device) -> torch.device:
     if not dist.active:
         return device
     if device.type == "cuda":
+        visible = torch.cuda.device_count()
+        if dist.local_rank >= visible:  # torch would stop with "invalid device ordinal" and a traceback
+            raise CdtError(f"process {dist.local_rank} of this machine needs a GPU of its own, and "
+                           f"{visible} {'is' if visible == 1 else 'are'} visible: start at most {visible} "
+                           f"per machine (--nproc_per_node), or train on the CPU with --device cpu")
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     if not td.is_initialized():

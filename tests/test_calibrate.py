@@ -16,7 +16,7 @@ from cdt.sampling.loop import SampleConfig, generate
 
 
 def run(tiny_run, tmp_path, **kw):
-    cfg = CalibrateSettings(**{"n_samples": 12, "steps": 3, "batch_size": 5, **kw})
+    cfg = CalibrateSettings(**{"n_samples": 12, "steps": 3, "batch_size": 5, "device": "cpu", **kw})
     path = tmp_path / "scores.jsonl"
     result = calibrate(load(tiny_run), cfg, path, tmp_path)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
@@ -113,6 +113,23 @@ def test_sample_scores_aggregates():
     s = sample_scores(np.array([0.1, 0.9, 0.5, 0.3, 0.7, 0.2]), top=5)
     assert s["score"] == pytest.approx((0.9 + 0.7 + 0.5 + 0.3 + 0.2) / 5)
     assert s["score_max"] == 0.9 and s["score_mean"] == pytest.approx(2.7 / 6)
+
+
+def test_sample_scores_depend_on_the_values_alone():
+    """The same float32 probabilities in another order, or at another offset in memory (a row elsewhere in
+    its batch), give bit-identical scores; the mean is the exactly rounded one."""
+    from fractions import Fraction
+
+    probs = np.random.default_rng(0).uniform(0, 1, 301).astype(np.float32)
+    base = sample_scores(probs, top=5)
+    wider = np.zeros(1000, np.float32)
+    for offset in (1, 3, 7, 16):
+        wider[offset:offset + probs.size] = probs
+        assert sample_scores(wider[offset:offset + probs.size], top=5) == base
+    for seed in range(5):
+        assert sample_scores(np.random.default_rng(seed).permutation(probs), top=5) == base
+    exact = sum(Fraction(float(p)) for p in probs) / probs.size
+    assert base["score_mean"] == float(exact)
 
 
 @pytest.mark.parametrize("kw, fragment", [({"n_samples": 0}, "--n-samples"), ({"mode": "dream"}, "unknown mode"),

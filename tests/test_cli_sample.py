@@ -129,9 +129,9 @@ def test_blocks_flag_reaches_sample_and_eval_and_is_checked_against_the_steps(ti
 
 def test_eval_results_do_not_depend_on_batch_size(tiny_run):
     a = run("eval", "--checkpoint", str(tiny_run), "--policies", "critic", "--steps", "3", "--n", "5",
-            "--batch-size", "5", "--json")
+            "--batch-size", "5", "--device", "cpu", "--json")
     b = run("eval", "--checkpoint", str(tiny_run), "--policies", "critic", "--steps", "3", "--n", "5",
-            "--batch-size", "2", "--json")
+            "--batch-size", "2", "--device", "cpu", "--json")
     ra, rb = json.loads(a.stdout)["rows"][0], json.loads(b.stdout)["rows"][0]
     assert (ra["char_acc"], ra["exact"], ra["field_acc"]) == (rb["char_acc"], rb["exact"], rb["field_acc"])
 

@@ -13,7 +13,10 @@ from cdt import checkpoint
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not sys.platform.startswith("linux"),
                                 reason="needs torch.distributed (gloo)")
 
-COMMON = ["--preset", "tiny", "--max-iters", "8", "--eval-interval", "8", "--set", "train.log_interval=1", "--json"]
+# gloo on the CPU wherever the suite runs: with --device auto on a machine with one GPU, the second rank
+# would have none (test_a_rank_without_a_gpu_is_a_one_line_error)
+COMMON = ["--preset", "tiny", "--max-iters", "8", "--eval-interval", "8", "--set", "train.log_interval=1", "--json",
+          "--device", "cpu"]
 
 
 def run(args, tmp_path, timeout=300):
@@ -54,18 +57,19 @@ def test_two_processes_match_one_write_once_and_resume_in_one(tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl"]
     assert sum(x["kind"] == "eval" for x in lines) == 1
     resumed = run([sys.executable, "-m", "cdt", "train", "--out", str(tmp_path / "two"), "--resume", "--preset", "tiny",
-                   "--max-iters", "10", "--batch-size", "8", "--json"], tmp_path)
+                   "--max-iters", "10", "--batch-size", "8", "--device", "cpu", "--json"], tmp_path)
     assert summary(resumed)["step"] == 10
     # and the other way round: the 1-process run resumes in 2 processes
     widened = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cdt",
                    "train", "--out", str(tmp_path / "one"), "--resume", "--preset", "tiny", "--max-iters", "10",
-                   "--batch-size", "4", "--json"], tmp_path)
+                   "--batch-size", "4", "--device", "cpu", "--json"], tmp_path)
     assert summary(widened)["step"] == 10
 
 
 def test_an_error_on_one_rank_ends_every_rank(tmp_path):
     bad = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cdt",
-               "train", "--preset", "tiny", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "r")],
+               "train", "--preset", "tiny", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "r"),
+               "--device", "cpu"],
               tmp_path, timeout=120)
     assert bad.returncode != 0
     assert "data file not found" in bad.stderr
@@ -112,3 +116,15 @@ def test_muon_trains_under_torchrun(tmp_path):
                 "train", *COMMON, "--batch-size", "4", "--optimizer", "muon", "--out", str(out)], tmp_path)
     assert summary(proc)["config"]["train"]["optimizer"] == "muon"
     assert set(checkpoint.load(out).optimizer_state) == {"adamw", "muon"}
+
+
+def test_a_rank_without_a_gpu_is_a_one_line_error(monkeypatch):
+    """torchrun --nproc_per_node=2 with --device auto on a machine with one GPU: rank 1 has none."""
+    from cdt import distributed
+    from cdt.errors import CdtError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set_device reached for a missing GPU"))
+    with pytest.raises(CdtError, match=r"process 1 of this machine needs a GPU of its own, and 1 is visible: "
+                                       r"start at most 1 per machine \(--nproc_per_node\), or train on the CPU"):
+        distributed.setup(distributed.DistInfo(rank=1, world_size=2, local_rank=1), torch.device("cuda"))
