@@ -2,6 +2,7 @@
 
     python benchmarks/sample_throughput.py            # small preset architecture, random weights
     python benchmarks/sample_throughput.py --checkpoint runs/x
+    python benchmarks/sample_throughput.py --device cuda     # bf16 autocast, as cdt sample runs there
 
 Prints one JSON document. Generated tokens are the masked answer characters of
 held-out toolcalls records; throughput does not depend on the weights, so the
@@ -19,7 +20,7 @@ import torch
 from cdt.checkpoint import Checkpoint, load
 from cdt.config import resolve
 from cdt.data import load_corpus
-from cdt.device import tune_cpu_allocator
+from cdt.device import pick_device, synchronize, tune_cpu_allocator
 from cdt.model import DiffusionLM
 from cdt.rng import seed_for
 from cdt.sampling import SampleConfig, generate
@@ -36,6 +37,7 @@ def main():
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--rows", type=int, default=128, help="rows generated per measurement")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto [default: cpu]")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator as it is (cdt tunes it)")
     args = ap.parse_args()
     tuned = not args.default_malloc and tune_cpu_allocator()
@@ -51,6 +53,8 @@ def main():
         cfg.model.vocab_size = len(corpus.vocab)
         torch.manual_seed(0)
         model = DiffusionLM(cfg.model).eval()
+    device = pick_device(args.device)
+    model = model.to(device)
     held = HeldOut(*heldout_templates(corpus, args.rows), records=None, masking="answer")
     results = {}
     for policy in args.policies.split(","):
@@ -58,6 +62,7 @@ def main():
             scfg = SampleConfig(policy=policy, steps=args.steps)
             warm = held.take(torch.arange(b))
             generate(model, warm.template, warm.protected, scfg)  # warm-up
+            synchronize(device)
             t0, tokens, passes = time.perf_counter(), 0, 0
             for lo in range(0, args.rows, b):  # the same rows at every batch size
                 hi = min(lo + b, args.rows)
@@ -66,13 +71,14 @@ def main():
                                row_seeds=[seed_for(0, i) for i in range(lo, hi)])
                 tokens += int((part.template == MASK_ID).sum())
                 passes += sum(gen.passes.values())
+            synchronize(device)
             elapsed = time.perf_counter() - t0
             results[f"{policy}@{b}"] = {"tokens_per_s": tokens / elapsed,
                                        "passes_per_step": passes / ((args.rows + b - 1) // b) / args.steps}
     small, large = (int(x) for x in (args.batches.split(",")[0], args.batches.split(",")[-1]))
     ratios = {p: results[f"{p}@{large}"]["tokens_per_s"] / results[f"{p}@{small}"]["tokens_per_s"]
               for p in args.policies.split(",")}
-    print(json.dumps({"steps": args.steps, "threads": torch.get_num_threads(), "allocator_tuned": tuned,
+    print(json.dumps({"steps": args.steps, "device": str(device), "threads": torch.get_num_threads(), "allocator_tuned": tuned,
                       "results": results,
                       f"batch{large}_over_batch{small}": ratios}, indent=2))
 

@@ -30,7 +30,7 @@ from cdt.data import load_corpus
 from cdt.model import DiffusionLM
 from cdt.noise import get_schedule, sample_t
 from cdt.optim import make_optimizer, set_learning_rates
-from cdt.device import pick_device, tune_cpu_allocator
+from cdt.device import pick_device, synchronize, tune_cpu_allocator
 from cdt.ema import WeightAverage
 from cdt.errors import UsageError
 from cdt.train import diffusion_step
@@ -42,18 +42,13 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sizes=(1024, 2048, 102
     for n in sizes:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         a @ b
-        sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         for _ in range(repeats):
             a @ b
-        sync(device)
+        synchronize(device)
         best = max(best, 2 * n**3 * repeats / (time.perf_counter() - t0))
     return best
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def flops_per_position(cfg, n: int, critic: float) -> float:
@@ -77,10 +72,13 @@ def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
     average = WeightAverage(model, cfg.train.ema) if cfg.train.ema > 0 else None
     schedule = get_schedule(cfg.train.schedule)
     positions, flops, elapsed = 0, 0.0, 0.0
-    for step in range(steps + 2):  # two warm-up steps
+    # warm-up steps, untimed: on CUDA each new sequence length (batches are grouped by length) picks and
+    # caches its kernels the first time, and two steps left the first measurement 3x slow
+    warmup = 2 if device.type == "cpu" else 30
+    for step in range(steps + warmup):
         g = torch.Generator().manual_seed(step)
         batch = corpus.batch(step, cfg.train.batch_size, 0)
-        sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         out = diffusion_step(model, batch, sample_t(len(batch.ids), g), schedule, cfg.train, "answer", g, device,
                              critic_rows=cfg.train.critic_rows)
@@ -90,8 +88,8 @@ def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
         opt.step()
         if average is not None:
             average.update()
-        sync(device)
-        if step >= 2:
+        synchronize(device)
+        if step >= warmup:
             elapsed += time.perf_counter() - t0
             b, n = batch.ids.shape
             positions += b * n
