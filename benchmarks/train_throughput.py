@@ -72,8 +72,7 @@ def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
     average = WeightAverage(model, cfg.train.ema) if cfg.train.ema > 0 else None
     schedule = get_schedule(cfg.train.schedule)
     positions, flops, elapsed = 0, 0.0, 0.0
-    # warm-up steps, untimed: on CUDA each new sequence length (batches are grouped by length) picks and
-    # caches its kernels the first time, and two steps left the first measurement 3x slow
+    # untimed warm-up steps: on CUDA, two left the first measurement at twice the step time it had after 30
     warmup = 2 if device.type == "cpu" else 30
     for step in range(steps + warmup):
         g = torch.Generator().manual_seed(step)
