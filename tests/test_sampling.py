@@ -284,3 +284,18 @@ def test_blocks_spend_no_extra_passes():
 def test_blocks_outside_one_to_steps_are_refused(blocks):
     with pytest.raises(UsageError, match="--blocks must be between 1 and --steps"):
         run(steps=8, blocks=blocks)
+
+
+def test_prompt_template_names_the_longest_length_that_fits():
+    from cdt.data import load_corpus
+    from cdt.sampling.template import prompt_template
+    vocab = load_corpus("toolcalls", 256, 50, 0).vocab
+    ids, protected = prompt_template(vocab, "hello", 14, 20)  # 5 characters + the separator + 14 = 20
+    assert ids.shape == (1, 20) and protected.sum() == 6 and (ids[0, 6:] == MASK_ID).all()
+    with pytest.raises(CdtError, match=r"prompt \(5 characters \+ 1 separator\) plus --length 15 .* "
+                                       r"--length can be at most 14 with this prompt"):
+        prompt_template(vocab, "hello", 15, 20)
+    with pytest.raises(CdtError, match=r"prompt \(5 characters\) .* at most 15"):
+        prompt_template(vocab, "hello", 16, 20, separator=False)
+    with pytest.raises(CdtError, match="shorten the prompt$"):
+        prompt_template(vocab, "x" * 19, 1, 20)

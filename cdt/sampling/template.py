@@ -53,8 +53,11 @@ def prompt_template(vocab: Vocab, prompt: str, length: int, block_size: int, n: 
         raise CdtError("--length must be at least 1")
     head = vocab.encode(prompt + SEPARATOR) if prompt and separator else vocab.encode(prompt)
     if len(head) + length > block_size:
-        raise CdtError(f"prompt ({len(head)} characters) plus --length {length} exceeds the model's block size "
-                       f"{block_size}; shorten one of them")
+        sep = len(head) - len(prompt)
+        size = f"{len(prompt)} characters" + (f" + {sep} separator" if sep else "")
+        room = (f"--length can be at most {block_size - len(head)} with this prompt" if len(head) < block_size
+                else "shorten the prompt")
+        raise CdtError(f"prompt ({size}) plus --length {length} exceeds the model's block size {block_size}: {room}")
     ids = torch.tensor(head + [MASK_ID] * length).repeat(n, 1)
     protected = torch.zeros_like(ids, dtype=torch.bool)
     protected[:, : len(head)] = True
