@@ -317,6 +317,9 @@ def _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget
     cfg.steps = steps or ckpt.config.sample.steps
     for p in prompts:
         ckpt.vocab.encode(p)  # characters outside the vocabulary: one clear error before any work
+    if not ckpt.config.data.scaffold:
+        warn(f"{ckpt.path} was trained without scaffolds: it has not learned the slot layout or to end a value "
+             "with [NULL], so expect filled-up slots; train one with cdt train --scaffold")
     samples, gen = sample_schema(ckpt, spec, prompts, cfg, device, record=show_steps)
     for i, s in enumerate(samples):
         for e in s.errors:

@@ -159,6 +159,15 @@ def test_cli_sample_schema_and_prompts_file(scaffold_run, tmp_path):
     assert json.loads(js.stdout)["schema"] == "set_alarm"
 
 
+def test_cli_sample_schema_warns_when_the_checkpoint_never_saw_a_scaffold(scaffold_run, tiny_run):
+    args = ["--schema", "set_alarm", "--prompt", "Wake me at 6 am", "--steps", "2"]
+    plain = runner.invoke(app, ["sample", "--checkpoint", str(tiny_run), *args])
+    assert plain.exit_code == 0 and plain.stdout.startswith('{"name": "set_alarm"')  # it still samples
+    assert "trained without scaffolds" in plain.stderr and "cdt train --scaffold" in plain.stderr
+    trained = runner.invoke(app, ["sample", "--checkpoint", str(scaffold_run), *args])
+    assert trained.exit_code == 0 and "scaffold" not in trained.stderr
+
+
 def test_cli_sample_schema_bad_input(scaffold_run, tmp_path):
     base = ["sample", "--checkpoint", str(scaffold_run), "--steps", "2"]
     assert_one_line_error(runner.invoke(app, base + ["--schema", "nope"]), 2, "built-in tools")
