@@ -97,6 +97,25 @@ class CalibrationResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def earlier_outputs(run_dir: Path, scores_path: Path) -> dict[str, float]:
+    """The files a finished run will replace, {path: modification time}: the scores file, the run's
+    report and calibration map. Read before the run; an interrupted run replaces none of them."""
+    paths = (Path(scores_path), Path(run_dir) / REPORT_NAME, Path(run_dir) / calibration_map.MAP_NAME)
+    return {str(p): p.stat().st_mtime for p in paths if p.is_file()}
+
+
+def replaced_note(earlier: dict[str, float], written: list[str]) -> str | None:
+    """One line naming the earlier files this run replaced (None when it replaced nothing); `written`
+    starts with the scores file."""
+    gone = [p for p in written if p in earlier]
+    if not gone:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(min(earlier[p] for p in gone)))
+    hint = "; --out PATH writes the scores elsewhere" if written[0] in gone else ""
+    return (f"replaced the earlier {', '.join(gone)} (written {when}): the run's report and map always hold "
+            f"its latest calibration{hint}")
+
+
 def sample_scores(probs: np.ndarray, top: int) -> dict:
     """Aggregates of one sample's generated-token critic probabilities.
 

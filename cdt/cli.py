@@ -492,7 +492,8 @@ def calibrate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from cdt import checkpoint as ckpt_mod
-    from cdt.calibrate import REPORT_NAME, SCORES_NAME, CalibrateSettings, calibrate as run_calibrate
+    from cdt.calibrate import (REPORT_NAME, SCORES_NAME, CalibrateSettings, calibrate as run_calibrate, earlier_outputs,
+                               replaced_note)
     from cdt.checkpoint import atomic_write
     from cdt.plot import reliability_diagram, require_matplotlib
     from cdt.render import calibration_summary, reliability_table
@@ -508,17 +509,21 @@ def calibrate(
         require_matplotlib()
     ckpt = ckpt_mod.load(checkpoint)
     run_dir = ckpt.path.parent
+    scores_path = out or run_dir / SCORES_NAME
+    earlier = earlier_outputs(run_dir, scores_path)
     with Progress(TextColumn("[bold]calibrate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, disable=not err_console.is_terminal, transient=True) as progress:
         task = progress.add_task("calibrate", total=n_samples)
-        result = run_calibrate(ckpt, cfg, out or run_dir / SCORES_NAME, run_dir,
-                               on_samples=lambda k: progress.advance(task, k))
+        result = run_calibrate(ckpt, cfg, scores_path, run_dir, on_samples=lambda k: progress.advance(task, k))
+    report_path = run_dir / REPORT_NAME
+    written = [p for p in (result.scores_path, str(report_path), result.map_path) if p]
+    result.warnings += [note] if (note := replaced_note(earlier, written)) else []
     for w in result.warnings:
         warn(w)
     doc = asdict(result)
+    doc["replaced"] = [p for p in written if p in earlier]
     doc["critic_polarity"] = "probability that the token is wrong (higher = more likely wrong)"
     doc["settings"] = asdict(cfg)
-    report_path = run_dir / REPORT_NAME
     atomic_write(report_path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8"))
     if plot is not None:
         reliability_diagram(result.tokens, plot, f"critic reliability · {run_dir.name}")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -74,6 +75,25 @@ def test_calibrate_spread_reaches_the_generations(tiny_run, tmp_path, monkeypatc
                  "--out", tmp_path / "s.jsonl", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["settings"]["spread"] is True and seen == [True]
+
+
+def test_calibrate_again_says_what_it_replaced(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(tiny_run / "checkpoint.pt", run_dir / "checkpoint.pt")
+    first = run("calibrate", "--checkpoint", run_dir, "--n-samples", 4, "--steps", 2, "--json")
+    assert first.exit_code == 0, first.stderr
+    assert json.loads(first.stdout)["replaced"] == [] and "replaced" not in first.stderr
+    again = run("calibrate", "--checkpoint", run_dir, "--n-samples", 4, "--steps", 2, "--json")
+    assert again.exit_code == 0, again.stderr
+    names = [str(run_dir / n) for n in ("calibration_scores.jsonl", "calibration_report.json", "calibration.json")]
+    assert json.loads(again.stdout)["replaced"] == names
+    assert "replaced the earlier" in again.stderr and "--out PATH" in again.stderr
+    apart = run("calibrate", "--checkpoint", run_dir, "--n-samples", 4, "--steps", 2, "--out", tmp_path / "s.jsonl")
+    assert apart.exit_code == 0, apart.stderr
+    message = apart.stderr[apart.stderr.index("replaced the earlier"):]
+    assert names[0] not in message and names[1] in message and "--out PATH" not in message
+    assert json.loads((run_dir / "calibration_report.json").read_text())["replaced"] == names[1:]
 
 
 def test_plot_without_matplotlib_fails_before_any_work(tiny_run, tmp_path, monkeypatch):
