@@ -299,3 +299,6 @@ def test_prompt_template_names_the_longest_length_that_fits():
         prompt_template(vocab, "hello", 16, 20, separator=False)
     with pytest.raises(CdtError, match="shorten the prompt$"):
         prompt_template(vocab, "x" * 19, 1, 20)
+    assert prompt_template(vocab, "", 20, 20)[0].shape == (1, 20)  # no prompt: no separator either
+    with pytest.raises(CdtError, match=r"^--length 21 exceeds the model's block size 20: --length can be at most 20$"):
+        prompt_template(vocab, "", 21, 20)

@@ -53,6 +53,9 @@ def prompt_template(vocab: Vocab, prompt: str, length: int, block_size: int, n: 
         raise CdtError("--length must be at least 1")
     head = vocab.encode(prompt + SEPARATOR) if prompt and separator else vocab.encode(prompt)
     if len(head) + length > block_size:
+        if not head:
+            raise CdtError(f"--length {length} exceeds the model's block size {block_size}: "
+                           f"--length can be at most {block_size}")
         sep = len(head) - len(prompt)
         size = f"{len(prompt)} characters" + (f" + {sep} separator" if sep else "")
         room = (f"--length can be at most {block_size - len(head)} with this prompt" if len(head) < block_size
