@@ -25,7 +25,7 @@ def test_every_shipped_preset_matches_the_dataclasses(name):
 
 
 def test_copy_long_is_the_readme_command_line():
-    # README: the default architecture with AdamW, --max-iters 10200 --set train.critic_warmup_start=5700 ...
+    # docs/measurements.md: the default architecture with AdamW, --max-iters 10200 --set train.critic_warmup_start=5700 ...
     flags = ["train.optimizer=adamw", "train.max_iters=10200", "train.critic_warmup_start=5700",
              "train.critic_warmup_end=6300"]
     assert resolve("copy_long") == resolve(None, None, [parse_override(f) for f in flags])
