@@ -485,7 +485,8 @@ def calibrate(
 
     Writes into the run directory the per-sample scores (input of `cdt sweep-tau`), the
     report, and a calibration map (critic P(wrong) -> observed error rate) that the
-    `critic-calibrated` policy uses. Critic probabilities: higher = more likely wrong.
+    `critic-calibrated` policy uses; a later run replaces them and names what it replaced.
+    Critic probabilities: higher = more likely wrong.
     """
     from dataclasses import asdict
 
