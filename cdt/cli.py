@@ -402,7 +402,7 @@ def eval_cmd(
     from cdt.paired import equal_cost_pairs
     from cdt.render import eval_table, paired_table
     from cdt.render import scaffold_table
-    from cdt.sampling.evaluate import evaluate_policies, evaluate_scaffold, outcome_file
+    from cdt.sampling.evaluate import finished_settings, iter_policies, iter_scaffold, outcome_file
     from cdt.sampling.heldout import load_heldout
     from cdt.sampling.loop import SampleConfig
 
@@ -424,35 +424,41 @@ def eval_cmd(
         held = load_heldout(ckpt, n, mask, mask_ratio, seed)
     for p in policy_list:
         warn(calibration_map.for_policy(ckpt.path.parent, p)[1])
+    settings = len(policy_list) * len(steps_list)
     with outcome_file(rows_out) as save_rows, \
             Progress(console=err_console, disable=not err_console.is_terminal, transient=True) as progress:
-        task = progress.add_task("eval", total=len(policy_list) * len(steps_list) * n)
-        run_eval = evaluate_scaffold if scaffold else evaluate_policies
-        rows = run_eval(ckpt, held, policy_list, steps_list, batch_size, base, device,
-                        on_batch=lambda k: progress.advance(task, k))
-        save_rows(rows)  # a no-op without --rows (which --scaffold refuses above)
+        task = progress.add_task("eval", total=settings * n)
+        run_eval = iter_scaffold if scaffold else iter_policies
+        rows, interrupted = finished_settings(run_eval(ckpt, held, policy_list, steps_list, batch_size, base, device,
+                                                       on_batch=lambda k: progress.advance(task, k)))
+        if not rows:
+            raise KeyboardInterrupt  # nothing finished: nothing to show or keep
+        rows_path = save_rows(rows, complete=not interrupted)  # None without --rows (which --scaffold refuses above)
+    cut = f"interrupted after {len(rows)} of {settings} settings" if interrupted else ""
+    done = {"interrupted": interrupted, "settings": settings, "finished": len(rows)}
+    pairs = [] if scaffold else equal_cost_pairs([(r.policy, r.steps, r.passes, r.hits()) for r in rows])
     if scaffold:
         if json_out:
             emit_json({"checkpoint": str(ckpt.path), "n": n, "scaffold": True, "commit": commit, "schedule": schedule,
                        "temperature": temperature, "spread": spread, "blocks": blocks,
-                       "rows": [asdict(r) for r in rows]})
+                       "rows": [asdict(r) for r in rows]} | done)
         else:
-            out_console.print(scaffold_table(rows, n))
-        return
-    pairs = equal_cost_pairs([(r.policy, r.steps, r.passes, r.hits()) for r in rows])
-    if json_out:
+            out_console.print(scaffold_table(rows, n, cut))
+    elif json_out:
         emit_json({"checkpoint": str(ckpt.path), "n": n, "mask": held.masking,
                    "mask_ratio": None if held.masking == "answer" else mask_ratio,
                    "answer_tail": ckpt.config.data.answer_tail,  # > 0: regions do not give the answer's length
                    "commit": commit, "schedule": schedule, "temperature": temperature, "spread": spread,
                    "blocks": blocks, "rows": [r.summary() for r in rows], "paired": [asdict(p) for p in pairs],
-                   "rows_file": str(rows_out) if rows_out else None})
+                   "rows_file": str(rows_path) if rows_path else None} | done)
     else:
-        out_console.print(eval_table(rows, n, held.masking, mask_ratio, ckpt.config.data.answer_tail, blocks))
+        out_console.print(eval_table(rows, n, held.masking, mask_ratio, ckpt.config.data.answer_tail, blocks, cut))
         if pairs:
             out_console.print(paired_table(pairs, n))
-        if rows_out is not None:
-            out_console.print(f"per-row outcomes: {rows_out}", highlight=False, soft_wrap=True)
+        if rows_path is not None:
+            out_console.print(f"per-row outcomes: {rows_path}", highlight=False, soft_wrap=True)
+    if interrupted:
+        raise fail(f"{cut}; stdout has their figures" + (f", {rows_path} their rows" if rows_path else ""), 1)
 
 
 @app.command()

@@ -126,14 +126,16 @@ def trajectory(result, vocab, plain: bool) -> Text:
     return text
 
 
-def eval_table(rows, n: int, masking: str = "answer", ratio: float = 0.0, tail: int = 0, blocks: int = 1) -> Table:
-    """Policies x steps, ordered by trunk passes so equal-cost rows stand together."""
+def eval_table(rows, n: int, masking: str = "answer", ratio: float = 0.0, tail: int = 0, blocks: int = 1,
+               cut: str = "") -> Table:
+    """Policies x steps, ordered by trunk passes so equal-cost rows stand together; `cut` says how far an
+    interrupted run got."""
     region = "answers" if masking == "answer" else f"{masking} regions ({ratio:.0%} masked)"
     region += f" (each + 0-{tail} [NULL])" if tail and masking == "answer" else ""
     region += f" in {blocks} left-to-right blocks" if blocks > 1 else ""
     # no vertical rules and fixed minimum widths: 80 columns hold every cell unabridged
     table = Table(title=f"cdt eval · {n:,} held-out {region} infilled", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False, padding=(0, 0, 0, 1))
+                  pad_edge=False, padding=(0, 0, 0, 1), caption=cut or None, caption_justify="left")
     width = max(len(r.policy) for r in rows)
     graded = rows[0].json_valid is not None
     columns = ("passes", "policy", "steps", "char acc", "exact") + (("JSON ok", "fields") if graded else ()) + ("s",)
@@ -421,11 +423,11 @@ def slot_trajectory(gen, starts: list[int], vocab, plain: bool) -> Text:
     return text
 
 
-def scaffold_table(rows, n: int) -> Table:
+def scaffold_table(rows, n: int, cut: str = "") -> Table:
     """Scaffolded infilling per policy and steps, ordered by trunk passes; fits 80 columns."""
     kept = min(r.structure for r in rows)
-    table = Table(title=f"cdt eval --scaffold · {n:,} held-out calls · structure kept in {_pct(kept)} of rows",
-                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1))
+    title = f"cdt eval --scaffold · {n:,} held-out calls · structure kept in {_pct(kept)} of rows"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1))
 
     def pct(x):
         return "-" if x is None else f"{100 * x:.0f}%"
@@ -437,7 +439,7 @@ def scaffold_table(rows, n: int) -> Table:
                       pct(r.field_exact), pct(r.call_exact), pct(r.null_precision), pct(r.null_recall),
                       f"{r.diversity:.2f}", pct(r.repetition), f"{r.seconds:.0f}")
     table.caption = ("∅ P/R: [NULL] precision/recall over slot positions · div: distinct/total characters per "
-                     "value · rep: characters repeating the previous one")
+                     "value · rep: characters repeating the previous one" + (f"\n{cut}" if cut else ""))
     table.caption_justify = "left"
     return table
 

@@ -88,7 +88,7 @@ def test_eval_table_and_json(tiny_run):
                  "--n", "6", "--batch-size", "4", "--json")
     assert result.exit_code == 0, result.stderr
     rows = json.loads(result.stdout)["rows"]
-    assert [(r["policy"], r["steps"]) for r in rows] == [("confidence", 2), ("confidence", 4), ("critic", 2), ("critic", 4)]
+    assert [(r["policy"], r["steps"]) for r in rows] == [("confidence", 2), ("critic", 2), ("confidence", 4), ("critic", 4)]
     by = {(r["policy"], r["steps"]): r for r in rows}
     assert by[("critic", 2)]["passes"] == 4 and by[("confidence", 4)]["passes"] == 4  # equal cost
     for r in rows:

@@ -142,7 +142,39 @@ def test_eval_rows_never_overwrites_and_leaves_nothing_when_interrupted(tiny_run
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluate, "evaluate_policies", interrupted)
+    monkeypatch.setattr(evaluate, "generate", interrupted)  # Ctrl-C before any setting finished
     fresh = tmp_path / "fresh.jsonl"
     assert_one_line_error(runner.invoke(app, args + ["--rows", str(fresh)]), 1, "interrupted")
     assert list(tmp_path.iterdir()) == [out]  # neither the file nor a partial one
+
+
+def test_eval_interrupted_reports_the_settings_it_finished(tiny_run, tmp_path, monkeypatch):
+    import cdt.sampling.evaluate as evaluate
+
+    args = ["eval", "--checkpoint", str(tiny_run), "--policies", "confidence,critic", "--steps", "2", "--n", "3"]
+    whole = json.loads(runner.invoke(app, args + ["--json"]).stdout)
+    real, calls = evaluate.generate, []
+
+    def ctrl_c_in_the_second_setting(*a, **k):  # --n 3 fits one batch: one call per setting
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate, "generate", ctrl_c_in_the_second_setting)
+    out = tmp_path / "rows.jsonl"
+    result = runner.invoke(app, args + ["--rows", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"error: interrupted after 1 of 2 settings; stdout has their figures, "
+                                     f"{out}.partial their rows")
+    assert "interrupted after 1 of 2 settings" in result.stdout and "confidence" in result.stdout
+    assert "critic" not in result.stdout and not out.exists()
+    kept = [json.loads(line) for line in (tmp_path / "rows.jsonl.partial").read_text().splitlines()]
+    assert [(r["policy"], r["steps"], r["index"]) for r in kept] == [("confidence", 2, i) for i in range(3)]
+
+    calls.clear()
+    doc = json.loads(runner.invoke(app, args + ["--json"]).stdout)
+    assert (doc["interrupted"], doc["settings"], doc["finished"]) == (True, 2, 1)
+    assert (whole["interrupted"], whole["finished"]) == (False, 2)
+    first = {k: v for k, v in whole["rows"][0].items() if k != "seconds"}
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in doc["rows"]] == [first]  # as if uninterrupted

@@ -199,6 +199,26 @@ def test_cli_eval_scaffold(scaffold_run, tiny_run):
                           "train with cdt train --scaffold")
 
 
+def test_cli_eval_scaffold_interrupted_reports_the_settings_it_finished(scaffold_run, monkeypatch):
+    import cdt.sampling.evaluate as evaluate
+
+    real = evaluate.generate
+
+    def ctrl_c_at_two_steps(model, ids, protected, cfg, **kw):
+        if cfg.steps == 3:
+            raise KeyboardInterrupt
+        return real(model, ids, protected, cfg, **kw)
+
+    monkeypatch.setattr(evaluate, "generate", ctrl_c_at_two_steps)
+    args = ["eval", "--checkpoint", str(scaffold_run), "--scaffold", "--policies", "confidence", "--steps", "2,3",
+            "--n", "3"]
+    table = runner.invoke(app, args)
+    assert table.exit_code == 1 and "structure kept in" in table.stdout
+    assert "interrupted after 1 of 2 settings" in table.stdout and "interrupted after 1 of 2" in table.stderr
+    doc = json.loads(runner.invoke(app, args + ["--json"]).stdout)
+    assert [r["steps"] for r in doc["rows"]] == [2] and doc["interrupted"] is True
+
+
 def test_slots_only_take_characters_that_keep_the_json_intact(vocab):
     schema = scaffold.builtin("schedule_meeting")  # string, string, integer, boolean
     ids, protected = scaffold.template(schema, vocab, ["Meet Ana"], SEPARATOR, 400)

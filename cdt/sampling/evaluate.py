@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 
@@ -60,10 +61,15 @@ class EvalRow:
 
 def evaluate_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], steps_list: list[int],
                       batch_size: int, base: SampleConfig, device: str = "auto", on_batch=None) -> list[EvalRow]:
+    return list(iter_policies(ckpt, held, policies, steps_list, batch_size, base, device, on_batch))
+
+
+def iter_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], steps_list: list[int],
+                  batch_size: int, base: SampleConfig, device: str = "auto", on_batch=None) -> Iterator[EvalRow]:
+    """Each setting (policy x steps) as soon as it is finished, every policy at one step count before the next."""
     model = ckpt.build_model(pick_device(device))
-    rows = []
-    for policy in policies:
-        for steps in steps_list:
+    for steps in steps_list:  # every policy at the fewest steps first: an interrupted run still compares them
+        for policy in policies:
             cfg = SampleConfig(**{**base.__dict__, "policy": policy, "steps": steps})
             cfg.validate()
             calibration, _ = calibration_map.for_policy(ckpt.path.parent, policy)  # the CLI prints the warning
@@ -80,17 +86,30 @@ def evaluate_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
                     outcomes[i] = _outcome(ckpt.vocab, held, part, j, i, gen.tokens[j])
                 if on_batch:
                     on_batch(len(index))
-            rows.append(_aggregate(policy, steps, passes / batches, outcomes, time.perf_counter() - t0))
-    return rows
+            yield _aggregate(policy, steps, passes / batches, outcomes, time.perf_counter() - t0)
+
+
+def finished_settings(settings: Iterable) -> tuple[list, bool]:
+    """Every setting `settings` yields until Ctrl-C, and whether Ctrl-C cut the run short: an interrupted
+    evaluation still reports what it finished."""
+    done = []
+    try:
+        for row in settings:
+            done.append(row)
+    except KeyboardInterrupt:
+        return done, True
+    return done, False
 
 
 @contextmanager
 def outcome_file(path: Path | None):
-    """`--rows`: yields save(rows), which writes one JSON line per held-out row and setting. The file is
-    opened first, so a path that cannot be written fails before the evaluation runs; it appears under
-    its name only once complete, and an error or Ctrl-C before then leaves nothing behind."""
+    """`--rows`: yields save(rows, complete=True), which writes one JSON line per held-out row and setting
+    and returns the path written. The file is opened first, so a path that cannot be written fails before
+    the evaluation runs. It appears under its name only once complete; the finished settings of an
+    interrupted run stay in `<name>.partial`, and an error, or Ctrl-C before any setting finished, leaves
+    nothing behind."""
     if path is None:
-        yield lambda rows: None
+        yield lambda rows, complete=True: None
         return
     if path.exists():
         raise UsageError(f"{path} exists; --rows writes a new file (choose another name or delete it)")
@@ -99,16 +118,18 @@ def outcome_file(path: Path | None):
     except OSError as e:
         raise CdtError(f"cannot write {path}: {e.strerror}") from None
 
-    def save(rows: list[EvalRow]) -> None:
+    def save(rows: list[EvalRow], complete: bool = True) -> Path:
         for r in rows:
             for o in r.outcomes:
                 writer.write({"policy": r.policy, "steps": r.steps, **asdict(o)})
-        writer.close()
+        kept.append(writer.close(complete=complete))
+        return kept[-1]
 
+    kept: list[Path] = []
     try:
         yield save
     finally:
-        if writer.partial.exists():  # not saved: nothing half-written stays
+        if not kept:  # not saved: nothing half-written stays
             writer.close(complete=False).unlink()
 
 
@@ -160,9 +181,10 @@ def _value_chars(vocab, ids) -> str:
     return vocab.decode(ids)  # [NULL] dropped
 
 
-def evaluate_scaffold(ckpt: Checkpoint, held: HeldOut, policies: list[str], steps_list: list[int], batch_size: int,
-                      base: SampleConfig, device: str = "auto", on_batch=None) -> list[ScaffoldEvalRow]:
-    """Infill only the value slots of held-out scaffolded answers and grade every field."""
+def iter_scaffold(ckpt: Checkpoint, held: HeldOut, policies: list[str], steps_list: list[int], batch_size: int,
+                  base: SampleConfig, device: str = "auto", on_batch=None) -> Iterator[ScaffoldEvalRow]:
+    """Infill only the value slots of held-out scaffolded answers and grade every field; each setting as
+    soon as it is finished."""
     from cdt import scaffold
     from cdt.data import SEPARATOR
     from cdt.train import value_spans
@@ -174,9 +196,8 @@ def evaluate_scaffold(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
     schemas = [scaffold.builtin(r.tool) for r in held.records]
     heads = [len(vocab.encode(r.prompt + SEPARATOR)) for r in held.records]  # where each answer starts
     allowed = scaffold.allowed_rows(schemas, heads, held.template.shape[1], vocab)  # what each slot may hold
-    out = []
-    for policy in policies:
-        for steps in steps_list:
+    for steps in steps_list:  # every policy at the fewest steps first: an interrupted run still compares them
+        for policy in policies:
             cfg = SampleConfig(**{**base.__dict__, "policy": policy, "steps": steps})
             cfg.validate()
             calibration, _ = calibration_map.for_policy(ckpt.path.parent, policy)
@@ -219,10 +240,9 @@ def evaluate_scaffold(ckpt: Checkpoint, held: HeldOut, policies: list[str], step
                 if on_batch:
                     on_batch(len(index))
             m = len(held)
-            out.append(ScaffoldEvalRow(
+            yield ScaffoldEvalRow(
                 policy, steps, passes / batches, n["structure"] / m, n["json"] / m, n["types"] / max(n["fields"], 1),
                 n["field_ok"] / max(n["fields"], 1), n["calls"] / m,
                 n["both_null"] / n["pred_null"] if n["pred_null"] else None,
                 n["both_null"] / n["ref_null"] if n["ref_null"] else None,
-                n["diversity"] / max(n["values"], 1), n["repeats"] / max(n["chars"], 1), time.perf_counter() - t0))
-    return out
+                n["diversity"] / max(n["values"], 1), n["repeats"] / max(n["chars"], 1), time.perf_counter() - t0)
