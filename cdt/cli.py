@@ -202,6 +202,9 @@ def _train_critic_stage(cfg, out: Optional[Path], json_out: bool) -> None:
         emit_json(asdict(result) | {"run_dir": str(out)})
     else:
         out_console.print(stage_summary(result, out), soft_wrap=True, end="")
+    if result.interrupted:
+        raise fail(f"stopped by {result.interrupted} at step {result.steps} of {result.max_iters}; the value head as "
+                   f"it was then is saved in {result.checkpoint}", 1)
 
 
 @app.command()

@@ -460,7 +460,9 @@ def stage_summary(result, out) -> Text:
         ("data", f"{d['samples']} samples · groups {d['groups']['train']} train / {d['groups']['val']} validation "
                  f"(overlap {d['overlap']}) · with both labels {d['mixed_groups']['train']} / {d['mixed_groups']['val']} "
                  f"· pairs {d['pairs']['train']} / {d['pairs']['val']}"),
-        ("training", f"{result.steps} steps · {result.loss} loss · trunk {'frozen' if result.freeze_trunk else 'trained'} "
+        ("training", (f"{result.steps} of {result.max_iters} steps (stopped by {result.interrupted})"
+                      if result.interrupted else f"{result.steps} steps")
+                     + f" · {result.loss} loss · trunk {'frozen' if result.freeze_trunk else 'trained'} "
                      f"· {result.elapsed_s:.0f} s"),
     ]
     if e:

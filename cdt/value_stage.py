@@ -12,6 +12,7 @@ small MLP update. Validation prompts are never trained on (disjoint groups).
 from __future__ import annotations
 
 import copy
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from cdt.metrics import pairwise_accuracy
 from cdt.model import DiffusionLM
 from cdt.pairs import Sample, build_pairs, load_samples, mixed_groups, split_groups
 from cdt.rng import seed_for
-from cdt.train import MetricsLog
+from cdt.train import MetricsLog, StopRequest
 from cdt.vocab import PAD_ID
 
 
@@ -41,6 +42,8 @@ class StageResult:
     data: dict  # samples, groups, pairs per split, overlap (always 0), groups with both labels
     final_eval: dict
     elapsed_s: float
+    max_iters: int = 0
+    interrupted: str | None = None  # signal name when stopped early (the checkpoint holds the head at `steps`)
 
 
 def encode(samples: list[Sample], vocab, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,6 +98,7 @@ def train_value_stage(cfg: RunConfig, out: Path, on_eval=None, on_step=None) -> 
         raise CdtError(f"no training prompt in {st.samples} has both a right and a wrong answer; draw more per "
                        "prompt (--samples-per-prompt) or shorter regions (--mask span --mask-ratio 0.1)")
     device = pick_device(cfg.train.device)
+    torch.manual_seed(st.seed)  # the head's initial weights and its dropout draws follow the stage's seed
     model, run_cfg = build_model(init, cfg.model.value_dropout)
     run_cfg.critic_stage = st
     model.to(device)
@@ -110,35 +114,45 @@ def train_value_stage(cfg: RunConfig, out: Path, on_eval=None, on_step=None) -> 
     pooled = _pooled(model, ids, region, device) if st.freeze_trunk else None
     train_idx = torch.tensor([i for i, s in enumerate(samples) if s.group in train_g])
     log = MetricsLog(out / "metrics.jsonl", keep_until=None)
-    final = {}
-    for step in range(1, st.max_iters + 1):
-        model.train()
-        g = torch.Generator().manual_seed(seed_for(st.seed, step))
-        if st.loss == "pairwise":
-            pick = torch.randint(len(pairs["train"]), (st.batch_size,), generator=g)
-            pr = torch.tensor([pairs["train"][i] for i in pick.tolist()])
-            rows = torch.cat([pr[:, 0], pr[:, 1]])
-            v = _values(model, rows, ids, region, pooled, device)
-            loss = pairwise_loss(v[: len(pr)], v[len(pr):])
-        else:
-            rows = train_idx[torch.randint(len(train_idx), (st.batch_size,), generator=g)]
-            loss = pointwise_loss(_values(model, rows, ids, region, pooled, device), labels[rows].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if on_step:
-            on_step(step, loss.item())
-        if step % st.eval_interval == 0 or step == st.max_iters:
-            final = {"step": step, "loss": loss.item(), **evaluate_values(model, ids, region, labels, pairs, samples,
-                                                                             train_g, val_g, pooled, device)}
-            log.write({"kind": "eval", **final})
-            if on_eval:
-                on_eval(final)
+    final, step = {}, 0
+    stop = StopRequest()  # Ctrl-C or SIGTERM: evaluate and save the head as it is, then return
+    previous = stop.install()
+    try:
+        for step in range(1, st.max_iters + 1):
+            model.train()
+            g = torch.Generator().manual_seed(seed_for(st.seed, step))
+            if st.loss == "pairwise":
+                pick = torch.randint(len(pairs["train"]), (st.batch_size,), generator=g)
+                pr = torch.tensor([pairs["train"][i] for i in pick.tolist()])
+                rows = torch.cat([pr[:, 0], pr[:, 1]])
+                v = _values(model, rows, ids, region, pooled, device)
+                loss = pairwise_loss(v[: len(pr)], v[len(pr):])
+            else:
+                rows = train_idx[torch.randint(len(train_idx), (st.batch_size,), generator=g)]
+                loss = pointwise_loss(_values(model, rows, ids, region, pooled, device), labels[rows].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if on_step:
+                on_step(step, loss.item())
+            if step % st.eval_interval == 0 or step == st.max_iters or stop.requested:
+                final = {"step": step, "loss": loss.item(), **evaluate_values(model, ids, region, labels, pairs, samples,
+                                                                                 train_g, val_g, pooled, device)}
+                log.write({"kind": "eval", **final})
+                if on_eval:
+                    on_eval(final)
+            if stop.requested:
+                break
+    finally:
+        for sig, handler in previous.items():  # give the caller its own handlers back
+            signal.signal(sig, handler)
     path = checkpoint.save(out / checkpoint.CHECKPOINT_NAME, model=model, config=run_cfg, vocab=init.vocab,
                            step=init.step, extra={**init.extra, "value_stage": {"data": data, "eval": final,
-                                                                               "settings": asdict(st)}})
+                                                                               "settings": asdict(st),
+                                                                               "steps": step}})
     (out / "config.yaml").write_text(to_yaml(run_cfg), encoding="utf-8")
-    return StageResult(str(path), st.max_iters, st.loss, st.freeze_trunk, data, final, time.perf_counter() - t0)
+    return StageResult(str(path), step, st.loss, st.freeze_trunk, data, final, time.perf_counter() - t0,
+                       st.max_iters, stop.signal_name)
 
 
 @torch.no_grad()

@@ -94,6 +94,40 @@ def test_stage_trains_the_head_and_leaves_the_frozen_trunk_bit_identical(tiny_ru
     assert [x["step"] for x in logged] == [10, 20, 30]
 
 
+def test_stage_stopped_by_a_signal_saves_the_head_it_has(tiny_run, samples_file, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import cdt.value_stage as value_stage
+
+    real, calls = value_stage.pairwise_loss, []
+
+    def signal_at_step_7(*a):
+        calls.append(1)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would: the stage's handler takes it
+        return real(*a)
+
+    handler = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(value_stage, "pairwise_loss", signal_at_step_7)
+    r = stage(tiny_run, samples_file, tmp_path / "cut")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (f"error: stopped by SIGINT at step 7 of 30; the value head as it was then is saved "
+                                f"in {tmp_path / 'cut' / 'checkpoint.pt'}")
+    doc = json.loads(r.stdout)
+    assert (doc["steps"], doc["max_iters"], doc["interrupted"]) == (7, 30, "SIGINT")
+    assert doc["final_eval"]["step"] == 7 and signal.getsignal(signal.SIGINT) == handler  # handler given back
+    logged = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [7]  # evaluated where it stopped (the interval is 10)
+
+    monkeypatch.setattr(value_stage, "pairwise_loss", real)
+    assert stage(tiny_run, samples_file, tmp_path / "seven", "--max-iters", "7").exit_code == 0
+    cut, seven = load(tmp_path / "cut"), load(tmp_path / "seven")
+    assert cut.extra["value_stage"]["steps"] == 7
+    for k, v in seven.model_state.items():  # the same head as a run of 7 steps
+        assert torch.equal(v, cut.model_state[k]), k
+
+
 def test_pointwise_and_unfrozen_trunk(tiny_run, samples_file, tmp_path):
     r = stage(tiny_run, samples_file, tmp_path / "p", "--loss", "pointwise", "--train-trunk")
     assert r.exit_code == 0, r.stderr
