@@ -282,6 +282,12 @@ class StopRequest:
             return {}
         return {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
 
+    @staticmethod
+    def restore(previous: dict) -> None:
+        """Give the caller back the handlers `install` replaced."""
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
 
 @dataclass
 class TrainResult:
@@ -451,8 +457,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
             save(step, last_eval)
         raise
     finally:
-        for sig, handler in previous.items():  # give the caller its own handlers back
-            signal.signal(sig, handler)
+        stop.restore(previous)
         distributed.cleanup(dist, wait=finished)
     if step > saved:
         save(step, last_eval)

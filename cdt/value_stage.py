@@ -12,7 +12,6 @@ small MLP update. Validation prompts are never trained on (disjoint groups).
 from __future__ import annotations
 
 import copy
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -144,8 +143,7 @@ def train_value_stage(cfg: RunConfig, out: Path, on_eval=None, on_step=None) -> 
             if stop.requested:
                 break
     finally:
-        for sig, handler in previous.items():  # give the caller its own handlers back
-            signal.signal(sig, handler)
+        stop.restore(previous)
     path = checkpoint.save(out / checkpoint.CHECKPOINT_NAME, model=model, config=run_cfg, vocab=init.vocab,
                            step=init.step, extra={**init.extra, "value_stage": {"data": data, "eval": final,
                                                                                "settings": asdict(st),
