@@ -201,7 +201,8 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
                 on_samples(len(chunk))
     except KeyboardInterrupt:
         kept = writer.close(complete=False)
-        raise CdtError(f"interrupted; the {writer.count} samples scored so far are in {kept}") from None
+        raise CdtError(f"interrupted; the {writer.count} samples scored so far are in {kept}" if kept
+                       else "interrupted before the first sample was scored") from None
     except BaseException:
         writer.close(complete=False)
         raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -84,25 +85,32 @@ def read_scores(source: str | Path, score_key: str = "score", label_key: str = "
 
 
 class ScoreWriter:
-    """Streams sample lines to `path`; the file appears under its name only once complete."""
+    """Streams sample lines to `<name>.<pid>.writing` beside `path`, which becomes `path` once complete.
+    Interrupted, the lines written so far become `<name>.partial`; with none written, an earlier
+    `<name>.partial` stays as it was (a rerun stopped early loses nothing an earlier one kept)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.partial, "w", encoding="utf-8")
+        self._writing = self.path.with_name(f"{self.path.name}.{os.getpid()}.writing")
+        self._f = open(self._writing, "w", encoding="utf-8")
         self.count = 0
 
     def write(self, record: dict) -> None:
         self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.count += 1
 
-    def close(self, complete: bool = True) -> Path:
-        """Complete: rename into place. Interrupted: keep the lines written so far as `<name>.partial`."""
+    def close(self, complete: bool = True) -> Path | None:
+        """Complete: rename into place. Interrupted: keep the lines so far as `<name>.partial` (None: none)."""
         self._f.close()
         if complete:
-            self.partial.replace(self.path)
+            self._writing.replace(self.path)
             return self.path
+        if not self.count:
+            self._writing.unlink(missing_ok=True)
+            return None
+        self._writing.replace(self.partial)
         return self.partial
 
 

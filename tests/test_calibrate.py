@@ -140,7 +140,7 @@ def test_bad_settings(kw, fragment):
         CalibrateSettings(**kw).validate()
 
 
-def test_interrupted_run_keeps_what_it_scored(tiny_run, tmp_path):
+def test_interrupted_run_keeps_what_it_scored(tiny_run, tmp_path, monkeypatch):
     calls = []
 
     def stop_after_first(k):
@@ -153,3 +153,36 @@ def test_interrupted_run_keeps_what_it_scored(tiny_run, tmp_path):
     assert not (tmp_path / "s.jsonl").exists()
     partial = (tmp_path / "s.jsonl.partial").read_text().splitlines()
     assert len(partial) == 4 and json.loads(partial[0])["id"] == "0-0"
+
+    def stop_at_once(*a, **k):
+        raise KeyboardInterrupt
+
+    import cdt.calibrate
+
+    monkeypatch.setattr(cdt.calibrate, "generate", stop_at_once)
+    with pytest.raises(CdtError, match="interrupted before the first sample was scored"):
+        calibrate(load(tiny_run), CalibrateSettings(n_samples=10, steps=2, batch_size=4), tmp_path / "s.jsonl",
+                  tmp_path)
+    monkeypatch.undo()  # the rerun stopped before its first sample left the earlier partial file as it was
+    assert (tmp_path / "s.jsonl.partial").read_text().splitlines() == partial
+    assert sorted(p.name for p in tmp_path.iterdir() if "jsonl" in p.name) == ["s.jsonl.partial"]  # no .writing
+    calibrate(load(tiny_run), CalibrateSettings(n_samples=6, steps=2, batch_size=4), tmp_path / "s.jsonl", tmp_path)
+    assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 6  # a complete rerun writes the file itself
+
+
+def test_score_writer_keeps_an_earlier_partial_until_it_has_lines_of_its_own(tmp_path):
+    from cdt.scores import ScoreWriter
+
+    path = tmp_path / "s.jsonl"
+    first = ScoreWriter(path)
+    first.write({"id": "a"})
+    assert first.close(complete=False) == tmp_path / "s.jsonl.partial"
+    assert ScoreWriter(path).close(complete=False) is None  # nothing written: the earlier partial stays
+    assert (tmp_path / "s.jsonl.partial").read_text() == '{"id": "a"}\n'
+    third = ScoreWriter(path)
+    assert (tmp_path / "s.jsonl.partial").exists()  # opening does not touch it either
+    third.write({"id": "b"})
+    third.write({"id": "c"})
+    third.close(complete=False)
+    assert len((tmp_path / "s.jsonl.partial").read_text().splitlines()) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["s.jsonl.partial"]

@@ -129,8 +129,8 @@ def outcome_file(path: Path | None):
     try:
         yield save
     finally:
-        if not kept:  # not saved: nothing half-written stays
-            writer.close(complete=False).unlink()
+        if not kept:  # not saved: nothing half-written stays, and an earlier run's .partial is left alone
+            writer.close(complete=False)
 
 
 def _outcome(vocab, held: HeldOut, part: HeldOut, j: int, i: int, row: torch.Tensor) -> RowOutcome:
