@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -669,10 +670,17 @@ def explore(
         out_console.print()
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     from cdt.device import tune_cpu_allocator
 
     tune_cpu_allocator()
+    # SIGTERM (`kill`, a job scheduler) takes Ctrl-C's path: every command keeps what it finished and exits with a
+    # one-line error (training installs its own handler for both and saves a checkpoint)
+    signal.signal(signal.SIGTERM, _stop)
     app(prog_name="cdt")
 
 

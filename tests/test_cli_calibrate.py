@@ -3,8 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -202,3 +204,23 @@ def test_sweep_tau_as_a_subprocess(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "chosen τ" in proc.stdout and "0.65: precision 1.000 · recall 1.000" in proc.stdout
     assert proc.stderr == ""
+
+
+def test_sigterm_to_a_real_calibrate_keeps_the_samples_it_scored(tiny_run, tmp_path):
+    out = tmp_path / "s.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "cdt", "calibrate", "--checkpoint", str(tiny_run), "--n-samples",
+                             "10000", "--samples-per-prompt", "100", "--batch-size", "1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for _ in range(2400):  # wait (at most ~2 minutes) until lines reach the file being written
+        if proc.poll() is not None or any(p.name.endswith(".writing") and p.stat().st_size for p in tmp_path.iterdir()):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert err.startswith("error: interrupted; the ") and err.rstrip().endswith(f"samples scored so far are in {out}.partial")
+    scored = int(err.split("the ")[1].split()[0])
+    lines = (tmp_path / "s.jsonl.partial").read_text().splitlines()
+    assert 0 < scored < 10000 and len(lines) == scored and json.loads(lines[0])["id"] == "0-0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl.partial"]
