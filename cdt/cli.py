@@ -24,6 +24,10 @@ from cdt.errors import CdtError
 EXAMPLE_PROMPT = "Set an alarm for 7:30 pm called gym"
 EXAMPLE_ANSWER = '{"name": "set_alarm", "arguments": {"time": "19:30", "label": "gym"}}'
 
+SCHEDULE_HELP = ("How many positions stay masked after each step: linear (the same share each step) | cosine "
+                 "(few first, most at the end) | power:P (a share (1 - s/T)^P still masked after step s of T; "
+                 "P > 1 commits most at first and few at the end, when nothing is left to check them, and can "
+                 "finish before step T).")
 SCAFFOLD_BLOCK = 288  # longest scaffolded toolcalls row (265) plus room
 
 app = typer.Typer(
@@ -222,8 +226,7 @@ def sample(
     commit: str = typer.Option("remask", help="remask (committed tokens may be remasked), lock (final once "
                                                "committed), threshold (commit all above --threshold)."),
     threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="threshold mode: confidence (1 - score) needed to commit."),
-    schedule: str = typer.Option("linear", help="How many positions stay masked after each step: linear (the same "
-                                                 "share each step) | cosine (few first, most at the end)."),
+    schedule: str = typer.Option("linear", help=SCHEDULE_HELP),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
     top_k: int = typer.Option(0, min=0, help="Sample among the k most likely characters; 0 = off."),
     top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling mass; 1 = off."),
@@ -376,7 +379,7 @@ def eval_cmd(
     mask_ratio: float = typer.Option(0.3, min=0.0, max=1.0, help="random/span: share of maskable positions masked."),
     batch_size: int = typer.Option(64, min=1, help="Rows per generation batch (results do not depend on it)."),
     commit: str = typer.Option("remask", help="remask | lock | threshold."),
-    schedule: str = typer.Option("linear", help="How many positions stay masked after each step: linear | cosine."),
+    schedule: str = typer.Option("linear", help=SCHEDULE_HELP),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
     spread: bool = typer.Option(False, "--spread", help="Never commit two adjacent new tokens in one step: the "
                                                         "best of each run of masked neighbours goes first "

@@ -58,14 +58,15 @@ def compare(name_a: str, hits_a: list[bool], name_b: str, hits_b: list[bool], eq
 
 
 def equal_cost_pairs(settings: list[tuple[str, int, float, list[bool]]]) -> list[Paired]:
-    """Every pair of different policies at equal steps or at equal trunk passes (rounded).
+    """Every pair of different policies at equal steps or at equal trunk passes (within 5%: a reused pass
+    or a schedule that finishes early, `power:P`, makes a setting's mean passes fractional).
     settings: (policy, steps, passes, per-row exact) in the order they were run."""
     out = []
     for i, (pa, sa, ca, ha) in enumerate(settings):
         for pb, sb, cb, hb in settings[i + 1:]:
             if pa == pb:
                 continue
-            equal = "steps" if sa == sb else "passes" if round(ca) == round(cb) else None
+            equal = "steps" if sa == sb else "passes" if abs(ca - cb) <= 0.05 * max(ca, cb) else None
             if equal:
                 out.append(compare(f"{pa}@{sa}", ha, f"{pb}@{sb}", hb, equal))
     return sorted(out, key=lambda p: p.equal != "passes")  # equal passes first, each group in run order

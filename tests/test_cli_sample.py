@@ -47,6 +47,16 @@ def test_sample_confidence_policy_reports_critic_probs_with_one_extra_pass(tiny_
     assert len(doc["samples"][0]["critic_probs"]) == 8
 
 
+def test_sample_power_schedule_stops_once_the_region_is_full(tiny_run):
+    """power:4 over 8 steps leaves 12 * (1 - s/8)^4 = 7.0, 3.8, 1.9, 0.8 masked: done after step 4."""
+    result = run("sample", "--checkpoint", str(tiny_run), "--prompt", "Hi", "--length", "12", "--steps", "8",
+                 "--schedule", "power:4", "--json", "--show-steps")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["passes"] == {"generator": 4, "critic": 0}
+    steps = [ln for ln in result.stderr.splitlines() if ln.strip().startswith("step")]
+    assert [s.count("_") for s in steps] == [7, 3, 1, 0]
+
+
 def test_show_steps_plain_in_a_pipe(tiny_run):
     result = run("sample", "--checkpoint", str(tiny_run), "--prompt", "Hi", "--length", "8", "--steps", "4",
                  "--schedule", "linear", "--show-steps")
@@ -61,6 +71,7 @@ def test_show_steps_plain_in_a_pipe(tiny_run):
     (["--n", "0"], 2, "--n"),
     (["--length", "5000"], 1, "exceeds the model's block size"),
     (["--policy", "oracle"], 2, "unknown policy 'oracle'"),
+    (["--schedule", "power:0"], 2, "unknown schedule 'power:0'; choose from linear, cosine, power:P"),
 ])
 def test_sample_bad_input(tiny_run, args, code, fragment):
     result = run("sample", "--checkpoint", str(tiny_run), *args)
@@ -137,7 +148,8 @@ def test_eval_results_do_not_depend_on_batch_size(tiny_run):
 
 
 @pytest.mark.parametrize("args, fragment", [(["--steps", "4,x"], "comma-separated"),
-                                            (["--policies", "confidence,oracle"], "unknown policy")])
+                                            (["--policies", "confidence,oracle"], "unknown policy"),
+                                            (["--schedule", "square"], "unknown schedule 'square'")])
 def test_eval_bad_input(tiny_run, args, fragment):
     assert_one_line_error(run("eval", "--checkpoint", str(tiny_run), *args), 2, fragment)
 

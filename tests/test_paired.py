@@ -85,13 +85,18 @@ def test_pairs_are_different_policies_at_equal_steps_or_equal_passes():
     got = [(p.equal, {p.a, p.b}) for p in equal_cost_pairs(settings)]
     assert got == [
         ("passes", {"confidence@16", "critic@8"}),
-        ("passes", {"confidence@32", "critic@16"}),  # 31.6 passes (a reused pass) rounds to 32
+        ("passes", {"confidence@32", "critic@16"}),  # 31.6 passes (a reused pass) is within 5% of 32
         ("passes", {"critic@8", "random@16"}),
         ("steps", {"confidence@8", "critic@8"}),
         ("steps", {"confidence@16", "critic@16"}),
         ("steps", {"confidence@16", "random@16"}),  # equal steps (and passes): labelled by steps
         ("steps", {"critic@16", "random@16"}),
     ]
+    # a schedule that finishes early (power:4) leaves fractional means: 22.4 and 22.9 passes pair, 12 and 16 do not
+    early = [("confidence", 32, 22.4, hits), ("critic", 16, 22.9, hits), ("critic", 8, 12.0, hits),
+             ("random", 16, 16.0, hits)]
+    assert [(p.equal, {p.a, p.b}) for p in equal_cost_pairs(early)] == [("passes", {"confidence@32", "critic@16"}),
+                                                                         ("steps", {"critic@16", "random@16"})]
 
 
 def test_eval_rows_file_and_paired_json_agree(tiny_run, tmp_path):

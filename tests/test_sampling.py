@@ -8,7 +8,7 @@ from cdt.errors import CdtError, UsageError
 from cdt.model import DiffusionLM
 from cdt.rng import seed_for
 from cdt.sampling import POLICIES, SampleConfig, generate
-from cdt.sampling.loop import filter_logits, masked_after
+from cdt.sampling.loop import filter_logits, masked_after, still_masked
 from cdt.vocab import MASK_ID
 
 V = 24
@@ -41,6 +41,26 @@ def test_masked_after_schedules():
     assert [int(masked_after(s, 8, total, "linear")) for s in range(1, 9)] == [14, 12, 10, 8, 6, 4, 2, 0]
     cos = [int(masked_after(s, 8, total, "cosine")) for s in range(1, 9)]
     assert cos[-1] == 0 and cos == sorted(cos, reverse=True) and cos[0] == 15  # slow start
+    assert [int(masked_after(s, 8, total, "power:1")) for s in range(1, 9)] == [14, 12, 10, 8, 6, 4, 2, 0]
+    # 16 * (1 - s/8)^2 = 12.25, 9, 6.25, 4, 2.25, 1, 0.25, 0: most committed at first, the end reached early
+    assert [int(masked_after(s, 8, total, "power:2")) for s in range(1, 9)] == [12, 9, 6, 4, 2, 1, 0, 0]
+
+
+@pytest.mark.parametrize("schedule", ["power", "power:", "power:0", "power:-1", "power:x", "power:nan",
+                                      "power:inf", "quadratic", "Linear"])
+def test_an_unknown_schedule_is_refused_with_the_choices(schedule):
+    with pytest.raises(UsageError, match=r"unknown schedule .*choose from linear, cosine, power:P"):
+        SampleConfig(schedule=schedule).validate()
+
+
+def test_a_front_loaded_schedule_finishes_early_and_spends_only_the_steps_it_ran():
+    """power:3 over 8 steps leaves 16 * (1 - s/8)^3 = 10.7, 6.8, 3.9, 2, 0.8 masked: the row is complete after
+    step 5, so the loop stops there, one generator pass (and one critic pass) per step it ran."""
+    for policy, per_step in (("confidence", {"generator": 1, "critic": 0}), ("critic", {"generator": 1, "critic": 1})):
+        gen, _, protected = run(policy=policy, steps=8, schedule="power:3")
+        assert [int(rec.remasked.sum()) for rec in gen.steps] == [10, 6, 3, 2, 0]
+        assert gen.passes == {k: v * len(gen.steps) for k, v in per_step.items()}
+        assert (gen.tokens[~protected] >= 3).all()
 
 
 def test_filter_logits_top_k_top_p_and_specials():
@@ -257,6 +277,37 @@ def test_later_blocks_hand_computed():
                 4: [0, 0, 0, 0, 0, 1, 1, 0], 5: [0] * 8, 6: [0] * 8}
     for step, row in expected.items():
         assert later_blocks(editable, step, cfg).long().tolist() == [row], step
+
+
+def test_still_masked_runs_the_schedule_over_each_block_s_own_steps():
+    editable = torch.ones(1, 10, dtype=torch.bool)  # blocks: positions 0-4 and 5-9
+    cfg = SampleConfig(steps=5, blocks=2)  # block 0 gets steps 1-3, block 1 steps 4-5
+    # block 0: 5 later + 5 * (1 - 1/3), 5 * (1 - 2/3), 0; block 1: 5 * (1 - 1/2), 0
+    assert [int(still_masked(s, cfg, editable)) for s in range(1, 6)] == [8, 6, 5, 2, 0]
+    cfg = SampleConfig(steps=6, blocks=2, schedule="power:2")  # 3 steps each, 5 * (1 - s/3)^2 = 2.2, 0.6, 0
+    assert [int(still_masked(s, cfg, editable)) for s in range(1, 7)] == [7, 5, 5, 2, 0, 0]
+    plain = SampleConfig(steps=8)
+    assert [int(still_masked(s, plain, editable)) for s in range(1, 9)] == [
+        int(masked_after(s, 8, torch.tensor([10]), "linear")) for s in range(1, 9)]
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "power:3"])
+@pytest.mark.parametrize("commit", ["remask", "lock"])
+@pytest.mark.parametrize("steps", [5, 7, 8])
+def test_no_block_is_committed_before_its_turn(steps, commit, schedule):
+    """Whatever the schedule, and with steps not a multiple of the blocks: after each step every position of a
+    later block is still masked, and a block is complete by the end of its turn."""
+    from cdt.sampling.loop import later_blocks
+
+    gen, _, protected = run(n_masks=16, policy="random", commit=commit, steps=steps, blocks=2, schedule=schedule)
+    cfg = SampleConfig(steps=steps, blocks=2)
+    left = ~protected & (torch.arange(protected.shape[1]) < 4 + 8)
+    last_of_left = -(-steps // 2)  # block 0 gets the steps s with (s - 1) * 2 < steps
+    for rec in gen.steps:
+        assert rec.remasked[later_blocks(~protected, rec.step, cfg)].all(), rec.step
+        if rec.step == last_of_left:  # (remask mode may open its positions again later)
+            assert not rec.remasked[left].any()
+    assert (gen.tokens[~protected] >= 3).all()
 
 
 @pytest.mark.parametrize("commit", ["remask", "lock", "threshold"])
