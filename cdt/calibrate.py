@@ -49,6 +49,7 @@ class CalibrateSettings:
     steps: int | None = None  # None: the checkpoint's sample.steps
     temperature: float = 1.0
     spread: bool = False  # generations commit no two adjacent new tokens in one step (SampleConfig.spread)
+    schedule: str = "linear"  # how many positions stay masked after each step (SampleConfig.schedule)
     masking: str | None = None  # None: answer (toolcalls) or span (text)
     mask_ratio: float = 0.3
     buckets: int = 20
@@ -167,7 +168,7 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
             seeds = [seed_for(cfg.seed, p, d) for p, d in chunk]
             if cfg.mode == "generate":
                 scfg = SampleConfig(steps=steps, policy=cfg.policy, temperature=cfg.temperature, spread=cfg.spread,
-                                    seed=cfg.seed)
+                                    schedule=cfg.schedule, seed=cfg.seed)
                 gen = generate(model, held.template[rows], held.protected[rows], scfg, row_seeds=seeds,
                                calibration=calibration, allow_null=ckpt.config.data.emits_null)
                 probs, extra = final_critic_probs(model, gen)

@@ -479,6 +479,7 @@ def calibrate(
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps [default: the checkpoint's sample.steps]."),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
     spread: bool = typer.Option(False, "--spread", help="generate mode: commit no two adjacent new tokens in one step."),
+    schedule: str = typer.Option("linear", help="generate mode: " + SCHEDULE_HELP),
     mask: Optional[str] = typer.Option(None, help="Region to generate: answer (toolcalls default), random, span (text default)."),
     mask_ratio: float = typer.Option(0.3, min=0.0, max=1.0, help="random/span: share of maskable positions masked."),
     buckets: int = typer.Option(20, min=1, help="Reliability buckets."),
@@ -514,11 +515,12 @@ def calibrate(
     from cdt.sampling.loop import SampleConfig
 
     cfg = CalibrateSettings(n_samples=n_samples, samples_per_prompt=samples_per_prompt, mode=mode, policy=policy,
-                            steps=steps, temperature=temperature, spread=spread, masking=mask, mask_ratio=mask_ratio,
+                            steps=steps, temperature=temperature, spread=spread, schedule=schedule, masking=mask,
+                            mask_ratio=mask_ratio,
                             buckets=buckets, binning=binning, top=top, fit=fit, batch_size=batch_size, seed=seed,
                             device=device, score_source=score_source)
     cfg.validate()
-    SampleConfig(policy=policy).validate()
+    SampleConfig(policy=policy, schedule=schedule).validate()
     if plot is not None:
         require_matplotlib()
     ckpt = ckpt_mod.load(checkpoint)
@@ -625,6 +627,7 @@ def explore(
     colour: str = typer.Option("critic", "--colour", help="Colour tokens by critic, confidence or correctness."),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
     spread: bool = typer.Option(False, "--spread", help="Commit no two adjacent new tokens in one step."),
+    schedule: str = typer.Option("linear", help=SCHEDULE_HELP),
     seed: int = typer.Option(0, help="Seed (the same draws as cdt calibrate with this seed)."),
     interactive: Optional[bool] = typer.Option(None, "--interactive/--no-interactive",
                                                help="Step with keys [default: when stdin and stdout are a terminal]."),
@@ -644,7 +647,7 @@ def explore(
     from cdt.render import frame_view
 
     settings = Settings(steps=steps or 1, policy=policy, randomness=randomness, temperature=temperature,
-                        spread=spread, seed=seed, mode=mode, colouring=colour)
+                        spread=spread, schedule=schedule, seed=seed, mode=mode, colouring=colour)
     settings.validate()
     ckpt = ckpt_mod.load(checkpoint)
     settings.steps = steps or ckpt.config.sample.steps

@@ -58,6 +58,7 @@ class Settings:
     randomness: float = 0.0
     temperature: float = 1.0
     spread: bool = False  # commit no two adjacent new tokens in one step (SampleConfig.spread)
+    schedule: str = "linear"  # how many positions stay masked after each step (SampleConfig.schedule)
     seed: int = 0
     mode: str = "generate"
     colouring: str = "critic"
@@ -71,7 +72,7 @@ class Settings:
         if self.colouring not in COLOURINGS:
             raise UsageError(f"unknown colouring {self.colouring!r}; choose from {', '.join(COLOURINGS)}")
         SampleConfig(steps=self.steps, policy=self.policy, randomness=self.randomness,
-                     temperature=self.temperature).validate()
+                     temperature=self.temperature, schedule=self.schedule).validate()
 
 
 def load_materials(ckpt: Checkpoint, prompt: str | None, length: int, rows: int, masking: str | None,
@@ -137,7 +138,7 @@ class Explorer:
     def _generate(self, m: Material, template: torch.Tensor, first_step: int) -> list[Frame]:
         s = self.settings
         cfg = SampleConfig(steps=s.steps, policy=s.policy, randomness=s.randomness, temperature=s.temperature,
-                           spread=s.spread, seed=s.seed)
+                           spread=s.spread, schedule=s.schedule, seed=s.seed)
         gen = generate(self.model, template[None], m.protected[None], cfg, row_seeds=[self.row_seed()], record=True,
                        allow_null=self.ckpt.config.data.emits_null)
         region = ~m.protected & (m.template != PAD_ID)

@@ -79,6 +79,27 @@ def test_calibrate_spread_reaches_the_generations(tiny_run, tmp_path, monkeypatc
     assert json.loads(result.stdout)["settings"]["spread"] is True and seen == [True]
 
 
+def test_calibrate_schedule_reaches_the_generations(tiny_run, tmp_path, monkeypatch):
+    import cdt.calibrate
+    import cdt.sampling.loop
+
+    seen = []
+
+    def spy(model, ids, protected, cfg, **kw):
+        gen = cdt.sampling.loop.generate(model, ids, protected, cfg, **kw)
+        seen.append((cfg.schedule, gen.passes["generator"]))
+        return gen
+
+    monkeypatch.setattr(cdt.calibrate, "generate", spy)
+    for schedule in ("linear", "power:4"):
+        result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--steps", 8, "--schedule", schedule,
+                     "--out", tmp_path / f"{schedule}.jsonl", "--json")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["settings"]["schedule"] == schedule
+    (linear, linear_passes), (power, power_passes) = seen
+    assert (linear, power) == ("linear", "power:4") and linear_passes == 8 and power_passes < 8  # done early
+
+
 def test_calibrate_again_says_what_it_replaced(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -120,6 +141,7 @@ def test_calibrated_policy_warns_without_a_map(tmp_path, tiny_run):
     (["--mode", "dream"], 2, "unknown mode"),
     (["--policy", "oracle"], 2, "unknown policy"),
     (["--fit", "platt"], 2, "unknown fit"),
+    (["--schedule", "power:-2"], 2, "unknown schedule 'power:-2'"),
 ])
 def test_calibrate_bad_input(tiny_run, args, code, fragment):
     result = run("calibrate", "--checkpoint", tiny_run, *args)

@@ -124,6 +124,13 @@ def test_cli_non_interactive_and_json(tiny_run):
                             "--spread"])
     assert g.exit_code == 0, g.stderr
     assert json.loads(g.stdout)["settings"] | {"temperature": 0.0, "spread": True} == json.loads(g.stdout)["settings"]
+    early = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "8", "--json", "--schedule",
+                                "power:4"])
+    doc = json.loads(early.stdout)  # (1 - s/8)^4 of any region under 4,096 positions is below 1 by step 7
+    assert doc["settings"]["schedule"] == "power:4" and 1 < doc["frames"][-1]["step"] < 8
+    assert doc["frames"][-1]["masked_before"] > 0 and doc["frames"][-1]["remask_next"] == 0
+    bad = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--schedule", "power:x"])
+    assert bad.exit_code == 2 and "unknown schedule 'power:x'" in bad.stderr
     fallback = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "2", "--interactive"])
     assert fallback.exit_code == 0 and "falling back to --no-interactive" in fallback.stderr
 
