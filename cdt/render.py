@@ -374,7 +374,9 @@ def frame_stats_table(st: dict) -> Table:
     table = Table(show_header=False, box=box.SIMPLE, pad_edge=False, title="frame", title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("step", f"{st['step']} / {st['steps']}" + (" (template)" if st["step"] == 0 else ""))
+    table.add_row("step", f"{st['step']} / {st['steps']}" + (" (template)" if st["step"] == 0 else "")
+                  + (" · nothing left masked: done early"
+                     if st.get("done") and st["step"] < st["steps"] else ""))
     table.add_row("masked", f"{st['masked_before']} entering this step · {st['remask_next']} masked again next "
                             f"· region {st['region']}")
     if "valid" in st:
@@ -395,7 +397,8 @@ def frame_view(ex, plain: bool, width: int = 80, interactive: bool = False) -> G
     f = ex.current()
     st = ex.stats(f)
     s = ex.settings
-    header = Text(f"{st['label']} · step {f.step}/{s.steps} · policy {s.policy} · randomness {s.randomness:g} · "
+    done = " (done)" if st.get("done") and f.step < s.steps else ""
+    header = Text(f"{st['label']} · step {f.step}/{s.steps}{done} · policy {s.policy} · randomness {s.randomness:g} · "
                   f"colour: {s.colouring}" + (" · mode step" if s.mode == "step" else ""), style="bold")
     parts = [header, frame_heatmap(ex, f, plain, width), frame_legend(ex, plain), frame_stats_table(st)]
     if ex.message:

@@ -33,6 +33,7 @@ def test_step_frame_equals_calibrate_step_mode(tiny_run, tmp_path):
     report = calibrate(load(tiny_run), CalibrateSettings(n_samples=1, mode="step", seed=0), tmp_path / "s.jsonl", None)
     t = report.tokens
     assert (st["valid"], st["wrong"]) == (t.n, t.n_wrong) and st["valid"] > 0
+    assert not st["done"]  # one training-style step, not a sampler that stopped
     assert st["p_wrong"]["mean"] == pytest.approx(t.wrong["mean"])
     assert st["p_right"]["mean"] == pytest.approx(t.right["mean"])
     # calibrate ranks through a 2^16-bin histogram (ties within 1/65536); the frame's AUROC is exact
@@ -54,6 +55,7 @@ def test_final_frame_is_calibrates_generation(tiny_run, tmp_path, sampler):
     where = region.nonzero().flatten()
     assert ex.ckpt.vocab.decode(final.tokens[int(where.min()) : int(where.max()) + 1]) == line["text"]
     assert ex.stats()["step"] == 0 and len(ex.frames) == 5  # template + 4 steps
+    assert [ex.stats(f)["done"] for f in ex.frames] == [False] * 4 + [True]
     assert not (final.tokens == MASK_ID).any() and not final.remask_next.any()
 
 
@@ -129,6 +131,13 @@ def test_cli_non_interactive_and_json(tiny_run):
     doc = json.loads(early.stdout)  # (1 - s/8)^4 of any region under 4,096 positions is below 1 by step 7
     assert doc["settings"]["schedule"] == "power:4" and 1 < doc["frames"][-1]["step"] < 8
     assert doc["frames"][-1]["masked_before"] > 0 and doc["frames"][-1]["remask_next"] == 0
+    assert doc["frames"][-1]["done"] and not any(f["done"] for f in doc["frames"][:-1])
+    last = doc["frames"][-1]["step"]
+    shown = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "8", "--final-only",
+                                "--schedule", "power:4"])
+    assert f"step {last}/8 (done)" in shown.stdout and "nothing left masked: done early" in shown.stdout
+    full = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "3", "--final-only"])
+    assert "(done)" not in full.stdout and "done early" not in full.stdout  # the last of its steps: nothing early
     bad = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--schedule", "power:x"])
     assert bad.exit_code == 2 and "unknown schedule 'power:x'" in bad.stderr
     fallback = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "2", "--interactive"])
