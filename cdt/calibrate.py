@@ -153,8 +153,11 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
     steps = cfg.steps or ckpt.config.sample.steps
     warnings = []
     calibration = None
+    scfg = SampleConfig(steps=steps, policy=cfg.policy, temperature=cfg.temperature, spread=cfg.spread,
+                        schedule=cfg.schedule, seed=cfg.seed)
     if cfg.mode == "generate":
-        calibration, warning = calibration_map.for_policy(ckpt.path.parent, cfg.policy)
+        calibration, warning = calibration_map.for_policy(ckpt.path.parent, cfg.policy,
+                                                          calibration_map.sampler_info(scfg))
         warnings += [warning] if warning else []
     stats, halves = Reliability(cfg.buckets), (Reliability(cfg.buckets), Reliability(cfg.buckets))
     sample_score, sample_label = [], []
@@ -167,8 +170,6 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
             rows = torch.tensor([p for p, _ in chunk])
             seeds = [seed_for(cfg.seed, p, d) for p, d in chunk]
             if cfg.mode == "generate":
-                scfg = SampleConfig(steps=steps, policy=cfg.policy, temperature=cfg.temperature, spread=cfg.spread,
-                                    schedule=cfg.schedule, seed=cfg.seed)
                 gen = generate(model, held.template[rows], held.protected[rows], scfg, row_seeds=seeds,
                                calibration=calibration, allow_null=ckpt.config.data.emits_null)
                 probs, extra = final_critic_probs(model, gen)
@@ -211,7 +212,9 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
     report = stats.report(cfg.binning)
     fit_doc, cmap = None, None
     info = {"samples": len(plan), "tokens": report.n, "checkpoint_step": ckpt.step, "mode": cfg.mode,
-            "policy": cfg.policy if cfg.mode == "generate" else None}
+            "policy": cfg.policy if cfg.mode == "generate" else None,
+            "sampler": calibration_map.sampler_info(scfg) if cfg.mode == "generate" else None,
+            "masking": held.masking}
     if cfg.fit:
         fit_doc, cmap = _fit(cfg, halves, info)
     elif report.n:

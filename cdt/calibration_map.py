@@ -21,6 +21,8 @@ from cdt.errors import CdtError
 MAP_NAME = "calibration.json"
 KINDS = ("buckets", "isotonic", "temperature")
 FITS = ("temperature", "isotonic")
+# what a generation's errors depend on besides the model; recorded in a map's info["sampler"]
+SAMPLER_KEYS = ("steps", "temperature", "spread", "schedule")
 EPS = 1e-6
 
 
@@ -30,7 +32,7 @@ class CalibrationMap:
     xs: list[float] = field(default_factory=list)  # buckets/isotonic: critic probabilities, ascending
     ys: list[float] = field(default_factory=list)  # ... and the error rates they map to
     temperature: float | None = None
-    info: dict = field(default_factory=dict)  # where it came from (samples, tokens, checkpoint step)
+    info: dict = field(default_factory=dict)  # where it came from (samples, tokens, checkpoint step, sampler)
 
     def __call__(self, p):
         """Map probabilities (numpy array or tensor) to calibrated error rates, same type and shape."""
@@ -106,12 +108,29 @@ def load(run_dir: Path) -> CalibrationMap | None:
         raise CdtError(f"{path} is not a valid calibration map ({e}); delete it or rerun cdt calibrate") from None
 
 
-def for_policy(run_dir: Path, policy: str) -> tuple[CalibrationMap | None, str | None]:
-    """The map a policy needs and a warning when it is missing (`critic-calibrated` then acts as `critic`)."""
+def sampler_info(cfg, with_steps: bool = True) -> dict:
+    """The sampler settings a map's error rates depend on, as `cdt calibrate` records them in `info["sampler"]`
+    (`with_steps=False` where one run uses several step counts, as `cdt eval` does)."""
+    return {k: getattr(cfg, k) for k in SAMPLER_KEYS if with_steps or k != "steps"}
+
+
+def _mismatch(measured: dict, now: dict) -> str | None:
+    """'temperature 1 (now 0), schedule linear (now power:4)' for the keys both know that differ."""
+    differ = [f"{k} {measured[k]!r} (now {now[k]!r})" for k in now if k in measured and measured[k] != now[k]]
+    return ", ".join(differ) or None
+
+
+def for_policy(run_dir: Path, policy: str, sampler: dict | None = None) -> tuple[CalibrationMap | None, str | None]:
+    """The map a policy needs, and a warning when it is missing (`critic-calibrated` then acts as `critic`)
+    or was measured with another sampler than `sampler` (a `sampler_info` dict) describes."""
     if policy != "critic-calibrated":
         return None, None
     cmap = load(run_dir)
     if cmap is None:
         return None, (f"no calibration map in {run_dir} (run cdt calibrate first); "
                       "critic-calibrated falls back to the raw critic probability")
+    differ = _mismatch(cmap.info.get("sampler") or {}, sampler or {})
+    if differ:
+        return cmap, (f"the calibration map in {run_dir} was measured with another sampler: {differ}; its error "
+                      "rates may not hold here (rerun cdt calibrate with this run's flags)")
     return cmap, None

@@ -304,6 +304,7 @@ def _budgets(items: list[str]) -> dict[str, int]:
 def _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget, prompts_file, device, show_steps,
                      json_out):
     """`cdt sample --schema/--schema-file`: scaffolded calls, validated against the schema."""
+    from cdt import calibration_map
     from cdt import checkpoint as ckpt_mod
     from cdt import scaffold
     from cdt.render import slot_trajectory
@@ -327,6 +328,7 @@ def _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget
     if not ckpt.config.data.scaffold:
         warn(f"{ckpt.path} was trained without scaffolds: it has not learned the slot layout or to end a value "
              "with [NULL], so expect filled-up slots; train one with cdt train --scaffold")
+    warn(calibration_map.for_policy(ckpt.path.parent, cfg.policy, calibration_map.sampler_info(cfg))[1])
     samples, gen = sample_schema(ckpt, spec, prompts, cfg, device, record=show_steps)
     for i, s in enumerate(samples):
         for e in s.errors:
@@ -429,8 +431,8 @@ def eval_cmd(
         held = load_heldout(ckpt, n, "answer", seed=seed, scaffold=True)
     else:
         held = load_heldout(ckpt, n, mask, mask_ratio, seed)
-    for p in policy_list:
-        warn(calibration_map.for_policy(ckpt.path.parent, p)[1])
+    for p in policy_list:  # the step counts vary by setting: the sampler's other settings are compared
+        warn(calibration_map.for_policy(ckpt.path.parent, p, calibration_map.sampler_info(base, with_steps=False))[1])
     settings = len(policy_list) * len(steps_list)
     with outcome_file(rows_out) as save_rows, \
             Progress(console=err_console, disable=not err_console.is_terminal, transient=True) as progress:

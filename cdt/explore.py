@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cdt import calibration_map
 from cdt.calibrate import one_step
 from cdt.checkpoint import Checkpoint
 from cdt.device import pick_device
@@ -139,8 +140,11 @@ class Explorer:
         s = self.settings
         cfg = SampleConfig(steps=s.steps, policy=s.policy, randomness=s.randomness, temperature=s.temperature,
                            spread=s.spread, schedule=s.schedule, seed=s.seed)
+        calibration, warning = calibration_map.for_policy(self.ckpt.path.parent, s.policy,
+                                                          calibration_map.sampler_info(cfg))
+        self.message = warning or self.message
         gen = generate(self.model, template[None], m.protected[None], cfg, row_seeds=[self.row_seed()], record=True,
-                       allow_null=self.ckpt.config.data.emits_null)
+                       allow_null=self.ckpt.config.data.emits_null, calibration=calibration)
         region = ~m.protected & (m.template != PAD_ID)
         frames = [] if first_step > 1 else [Frame(0, template.clone(), template == MASK_ID, None, None,
                                                   torch.zeros_like(region), torch.zeros_like(region))]

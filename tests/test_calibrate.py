@@ -68,6 +68,10 @@ def test_step_mode_scores_only_the_filled_positions(tiny_run, tmp_path):
     answer_tokens = int(load_heldout(load(tiny_run), 16).region().sum())
     assert 0 < result.tokens.n < answer_tokens  # only the positions masked at t are judged
     assert result.tokens.n == sum(r["tokens"] for r in lines)
+    cmap = calibration_map.load(tmp_path)  # one training-style step: no sampler to compare a run with
+    assert cmap.info["mode"] == "step" and cmap.info["sampler"] is None
+    greedy = calibration_map.sampler_info(SampleConfig(temperature=0.0))
+    assert calibration_map.for_policy(tmp_path, "critic-calibrated", greedy)[1] is None
 
 
 def test_map_is_written_and_used_by_critic_calibrated(tiny_run, tmp_path):
@@ -79,6 +83,16 @@ def test_map_is_written_and_used_by_critic_calibrated(tiny_run, tmp_path):
     result = calibrate(load(run_dir), CalibrateSettings(n_samples=8, steps=2), run_dir / "s.jsonl", run_dir)
     cmap, warning = calibration_map.for_policy(run_dir, "critic-calibrated")
     assert warning is None and cmap.kind == "buckets" and result.map_path == str(run_dir / "calibration.json")
+    assert cmap.info["sampler"] == {"steps": 2, "temperature": 1.0, "spread": False, "schedule": "linear"}
+    assert cmap.info["masking"] == "answer" and cmap.info["policy"] == "critic"
+    same = SampleConfig(steps=2, policy="critic-calibrated")
+    assert calibration_map.for_policy(run_dir, "critic-calibrated", calibration_map.sampler_info(same))[1] is None
+    other = SampleConfig(steps=2, temperature=0.0, schedule="power:4")
+    _, warning = calibration_map.for_policy(run_dir, "critic-calibrated", calibration_map.sampler_info(other))
+    assert "temperature 1.0 (now 0.0), schedule 'linear' (now 'power:4')" in warning and "steps" not in warning
+    eight = calibration_map.sampler_info(SampleConfig(steps=8), with_steps=False)  # eval: several step counts
+    assert "steps" not in eight and calibration_map.for_policy(run_dir, "critic-calibrated", eight)[1] is None
+    assert calibration_map.for_policy(run_dir, "critic", calibration_map.sampler_info(other)) == (None, None)
     filled = [b for b in result.tokens.buckets if b.count]
     assert cmap(np.array([filled[0].mean_prob]))[0] == pytest.approx(filled[0].error_rate)
 

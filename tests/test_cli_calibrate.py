@@ -134,6 +134,29 @@ def test_calibrated_policy_warns_without_a_map(tmp_path, tiny_run):
     result = run("sample", "--checkpoint", run_dir, "--length", 8, "--steps", 2, "--policy", "critic-calibrated")
     assert result.exit_code == 0 and "falls back to the raw critic" in result.stderr
     assert len(result.stdout.splitlines()) == 1
+    scaffolded = run("sample", "--checkpoint", run_dir, "--schema", "set_alarm", "--prompt", "Wake me at 7",
+                     "--steps", 2, "--policy", "critic-calibrated")
+    assert scaffolded.exit_code == 0 and "falls back to the raw critic" in scaffolded.stderr
+
+
+def test_calibrated_policy_warns_when_the_map_came_from_another_sampler(tmp_path, tiny_run):
+    run_dir = tmp_path / "fresh"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes((tiny_run / "checkpoint.pt").read_bytes())
+    made = run("calibrate", "--checkpoint", run_dir, "--n-samples", 4, "--steps", 2, "--out", tmp_path / "s.jsonl")
+    assert made.exit_code == 0, made.stderr
+    same = run("sample", "--checkpoint", run_dir, "--length", 8, "--steps", 2, "--policy", "critic-calibrated")
+    assert same.exit_code == 0 and "warning" not in same.stderr
+    other = run("sample", "--checkpoint", run_dir, "--length", 8, "--steps", 3, "--policy", "critic-calibrated",
+                "--temperature", 0, "--spread")
+    assert other.exit_code == 0 and len(other.stdout.splitlines()) == 1
+    assert "measured with another sampler: steps 2 (now 3), temperature 1.0 (now 0.0), spread False (now True);" \
+        in other.stderr.replace("\n", " ")
+    evaluated = run("eval", "--checkpoint", run_dir, "--n", 2, "--steps", 2, "--policies", "critic-calibrated",
+                    "--schedule", "cosine")
+    assert evaluated.exit_code == 0, evaluated.stderr
+    flat = evaluated.stderr.replace("\n", " ")
+    assert "schedule 'linear' (now 'cosine')" in flat and "steps" not in flat.split("another sampler")[1][:30]
 
 
 @pytest.mark.parametrize("args, code, fragment", [

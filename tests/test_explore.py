@@ -84,6 +84,30 @@ def test_keys_move_colour_policy_and_remask(tiny_run):
     assert ex.handle("quit") is False
 
 
+def test_critic_calibrated_uses_the_map_and_says_when_it_is_missing(tiny_run, tmp_path):
+    from cdt import calibration_map
+    from cdt.sampling.loop import SampleConfig, generate
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes((tiny_run / "checkpoint.pt").read_bytes())
+    bare = explorer(run_dir, policy="critic-calibrated")
+    assert "no calibration map" in bare.message
+    # a map that reverses the critic's order: with it the policy remasks what the critic trusts most
+    reverse = calibration_map.CalibrationMap("buckets", [0.0, 1.0], [1.0, 0.0],
+                                             info={"sampler": {"steps": 4, "temperature": 1.0}})
+    calibration_map.save(run_dir, reverse)
+    ex = explorer(run_dir, policy="critic-calibrated")
+    assert ex.message == ""  # measured with this sampler
+    m = ex.material
+    gen = generate(ex.model, m.template[None], m.protected[None], SampleConfig(steps=4, policy="critic-calibrated"),
+                   row_seeds=[ex.row_seed()], record=True, calibration=reverse)
+    assert [f.remask_next.tolist() for f in ex.frames[1:]] == [r.remasked[0].tolist() for r in gen.steps]
+    assert [f.remask_next.tolist() for f in ex.frames] != [f.remask_next.tolist() for f in bare.frames]
+    greedy = explorer(run_dir, policy="critic-calibrated", temperature=0.0)
+    assert "another sampler: temperature 1.0 (now 0.0)" in greedy.message
+
+
 def render(ex, plain, width=100):
     console = Console(record=True, width=width, force_terminal=not plain, color_system=None if plain else "truecolor")
     console.print(frame_view(ex, plain=plain, width=width, interactive=not plain))

@@ -30,7 +30,7 @@ def sample(ckpt: Checkpoint, prompt: str, length: int, n: int, cfg: SampleConfig
     model = ckpt.build_model(dev)
     separator = ckpt.extra.get("mask_region") == "answer"  # trained as request + separator + answer
     ids, protected = prompt_template(ckpt.vocab, prompt, length, ckpt.config.model.block_size, n, separator)
-    calibration, warning = calibration_map.for_policy(ckpt.path.parent, cfg.policy)
+    calibration, warning = calibration_map.for_policy(ckpt.path.parent, cfg.policy, calibration_map.sampler_info(cfg))
     gen = generate(model, ids, protected, cfg, record=record, calibration=calibration,
                    allow_null=ckpt.config.data.emits_null)  # a tail model ends its answer with [NULL]
     start, end = int(protected[0].sum()), ids.shape[1]
@@ -66,7 +66,7 @@ def sample_schema(ckpt: Checkpoint, schema, prompts: list[str], cfg: SampleConfi
     model = ckpt.build_model(pick_device(device))
     separator = SEPARATOR if ckpt.extra.get("mask_region") == "answer" else ""
     ids, protected = scaffold.template(schema, ckpt.vocab, prompts, separator, ckpt.config.model.block_size)
-    calibration, _ = calibration_map.for_policy(ckpt.path.parent, cfg.policy)
+    calibration, _ = calibration_map.for_policy(ckpt.path.parent, cfg.policy)  # the CLI prints the warning
     starts = [len(ckpt.vocab.encode(p + separator)) for p in prompts]
     allowed = scaffold.allowed_rows([schema] * len(prompts), starts, ids.shape[1], ckpt.vocab)
     gen = generate(model, ids, protected, cfg, record=record, allow_null=True, calibration=calibration,
