@@ -163,6 +163,7 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
     sample_score, sample_label = [], []
     passes = {"generator": 0, "critic": 0}
     writer = ScoreWriter(scores_path)
+    warnings += [writer.recovered] if writer.recovered else []
     model_name = ckpt.path.parent.name
     try:
         for lo in range(0, len(plan), cfg.batch_size):

@@ -434,7 +434,7 @@ def eval_cmd(
     for p in policy_list:  # the step counts vary by setting: the sampler's other settings are compared
         warn(calibration_map.for_policy(ckpt.path.parent, p, calibration_map.sampler_info(base, with_steps=False))[1])
     settings = len(policy_list) * len(steps_list)
-    with outcome_file(rows_out) as save_rows, \
+    with outcome_file(rows_out, note=warn) as save_rows, \
             Progress(console=err_console, disable=not err_console.is_terminal, transient=True) as progress:
         task = progress.add_task("eval", total=settings * n)
         run_eval = iter_scaffold if scaffold else iter_policies

@@ -7,6 +7,7 @@ optionally more score fields, "group", "text", "reference". `calibrate` writes i
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -84,15 +85,72 @@ def read_scores(source: str | Path, score_key: str = "score", label_key: str = "
                   texts if any(t is not None for t in texts) else None, model, where)
 
 
+STALE_AFTER_S = 60.0  # a `.writing` file untouched this long, whose process is gone, was left by a hard kill
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False  # alive under another user, or cannot tell: leave its file alone
+    return False
+
+
+def _whole_lines(path: Path) -> int:
+    """Cut `path` back to its last complete line (a hard kill can stop mid-line); returns the lines kept."""
+    data = path.read_bytes()
+    keep = data[: data.rfind(b"\n") + 1]
+    if len(keep) != len(data):
+        path.write_bytes(keep)
+    return keep.count(b"\n")
+
+
+def recover_stale(path: Path, now: float | None = None) -> str | None:
+    """Tidy what a hard-killed run (SIGKILL, out of memory, power loss) left beside `path`: its
+    `<name>.<pid>.writing`. As for a run stopped by Ctrl-C, the newest interrupted run with lines
+    becomes `<name>.partial` (cut to whole lines), and older ones are removed. Returns a line saying
+    what was kept, or None when there was nothing to tidy. A file whose process may still run, or
+    that changed in the last minute, is left alone."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    now = time.time() if now is None else now
+    stale = []
+    for f in path.parent.glob(f"{glob.escape(path.name)}.*.writing"):
+        pid = f.name[len(path.name) + 1 : -len(".writing")]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_gone(int(pid)) \
+                and now - f.stat().st_mtime > STALE_AFTER_S:
+            stale.append(f)
+    if not stale:
+        return None
+    lines = {f: _whole_lines(f) for f in stale}
+    candidates = [f for f in stale if lines[f]] + ([partial] if partial.exists() else [])
+    newest = max(candidates, key=lambda f: f.stat().st_mtime, default=None)
+    for f in stale:
+        if f != newest:
+            f.unlink()
+    if newest is None or newest == partial:
+        return None if newest is None else (f"removed {len(stale)} unfinished file(s) of older runs beside {path}; "
+                                            f"{partial} is newer and stays")
+    newest.replace(partial)
+    pid = newest.name[len(path.name) + 1 : -len(".writing")]
+    n = lines[newest]
+    return (f"a run that was killed (process {pid}) left {n} line{'s' if n != 1 else ''} in {newest.name}; "
+            f"they are kept in {partial}")
+
+
 class ScoreWriter:
     """Streams sample lines to `<name>.<pid>.writing` beside `path`, which becomes `path` once complete.
     Interrupted, the lines written so far become `<name>.partial`; with none written, an earlier
-    `<name>.partial` stays as it was (a rerun stopped early loses nothing an earlier one kept)."""
+    `<name>.partial` stays as it was (a rerun stopped early loses nothing an earlier one kept). What a
+    hard-killed run left is tidied first the same way (`recover_stale`; the line is in `recovered`)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.recovered = recover_stale(self.path)
         self._writing = self.path.with_name(f"{self.path.name}.{os.getpid()}.writing")
         self._f = open(self._writing, "w", encoding="utf-8")
         self.count = 0

@@ -200,3 +200,53 @@ def test_score_writer_keeps_an_earlier_partial_until_it_has_lines_of_its_own(tmp
     third.close(complete=False)
     assert len((tmp_path / "s.jsonl.partial").read_text().splitlines()) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["s.jsonl.partial"]
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _left(path, pid: int, text: str, age: float):
+    import os
+    import time
+
+    f = path.with_name(f"{path.name}.{pid}.writing")
+    f.write_text(text)
+    os.utime(f, (time.time() - age,) * 2)
+    return f
+
+
+def test_what_a_hard_kill_left_becomes_the_partial_file(tmp_path):
+    import os
+
+    from cdt.scores import ScoreWriter, recover_stale
+
+    path = tmp_path / "s.jsonl"
+    dead = _dead_pid()
+    left = _left(path, dead, '{"id": "0-0"}\n{"id": "1-0"}\n{"id": "2', age=300)  # cut mid-line by the kill
+    alive = _left(path, os.getppid(), '{"id": "x"}\n', age=300)  # its process still runs
+    fresh = _left(path, _dead_pid(), '{"id": "y"}\n', age=0)  # changed a moment ago: maybe another host's
+    writer = ScoreWriter(path)
+    assert writer.recovered == (f"a run that was killed (process {dead}) left 2 lines in {left.name}; "
+                                f"they are kept in {path}.partial")
+    assert (tmp_path / "s.jsonl.partial").read_text() == '{"id": "0-0"}\n{"id": "1-0"}\n'  # whole lines only
+    assert not left.exists() and alive.exists() and fresh.exists()
+    writer.write({"id": "z"})
+    writer.close()
+    assert recover_stale(path) is None  # nothing left to tidy
+
+    # an older leftover than the partial a later Ctrl-C kept is removed; one with no whole line silently
+    older = _left(path, _dead_pid(), '{"id": "old"}\n', age=3600)
+    assert "is newer and stays" in recover_stale(path) and not older.exists()
+    os.utime(tmp_path / "s.jsonl.partial", (0, 0))  # now the partial is the older one
+    empty = _left(path, _dead_pid(), '{"id": "cut', age=300)
+    newer = _left(path, _dead_pid(), '{"id": "new"}\n', age=120)
+    assert "left 1 line in" in recover_stale(path) and not empty.exists() and not newer.exists()
+    assert (tmp_path / "s.jsonl.partial").read_text() == '{"id": "new"}\n'
+    nothing = _left(path, _dead_pid(), "", age=300)
+    os.unlink(tmp_path / "s.jsonl.partial")
+    assert recover_stale(path) is None and not nothing.exists() and not (tmp_path / "s.jsonl.partial").exists()

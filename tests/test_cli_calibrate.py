@@ -269,3 +269,29 @@ def test_sigterm_to_a_real_calibrate_keeps_the_samples_it_scored(tiny_run, tmp_p
     lines = (tmp_path / "s.jsonl.partial").read_text().splitlines()
     assert 0 < scored < 10000 and len(lines) == scored and json.loads(lines[0])["id"] == "0-0"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl.partial"]
+
+
+def test_a_rerun_keeps_what_a_killed_calibrate_scored(tiny_run, tmp_path):
+    out = tmp_path / "s.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "cdt", "calibrate", "--checkpoint", str(tiny_run), "--n-samples",
+                             "10000", "--samples-per-prompt", "100", "--batch-size", "1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for _ in range(2400):  # wait (at most ~2 minutes) until lines reach the file being written
+        if proc.poll() is not None or any(p.name.endswith(".writing") and p.stat().st_size for p in tmp_path.iterdir()):
+            break
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no handler runs, the file being written stays as it was
+    proc.communicate(timeout=120)
+    (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".writing")]
+    assert left.name == f"s.jsonl.{proc.pid}.writing"
+    written = left.read_text().count("\n")
+    old = time.time() - 120  # what a later run finds: untouched for over a minute
+    os.utime(left, (old, old))
+    rerun = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 3, "--steps", 2, "--out", out)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert f"a run that was killed (process {proc.pid}) left {written} line" in rerun.stderr.replace("\n", " ")
+    kept = (tmp_path / "s.jsonl.partial").read_text().splitlines()
+    assert len(kept) == written > 0 and [json.loads(line)["id"] for line in kept[:2]] == ["0-0", "0-1"][: len(kept)]
+    assert len(out.read_text().splitlines()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl", "s.jsonl.partial"]

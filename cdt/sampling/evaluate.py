@@ -102,12 +102,12 @@ def finished_settings(settings: Iterable) -> tuple[list, bool]:
 
 
 @contextmanager
-def outcome_file(path: Path | None):
+def outcome_file(path: Path | None, note=None):
     """`--rows`: yields save(rows, complete=True), which writes one JSON line per held-out row and setting
     and returns the path written. The file is opened first, so a path that cannot be written fails before
     the evaluation runs. It appears under its name only once complete; the finished settings of an
     interrupted run stay in `<name>.partial`, and an error, or Ctrl-C before any setting finished, leaves
-    nothing behind."""
+    nothing behind. `note` gets the line saying what a hard-killed earlier run left, if anything."""
     if path is None:
         yield lambda rows, complete=True: None
         return
@@ -117,6 +117,8 @@ def outcome_file(path: Path | None):
         writer = ScoreWriter(path)
     except OSError as e:
         raise CdtError(f"cannot write {path}: {e.strerror}") from None
+    if writer.recovered and note is not None:
+        note(writer.recovered)
 
     def save(rows: list[EvalRow], complete: bool = True) -> Path:
         for r in rows:
