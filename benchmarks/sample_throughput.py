@@ -7,6 +7,12 @@
 Prints one JSON document. Generated tokens are the masked answer characters of
 held-out toolcalls records; throughput does not depend on the weights, so the
 default builds an untrained `small` model rather than needing a checkpoint.
+
+Each result also gives the model FLOP/s its passes reached (forward FLOPs of every
+trunk pass, counted as train_throughput.py counts them, over the padded width) and
+their share of a square-matmul peak measured in the same run; `ceiling_over_batch1`
+is that peak over batch 1's FLOP/s: the most any batch could gain over one row if it
+ran every model FLOP at the peak.
 """
 
 from __future__ import annotations
@@ -27,6 +33,14 @@ from cdt.sampling import SampleConfig, generate
 from cdt.sampling.heldout import HeldOut
 from cdt.sampling.template import heldout_templates
 from cdt.vocab import MASK_ID
+from train_throughput import flops_per_position, matmul_peak  # this folder: the same counts and peak
+
+
+def pass_flops(cfg, width: int) -> tuple[float, float]:
+    """Forward model FLOPs per position of a row `width` wide: (generator pass, critic pass).
+    A third of the training count (forward + backward = 3 x forward for every product)."""
+    gen = flops_per_position(cfg, width, critic=0) / 3
+    return gen, flops_per_position(cfg, width, critic=1) / 3 - gen
 
 
 def main():
@@ -56,6 +70,8 @@ def main():
     device = pick_device(args.device)
     model = model.to(device)
     held = HeldOut(*heldout_templates(corpus, args.rows), records=None, masking="answer")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_peak(device, dtype)
     results = {}
     for policy in args.policies.split(","):
         for b in (int(x) for x in args.batches.split(",")):
@@ -63,7 +79,7 @@ def main():
             warm = held.take(torch.arange(b))
             generate(model, warm.template, warm.protected, scfg)  # warm-up
             synchronize(device)
-            t0, tokens, passes = time.perf_counter(), 0, 0
+            t0, tokens, passes, flops = time.perf_counter(), 0, 0, 0.0
             for lo in range(0, args.rows, b):  # the same rows at every batch size
                 hi = min(lo + b, args.rows)
                 part = held.take(torch.arange(lo, hi))  # cut to its longest row, as cdt sample and eval run
@@ -71,16 +87,25 @@ def main():
                                row_seeds=[seed_for(0, i) for i in range(lo, hi)])
                 tokens += int((part.template == MASK_ID).sum())
                 passes += sum(gen.passes.values())
+                g, c = pass_flops(model.cfg, part.template.shape[1])
+                flops += part.template.numel() * (gen.passes["generator"] * g + gen.passes["critic"] * c)
             synchronize(device)
             elapsed = time.perf_counter() - t0
             results[f"{policy}@{b}"] = {"tokens_per_s": tokens / elapsed,
-                                       "passes_per_step": passes / ((args.rows + b - 1) // b) / args.steps}
+                                       "passes_per_step": passes / ((args.rows + b - 1) // b) / args.steps,
+                                       "model_gflops_per_s": flops / elapsed / 1e9,
+                                       "share_of_matmul_peak": flops / elapsed / peak}
     small, large = (int(x) for x in (args.batches.split(",")[0], args.batches.split(",")[-1]))
     ratios = {p: results[f"{p}@{large}"]["tokens_per_s"] / results[f"{p}@{small}"]["tokens_per_s"]
               for p in args.policies.split(",")}
+    peak = max(peak, matmul_peak(device, dtype))  # measured before and after the generations
+    for r in results.values():
+        r["share_of_matmul_peak"] = r["model_gflops_per_s"] * 1e9 / peak
+    # the most a larger batch could gain over the small one: every model FLOP at the matmul peak
+    ceiling = {p: peak / (results[f"{p}@{small}"]["model_gflops_per_s"] * 1e9) for p in args.policies.split(",")}
     print(json.dumps({"steps": args.steps, "device": str(device), "threads": torch.get_num_threads(), "allocator_tuned": tuned,
-                      "results": results,
-                      f"batch{large}_over_batch{small}": ratios}, indent=2))
+                      "matmul_peak_gflops": peak / 1e9, "results": results,
+                      f"batch{large}_over_batch{small}": ratios, f"ceiling_over_batch{small}": ceiling}, indent=2))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,11 @@ def test_sample_throughput_prints_its_figures():
     doc = json.loads(proc.stdout)
     assert doc["results"]["confidence@1"]["passes_per_step"] == 1.0
     assert doc["results"]["critic@8"]["passes_per_step"] == 2.0
+    for r in doc["results"].values():
+        assert r["model_gflops_per_s"] > 0 and r["share_of_matmul_peak"] == pytest.approx(
+            r["model_gflops_per_s"] / doc["matmul_peak_gflops"])
+    for p, ceiling in doc["ceiling_over_batch1"].items():
+        assert ceiling == pytest.approx(doc["matmul_peak_gflops"] / doc["results"][f"{p}@1"]["model_gflops_per_s"])
     print(json.dumps(doc, indent=2))
 
 
