@@ -24,6 +24,9 @@ from cdt.errors import CdtError
 EXAMPLE_PROMPT = "Set an alarm for 7:30 pm called gym"
 EXAMPLE_ANSWER = '{"name": "set_alarm", "arguments": {"time": "19:30", "label": "gym"}}'
 
+# the registered policies (cdt.sampling.policies.POLICIES), spelled out so that --help does not import torch;
+# a test keeps the two in step
+POLICY_NAMES = "random, confidence, margin, entropy, rcr, critic, critic-calibrated, critic-confidence"
 SCHEDULE_HELP = ("How many positions stay masked after each step: linear (the same share each step) | cosine "
                  "(few first, most at the end) | power:P (a share (1 - s/T)^P still masked after step s of T; "
                  "P > 1 commits most at first and few at the end, when nothing is left to check them, and can "
@@ -221,8 +224,7 @@ def sample(
                                "data.answer_tail takes it as a budget: it ends the answer with [NULL], never printed)."),
     n: int = typer.Option(1, "--n", min=1, help="Rows generated in one batch (each with its own seeded draws)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps [default: the checkpoint's sample.steps, 16]."),
-    policy: str = typer.Option("confidence", help="Remasking policy: random, confidence, margin, entropy, rcr, critic, "
-                                                      "critic-calibrated, critic-confidence."),
+    policy: str = typer.Option("confidence", help=f"Remasking policy: {POLICY_NAMES}."),
     commit: str = typer.Option("remask", help="remask (committed tokens may be remasked), lock (final once "
                                                "committed), threshold (commit all above --threshold)."),
     threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="threshold mode: confidence (1 - score) needed to commit."),
@@ -373,7 +375,7 @@ def _csv(value: str, cast, name: str) -> list:
 @friendly_errors
 def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint file, or the run directory that holds it."),
-    policies: str = typer.Option("confidence,critic", help="Comma-separated policies to compare."),
+    policies: str = typer.Option("confidence,critic", help=f"Comma-separated policies to compare, from: {POLICY_NAMES}."),
     steps: str = typer.Option("8,16,32", help="Comma-separated step counts."),
     n: int = typer.Option(256, "--n", min=1, help="Held-out rows to infill (toolcalls records or text windows)."),
     mask: Optional[str] = typer.Option(None, help="Region to infill: answer (toolcalls default), random (each "
@@ -477,7 +479,7 @@ def calibrate(
     n_samples: int = typer.Option(500, "--n-samples", min=1, help="Generations to score (held-out prompts x --samples-per-prompt)."),
     samples_per_prompt: int = typer.Option(1, "--samples-per-prompt", min=1, help="Seeded generations per prompt (for pairwise work)."),
     mode: str = typer.Option("generate", help="generate: full generations; step: one training-style step at random t."),
-    policy: str = typer.Option("critic", help="Remasking policy of the generations."),
+    policy: str = typer.Option("critic", help=f"Remasking policy of the generations: {POLICY_NAMES}."),
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps [default: the checkpoint's sample.steps]."),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
     spread: bool = typer.Option(False, "--spread", help="generate mode: commit no two adjacent new tokens in one step."),
@@ -624,15 +626,18 @@ def explore(
     mode: str = typer.Option("generate", help="generate: step through denoising; step: the training step's view "
                                               "(one corruption at random t, as calibrate --mode step)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Denoising steps [default: the checkpoint's sample.steps]."),
-    policy: str = typer.Option("critic", help="Remasking policy (p cycles it interactively)."),
+    policy: str = typer.Option("critic", help=f"Remasking policy (p cycles it interactively): {POLICY_NAMES}."),
     randomness: float = typer.Option(0.0, min=0.0, max=1.0, help="Blend scores with noise: (1-r)*score + r*U."),
     colour: str = typer.Option("critic", "--colour", help="Colour tokens by critic, confidence or correctness."),
     temperature: float = typer.Option(1.0, min=0.0, help="Generator temperature; 0 = greedy."),
     spread: bool = typer.Option(False, "--spread", help="Commit no two adjacent new tokens in one step."),
     schedule: str = typer.Option("linear", help=SCHEDULE_HELP),
     seed: int = typer.Option(0, help="Seed (the same draws as cdt calibrate with this seed)."),
-    interactive: Optional[bool] = typer.Option(None, "--interactive/--no-interactive",
-                                               help="Step with keys [default: when stdin and stdout are a terminal]."),
+    # two plain flags rather than one --interactive/--no-interactive pair: the pair takes a column of its own in
+    # --help, which leaves every help text about 17 characters wide in an 80-column terminal
+    interactive: bool = typer.Option(False, "--interactive",
+                                     help="Step with keys (the default when stdin and stdout are a terminal)."),
+    no_interactive: bool = typer.Option(False, "--no-interactive", help="Print the frames instead of stepping."),
     final_only: bool = typer.Option(False, "--final-only", help="Non-interactive: print only the last frame."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     json_out: bool = typer.Option(False, "--json", help="Per-step statistics as one JSON document."),
@@ -648,6 +653,8 @@ def explore(
     from cdt.explore import Explorer, Settings, load_materials
     from cdt.render import frame_view
 
+    if interactive and no_interactive:
+        raise fail("give at most one of --interactive and --no-interactive", 2)
     settings = Settings(steps=steps or 1, policy=policy, randomness=randomness, temperature=temperature,
                         spread=spread, schedule=schedule, seed=seed, mode=mode, colouring=colour)
     settings.validate()
@@ -660,7 +667,7 @@ def explore(
     terminal = sys.stdin.isatty() and sys.stdout.isatty() and out_console.is_terminal
     if interactive and not terminal:
         warn("no terminal: falling back to --no-interactive")
-    if (interactive is None or interactive) and terminal and not json_out:
+    if not no_interactive and terminal and not json_out:
         from cdt.terminal import run_interactive
 
         run_interactive(ex, out_console)

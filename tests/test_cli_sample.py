@@ -154,12 +154,17 @@ def test_eval_bad_input(tiny_run, args, fragment):
     assert_one_line_error(run("eval", "--checkpoint", str(tiny_run), *args), 2, fragment)
 
 
-def test_sample_help_names_every_registered_policy():
+def test_help_names_every_registered_policy():
+    from cdt.cli import POLICY_NAMES
     from cdt.sampling import POLICIES
 
-    text = " ".join(run("sample", "--help").stdout.split())  # rich wraps the help text
-    listed = text.split("Remasking policy:")[1].split(".")[0]
-    assert {p.strip(" ,│") for p in listed.replace("│", " ").split(",")} >= set(POLICIES)
+    assert POLICY_NAMES.split(", ") == list(POLICIES)
+    for command, lead in (("sample", "Remasking policy:"), ("eval", "compare, from:"),
+                          ("calibrate", "of the generations:"), ("explore", "interactively):")):
+        shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "160"}).stdout  # room for whole words
+        text = " ".join(shown.replace("│", " ").split())  # rich wraps the help text
+        listed = text.split(lead)[1].split(".")[0]
+        assert [p.strip(" ,") for p in listed.split(",")] == list(POLICIES), command
 
 
 def test_the_trajectory_keeps_one_line_per_step_when_a_row_holds_a_newline():

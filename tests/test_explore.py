@@ -181,6 +181,8 @@ def test_checkpoint_without_critic_still_explores(tmp_path):
 
 
 def test_bad_input(tiny_run):
+    both = runner.invoke(app, ["explore", "--checkpoint", "no/such/run", "--interactive", "--no-interactive"])
+    assert_one_line_error(both, 2, "give at most one of --interactive and --no-interactive")
     assert_one_line_error(runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--prompt", "snow ☃"]), 1, "'☃'")
     assert_one_line_error(runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--colour", "rainbow"]), 2,
                           "unknown colouring")
