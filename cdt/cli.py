@@ -404,7 +404,8 @@ def eval_cmd(
     Rows are ordered by trunk passes, so policies at equal cost stand together
     (critic at T steps spends as many passes as confidence at 2T). JSON validity and
     field accuracy are reported for toolcalls checkpoints. Different policies at equal
-    steps or equal passes are then compared row by row on exact match (McNemar's test).
+    steps or equal passes are then compared row by row on exact match and, for toolcalls,
+    on JSON validity (McNemar's test).
     """
     from rich.progress import Progress
 
@@ -448,6 +449,9 @@ def eval_cmd(
     cut = f"interrupted after {len(rows)} of {settings} settings" if interrupted else ""
     done = {"interrupted": interrupted, "settings": settings, "finished": len(rows)}
     pairs = [] if scaffold else equal_cost_pairs([(r.policy, r.steps, r.passes, r.hits()) for r in rows])
+    graded_json = not scaffold and all(r.hits("json_valid") is not None for r in rows)  # toolcalls answers
+    pairs_json = equal_cost_pairs([(r.policy, r.steps, r.passes, r.hits("json_valid")) for r in rows]) \
+        if graded_json else []
     if scaffold:
         if json_out:
             emit_json({"checkpoint": str(ckpt.path), "n": n, "scaffold": True, "commit": commit, "schedule": schedule,
@@ -461,11 +465,14 @@ def eval_cmd(
                    "answer_tail": ckpt.config.data.answer_tail,  # > 0: regions do not give the answer's length
                    "commit": commit, "schedule": schedule, "temperature": temperature, "spread": spread,
                    "blocks": blocks, "rows": [r.summary() for r in rows], "paired": [asdict(p) for p in pairs],
+                   "paired_json_valid": [asdict(p) for p in pairs_json] if graded_json else None,
                    "rows_file": str(rows_path) if rows_path else None} | done)
     else:
         out_console.print(eval_table(rows, n, held.masking, mask_ratio, ckpt.config.data.answer_tail, blocks, cut))
         if pairs:
             out_console.print(paired_table(pairs, n))
+        if pairs_json:
+            out_console.print(paired_table(pairs_json, n, "JSON valid"))
         if rows_path is not None:
             out_console.print(f"per-row outcomes: {rows_path}", highlight=False, soft_wrap=True)
     if interrupted:

@@ -151,10 +151,11 @@ def eval_table(rows, n: int, masking: str = "answer", ratio: float = 0.0, tail: 
     return table
 
 
-def paired_table(pairs, n: int) -> Table:
-    """Exact match compared row by row at equal steps or passes: which setting is ahead, the rows only
-    it gets right (wins) and only the other does (losses), and whether that split could be chance (McNemar)."""
-    table = Table(title=f"paired on the same {n:,} rows · exact match", title_justify="left", box=box.SIMPLE_HEAD,
+def paired_table(pairs, n: int, metric: str = "exact match") -> Table:
+    """A metric (exact match, JSON validity) compared row by row at equal steps or passes: which setting is
+    ahead, the rows only it gets right (wins) and only the other does (losses), and whether that split could
+    be chance (McNemar)."""
+    table = Table(title=f"paired on the same {n:,} rows · {metric}", title_justify="left", box=box.SIMPLE_HEAD,
                   pad_edge=False, padding=(0, 0, 0, 1))
     for col in ("equal", "ahead", "behind", "wins", "losses", "points", "95% CI", "p"):
         name = col in ("ahead", "behind")  # long policy names fold; numbers are never cut

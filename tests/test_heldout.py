@@ -104,6 +104,7 @@ def test_eval_on_a_text_checkpoint_defaults_to_spans(text_run):
     doc = json.loads(r.stdout)
     assert doc["mask"] == "span"
     assert all(row["json_valid"] is None and row["field_acc"] is None for row in doc["rows"])
+    assert doc["paired_json_valid"] is None and len(doc["paired"]) == 1  # text: exact match only
     assert all(0 <= row["char_acc"] <= 1 for row in doc["rows"])
     table = runner.invoke(app, ["eval", "--checkpoint", str(text_run), "--policies", "confidence", "--steps", "2",
                                 "--n", "3"])

@@ -128,9 +128,19 @@ def test_eval_rows_file_and_paired_json_agree(tiny_run, tmp_path):
         assert p["only_a"] == sum(a[i]["exact"] and not b[i]["exact"] for i in range(7))
         assert p["only_b"] == sum(b[i]["exact"] and not a[i]["exact"] for i in range(7))
         assert p["only_a"] >= p["only_b"] and p["n"] == 7
+    # the same pairs on JSON validity, recounted from the file
+    assert [(p["a"], p["b"]) for p in doc["paired_json_valid"]] != [] and len(doc["paired_json_valid"]) == 3
+    for p in doc["paired_json_valid"]:
+        (pa, sa), (pb, sb) = (x.split("@") for x in (p["a"], p["b"]))
+        a, b = by[(pa, int(sa))], by[(pb, int(sb))]
+        assert p["only_a"] == sum(a[i]["json_valid"] and not b[i]["json_valid"] for i in range(7))
+        assert p["only_b"] == sum(b[i]["json_valid"] and not a[i]["json_valid"] for i in range(7))
+        assert p["both"] == sum(a[i]["json_valid"] and b[i]["json_valid"] for i in range(7))
+        assert p["only_a"] >= p["only_b"]
     table = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--policies", "confidence,critic",
                                 "--steps", "2", "--n", "3"])
-    assert table.exit_code == 0 and "paired on the same 3 rows" in table.stdout
+    assert table.exit_code == 0 and "paired on the same 3 rows · exact match" in table.stdout
+    assert "paired on the same 3 rows · JSON valid" in table.stdout
 
 
 def test_eval_rows_never_overwrites_and_leaves_nothing_when_interrupted(tiny_run, tmp_path, monkeypatch):
@@ -202,3 +212,17 @@ def test_eval_rows_says_what_a_killed_run_left(tiny_run, tmp_path):
     assert f"process {gone.pid}) left 1 line in" in r.stderr and "rows.jsonl.partial" in r.stderr
     assert (tmp_path / "rows.jsonl.partial").read_text() == '{"policy": "confidence"}\n'
     assert len(out.read_text().splitlines()) == 2 and not left.exists()
+
+
+
+def test_json_validity_is_paired_only_where_it_is_graded():
+    from cdt.sampling.evaluate import EvalRow, RowOutcome
+
+    def setting(exact, valid):
+        outs = [RowOutcome(i, e, 0, 1, v, None, None, "", "") for i, (e, v) in enumerate(zip(exact, valid))]
+        return EvalRow("critic", 4, 8.0, 0.0, 0.0, None, None, 0.0, outs)
+
+    toolcalls = setting([True, False, False], [True, True, False])
+    assert toolcalls.hits() == [True, False, False] and toolcalls.hits("json_valid") == [True, True, False]
+    text = setting([True, False, False], [None, None, None])  # a text checkpoint: no JSON to grade
+    assert text.hits() == [True, False, False] and text.hits("json_valid") is None

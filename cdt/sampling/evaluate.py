@@ -55,8 +55,11 @@ class EvalRow:
         """The aggregate figures (a row of the table and of `--json`), without the per-row outcomes."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "outcomes"}
 
-    def hits(self) -> list[bool]:
-        return [o.exact for o in self.outcomes]
+    def hits(self, metric: str = "exact") -> list[bool] | None:
+        """Per row, whether it passed `metric` (exact | json_valid); None where the rows are not graded on it
+        (JSON validity outside toolcalls)."""
+        got = [getattr(o, metric) for o in self.outcomes]
+        return None if any(g is None for g in got) else [bool(g) for g in got]
 
 
 def evaluate_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], steps_list: list[int],
