@@ -112,8 +112,9 @@ def train(
     samples: Optional[Path] = typer.Option(None, help="--stage critic: a cdt calibrate scores file (--samples-per-prompt K)."),
     init: Optional[Path] = typer.Option(None, help="--stage critic: the checkpoint (or run directory) to start from."),
     loss: Optional[str] = typer.Option(None, help="--stage critic: pairwise (default) or pointwise (BCE baseline)."),
-    freeze_trunk: Optional[bool] = typer.Option(None, "--freeze-trunk/--train-trunk",
-                                                help="--stage critic: train the head alone (default) or the trunk too."),
+    # two plain flags, not a --freeze-trunk/--train-trunk pair: a pair takes a --help column of its own
+    freeze: bool = typer.Option(False, "--freeze-trunk", help="--stage critic: train the value head alone (default)."),
+    train_trunk: bool = typer.Option(False, "--train-trunk", help="--stage critic: train the trunk too."),
     value_dropout: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="--stage critic: dropout in the value head."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout and nothing else there."),
 ):
@@ -127,6 +128,9 @@ def train(
     from cdt.render import TrainProgress, train_summary
     from cdt.train import train as run_train
 
+    if freeze and train_trunk:
+        raise fail("give at most one of --freeze-trunk and --train-trunk", 2)
+    freeze_trunk = True if freeze else False if train_trunk else None
     flags = {"data": {"source": data}, "model": {},
              "train": {"max_iters": max_iters, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "seed": seed,
                        "device": device, "eval_interval": eval_interval, "compile": compile_ or None}}
@@ -137,7 +141,8 @@ def train(
     generator_only = {"--optimizer": optimizer, "--data": data, "--compile": compile_ or None,
                       "--scaffold": scaffold or None, "--resume": resume or None}
     critic_only = {"--samples": samples, "--init": init, "--loss": loss,
-                   "--freeze-trunk/--train-trunk": freeze_trunk, "--value-dropout": value_dropout}
+                   "--freeze-trunk": freeze or None, "--train-trunk": train_trunk or None,
+                   "--value-dropout": value_dropout}
     other_stage = generator_only if stage == "critic" else critic_only
     if misplaced := [name for name, value in other_stage.items() if value is not None]:
         raise fail(f"{', '.join(misplaced)}: not used by --stage {stage}; "

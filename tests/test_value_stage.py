@@ -168,6 +168,11 @@ def test_stage_bad_input(tiny_run, samples_file, tmp_path):
     assert_one_line_error(runner.invoke(app, ["train", "--preset", "tiny", "--out", str(tmp_path / "g"),
                                               "--samples", str(samples_file)]), 2,
                           "--samples: not used by --stage generator; leave it out")
+    assert_one_line_error(runner.invoke(app, ["train", "--preset", "tiny", "--out", str(tmp_path / "g"),
+                                              "--train-trunk"]), 2,
+                          "--train-trunk: not used by --stage generator; leave it out")
+    assert_one_line_error(stage(tiny_run, samples_file, tmp_path / "o", "--freeze-trunk", "--train-trunk"), 2,
+                          "give at most one of --freeze-trunk and --train-trunk")
     assert not (tmp_path / "o").exists() and not (tmp_path / "g").exists()
     with pytest.raises(CdtError, match="not found"):
         load_samples(tmp_path / "missing.jsonl")
