@@ -129,7 +129,8 @@ def for_policy(run_dir: Path, policy: str, sampler: dict | None = None) -> tuple
     if cmap is None:
         return None, (f"no calibration map in {run_dir} (run cdt calibrate first); "
                       "critic-calibrated falls back to the raw critic probability")
-    differ = _mismatch(cmap.info.get("sampler") or {}, sampler or {})
+    measured = cmap.info.get("sampler") if isinstance(cmap.info, dict) else None
+    differ = _mismatch(measured if isinstance(measured, dict) else {}, sampler or {})  # older maps: no record
     if differ:
         return cmap, (f"the calibration map in {run_dir} was measured with another sampler: {differ}; its error "
                       "rates may not hold here (rerun cdt calibrate with this run's flags)")

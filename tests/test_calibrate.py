@@ -93,6 +93,9 @@ def test_map_is_written_and_used_by_critic_calibrated(tiny_run, tmp_path):
     eight = calibration_map.sampler_info(SampleConfig(steps=8), with_steps=False)  # eval: several step counts
     assert "steps" not in eight and calibration_map.for_policy(run_dir, "critic-calibrated", eight)[1] is None
     assert calibration_map.for_policy(run_dir, "critic", calibration_map.sampler_info(other)) == (None, None)
+    for info in ({}, {"sampler": "linear"}, {"sampler": None}):  # maps of older versions, or edited by hand
+        calibration_map.save(run_dir, calibration_map.CalibrationMap("buckets", [0.0, 1.0], [0.0, 1.0], info=info))
+        assert calibration_map.for_policy(run_dir, "critic-calibrated", calibration_map.sampler_info(other))[1] is None
     filled = [b for b in result.tokens.buckets if b.count]
     assert cmap(np.array([filled[0].mean_prob]))[0] == pytest.approx(filled[0].error_rate)
 
