@@ -697,7 +697,7 @@ def explore(
         out_console.print()
 
 
-def _stop(signum, frame):
+def _sigterm_as_ctrl_c(signum, frame):
     raise KeyboardInterrupt
 
 
@@ -707,7 +707,7 @@ def main() -> None:
     tune_cpu_allocator()
     # SIGTERM (`kill`, a job scheduler) takes Ctrl-C's path: every command keeps what it finished and exits with a
     # one-line error (training installs its own handler for both and saves a checkpoint)
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     app(prog_name="cdt")
 
 
