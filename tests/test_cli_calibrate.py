@@ -251,16 +251,23 @@ def test_sweep_tau_as_a_subprocess(tmp_path):
     assert proc.stderr == ""
 
 
-def test_sigterm_to_a_real_calibrate_keeps_the_samples_it_scored(tiny_run, tmp_path):
-    out = tmp_path / "s.jsonl"
+def _long_calibrate_writing(tiny_run, out):
+    """A real `cdt calibrate` subprocess of 10,000 samples, returned once lines reach the file it writes."""
     proc = subprocess.Popen([sys.executable, "-m", "cdt", "calibrate", "--checkpoint", str(tiny_run), "--n-samples",
                              "10000", "--samples-per-prompt", "100", "--batch-size", "1", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    for _ in range(2400):  # wait (at most ~2 minutes) until lines reach the file being written
-        if proc.poll() is not None or any(p.name.endswith(".writing") and p.stat().st_size for p in tmp_path.iterdir()):
+    for _ in range(2400):  # wait (at most ~2 minutes)
+        if proc.poll() is not None or any(p.name.endswith(".writing") and p.stat().st_size
+                                          for p in out.parent.iterdir()):
             break
         time.sleep(0.05)
+    return proc
+
+
+def test_sigterm_to_a_real_calibrate_keeps_the_samples_it_scored(tiny_run, tmp_path):
+    out = tmp_path / "s.jsonl"
+    proc = _long_calibrate_writing(tiny_run, out)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "Traceback" not in err
@@ -273,14 +280,7 @@ def test_sigterm_to_a_real_calibrate_keeps_the_samples_it_scored(tiny_run, tmp_p
 
 def test_a_rerun_keeps_what_a_killed_calibrate_scored(tiny_run, tmp_path):
     out = tmp_path / "s.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "cdt", "calibrate", "--checkpoint", str(tiny_run), "--n-samples",
-                             "10000", "--samples-per-prompt", "100", "--batch-size", "1", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    for _ in range(2400):  # wait (at most ~2 minutes) until lines reach the file being written
-        if proc.poll() is not None or any(p.name.endswith(".writing") and p.stat().st_size for p in tmp_path.iterdir()):
-            break
-        time.sleep(0.05)
+    proc = _long_calibrate_writing(tiny_run, out)
     proc.kill()  # SIGKILL: no handler runs, the file being written stays as it was
     proc.communicate(timeout=120)
     (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".writing")]

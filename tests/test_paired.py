@@ -196,20 +196,15 @@ def test_eval_interrupted_reports_the_settings_it_finished(tiny_run, tmp_path, m
 
 
 def test_eval_rows_says_what_a_killed_run_left(tiny_run, tmp_path):
-    import os
-    import subprocess
-    import time
+    from tests.test_calibrate import _dead_pid, _left
 
     out = tmp_path / "rows.jsonl"
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    left = tmp_path / f"rows.jsonl.{gone.pid}.writing"
-    left.write_text('{"policy": "confidence"}\n{"poli')
-    os.utime(left, (time.time() - 300,) * 2)
+    gone = _dead_pid()
+    left = _left(out, gone, '{"policy": "confidence"}\n{"poli', age=300)
     r = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--policies", "confidence", "--steps", "2",
                             "--n", "2", "--rows", str(out)])
     assert r.exit_code == 0, r.stderr
-    assert f"process {gone.pid}) left 1 line in" in r.stderr and "rows.jsonl.partial" in r.stderr
+    assert f"process {gone}) left 1 line in" in r.stderr and "rows.jsonl.partial" in r.stderr
     assert (tmp_path / "rows.jsonl.partial").read_text() == '{"policy": "confidence"}\n'
     assert len(out.read_text().splitlines()) == 2 and not left.exists()
 
