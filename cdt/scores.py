@@ -98,13 +98,9 @@ def _process_gone(pid: int) -> bool:
     return False
 
 
-def _whole_lines(path: Path) -> int:
-    """Cut `path` back to its last complete line (a hard kill can stop mid-line); returns the lines kept."""
-    data = path.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
-        path.write_bytes(keep)
-    return keep.count(b"\n")
+def _whole_lines(data: bytes) -> bytes:
+    """`data` up to its last complete line (a hard kill can stop a file mid-line)."""
+    return data[: data.rfind(b"\n") + 1]
 
 
 def recover_stale(path: Path, now: float | None = None) -> str | None:
@@ -116,26 +112,29 @@ def recover_stale(path: Path, now: float | None = None) -> str | None:
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     now = time.time() if now is None else now
-    stale = []
+    changed = {}  # file -> when it last changed, read before anything is rewritten
     for f in path.parent.glob(f"{glob.escape(path.name)}.*.writing"):
         pid = f.name[len(path.name) + 1 : -len(".writing")]
         if pid.isdigit() and int(pid) != os.getpid() and _process_gone(int(pid)) \
                 and now - f.stat().st_mtime > STALE_AFTER_S:
-            stale.append(f)
-    if not stale:
+            changed[f] = f.stat().st_mtime
+    if not changed:
         return None
-    lines = {f: _whole_lines(f) for f in stale}
-    candidates = [f for f in stale if lines[f]] + ([partial] if partial.exists() else [])
-    newest = max(candidates, key=lambda f: f.stat().st_mtime, default=None)
-    for f in stale:
+    kept = {f: _whole_lines(f.read_bytes()) for f in changed}
+    candidates = {f: t for f, t in changed.items() if kept[f]} | (
+        {partial: partial.stat().st_mtime} if partial.exists() else {})
+    newest = max(candidates, key=candidates.get, default=None)
+    for f in changed:
         if f != newest:
             f.unlink()
-    if newest is None or newest == partial:
-        return None if newest is None else (f"removed {len(stale)} unfinished file(s) of older runs beside {path}; "
-                                            f"{partial} is newer and stays")
+    if newest is None:
+        return None
+    if newest == partial:
+        return f"removed {len(changed)} unfinished file(s) of older runs beside {path}; {partial} is newer and stays"
+    newest.write_bytes(kept[newest])
     newest.replace(partial)
     pid = newest.name[len(path.name) + 1 : -len(".writing")]
-    n = lines[newest]
+    n = kept[newest].count(b"\n")
     return (f"a run that was killed (process {pid}) left {n} line{'s' if n != 1 else ''} in {newest.name}; "
             f"they are kept in {partial}")
 

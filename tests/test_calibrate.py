@@ -244,7 +244,9 @@ def test_what_a_hard_kill_left_becomes_the_partial_file(tmp_path):
 
     # an older leftover than the partial a later Ctrl-C kept is removed; one with no whole line silently
     older = _left(path, _dead_pid(), '{"id": "old"}\n', age=3600)
-    assert "is newer and stays" in recover_stale(path) and not older.exists()
+    cut = _left(path, _dead_pid(), '{"id": "old"}\n{"id": "cu', age=3600)  # cutting it must not make it newer
+    assert "removed 2 unfinished file(s)" in recover_stale(path) and not older.exists() and not cut.exists()
+    assert (tmp_path / "s.jsonl.partial").read_text() == '{"id": "0-0"}\n{"id": "1-0"}\n'
     os.utime(tmp_path / "s.jsonl.partial", (0, 0))  # now the partial is the older one
     empty = _left(path, _dead_pid(), '{"id": "cut', age=300)
     newer = _left(path, _dead_pid(), '{"id": "new"}\n', age=120)
