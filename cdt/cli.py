@@ -454,8 +454,9 @@ def eval_cmd(
     cut = f"interrupted after {len(rows)} of {settings} settings" if interrupted else ""
     done = {"interrupted": interrupted, "settings": settings, "finished": len(rows)}
     pairs = [] if scaffold else equal_cost_pairs([(r.policy, r.steps, r.passes, r.hits()) for r in rows])
-    graded_json = not scaffold and all(r.hits("json_valid") is not None for r in rows)  # toolcalls answers
-    pairs_json = equal_cost_pairs([(r.policy, r.steps, r.passes, r.hits("json_valid")) for r in rows]) \
+    json_hits = [] if scaffold else [r.hits("json_valid") for r in rows]
+    graded_json = bool(json_hits) and None not in json_hits  # toolcalls answers
+    pairs_json = equal_cost_pairs([(r.policy, r.steps, r.passes, h) for r, h in zip(rows, json_hits)]) \
         if graded_json else []
     if scaffold:
         if json_out:

@@ -179,7 +179,8 @@ class Explorer:
                "randomness": self.settings.randomness, "colouring": self.settings.colouring,
                "critic": self.has_critic,
                # the sampler stops once nothing is masked: a schedule such as power:P can finish before `steps`
-               "done": self.settings.mode != "step" and f.step > 0 and f is self.frames[-1] and not bool((f.tokens == MASK_ID).any())}
+               "done": (self.settings.mode != "step" and f.step > 0 and f is self.frames[-1]
+                        and not bool((f.tokens == MASK_ID).any()))}
         if m.reference is None or f.step == 0:
             return out
         wrong = (f.tokens != m.reference) & f.judged
