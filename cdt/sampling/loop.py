@@ -161,18 +161,22 @@ def _block_steps(step: int, cfg: SampleConfig) -> tuple[int, int, int]:
     return j, -(-j * cfg.steps // cfg.blocks), -(-(j + 1) * cfg.steps // cfg.blocks)
 
 
-def later_blocks(editable: torch.Tensor, step: int, cfg: SampleConfig) -> torch.Tensor:
+def later_blocks(editable: torch.Tensor, step: int, cfg: SampleConfig,
+                 block: torch.Tensor | None = None) -> torch.Tensor:
     """(b, n) bool: editable positions in blocks whose turn comes after `step` (1-based); each row's region
-    is cut into `cfg.blocks` left-to-right blocks of equal share, each with its share of the steps."""
-    return editable & (_block_index(editable, cfg.blocks) > _block_steps(step, cfg)[0])
+    is cut into `cfg.blocks` left-to-right blocks of equal share, each with its share of the steps.
+    `block`: `_block_index(editable, cfg.blocks)` when the caller has it (it does not change between steps)."""
+    block = _block_index(editable, cfg.blocks) if block is None else block
+    return editable & (block > _block_steps(step, cfg)[0])
 
 
-def still_masked(step: int, cfg: SampleConfig, editable: torch.Tensor) -> torch.Tensor:
+def still_masked(step: int, cfg: SampleConfig, editable: torch.Tensor,
+                 block: torch.Tensor | None = None) -> torch.Tensor:
     """(b,) region positions left masked after `step`: every position of a later block, and the share of the
     current block that the schedule, run over that block's own steps, leaves masked (without blocks: the
     schedule over the whole region)."""
     j, first, last = _block_steps(step, cfg)
-    block = _block_index(editable, cfg.blocks)
+    block = _block_index(editable, cfg.blocks) if block is None else block
     later = (editable & (block > j)).sum(1)
     return later + masked_after(step - first, last - first, (editable & (block == j)).sum(1), cfg.schedule)
 
@@ -213,6 +217,7 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
     gens = RowGenerators(row_seeds if row_seeds is not None else [seed_for(cfg.seed, i) for i in range(b)])
     x = ids.to(device).clone()
     editable = (x == MASK_ID) & ~protected.to(device)  # the region this call may write
+    block = _block_index(editable, cfg.blocks)  # each region position's block (all 0 without --blocks)
     allowed = emittable(model.cfg.vocab_size, allow_null, device)
     if allowed_at is not None:
         allowed = allowed & allowed_at.to(device)  # (b, n, v)
@@ -250,10 +255,10 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
         open_ = editable & ~state["locked"] if "locked" in state else editable  # locked positions are final
         if cfg.spread and cfg.commit != "threshold":
             scores = spread_scores(scores, newly & open_)
-        later = later_blocks(editable, step, cfg) if cfg.blocks > 1 else None
+        later = later_blocks(editable, step, cfg, block) if cfg.blocks > 1 else None
         if later is not None:  # later blocks go back to [MASK] before anything else
             scores = torch.where(later, scores + 1e6, scores)
-        remask = _choose(step, scores, newly & open_, open_, still_masked(step, cfg, editable), cfg, gens, later)
+        remask = _choose(step, scores, newly & open_, open_, still_masked(step, cfg, editable, block), cfg, gens, later)
         x = filled.masked_fill(remask, MASK_ID)
         if record:
             confidence = ctx.probs.gather(-1, filled[..., None]).squeeze(-1)
