@@ -120,6 +120,16 @@ def test_help_explains():
         assert flag in result.stdout
 
 
+def test_help_never_shows_a_flag_as_taking_a_value():
+    """A flag takes no value: its help row must not read "--json <bool>" (typer 0.27+ prints that, so
+    pyproject keeps typer below 0.27), and an argument reads as its name in capitals."""
+    for command in ("train", "sample", "eval", "calibrate", "sweep-tau", "explore"):
+        shown = run(command, "--help").stdout
+        assert "--json" in shown and "--help" in shown, command
+        assert "<bool>" not in shown and "BOOLEAN" not in shown, command
+    assert "sweep-tau [OPTIONS] SCORES" in run("sweep-tau", "--help").stdout
+
+
 def test_python_dash_m_as_a_subprocess(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cdt", "train", "--preset", "tiny", "--max-iters", "5",
                            "--out", str(tmp_path / "r"), "--json"], capture_output=True, text=True, timeout=300)
