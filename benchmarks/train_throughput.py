@@ -14,6 +14,8 @@ moving average of the weights, `train.ema`).
 
 Prints one JSON document. MFU is measured against the fp32 (CPU) or bf16 (CUDA)
 matmul peak measured in the same run, so the ratio holds on a noisy shared machine.
+`trunk_ceiling` is the most MFU a trunk layer could reach at the steps' shapes on this
+machine: its matrix products and attention timed alone, everything else free.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import platform
 import time
 
 import torch
+import torch.nn.functional as F
 
 from cdt.config import resolve
 from cdt.data import load_corpus
@@ -63,6 +66,47 @@ def flops_per_position(cfg, n: int, critic: float) -> float:
     return trunk + head + critic * (trunk + 6 * d)
 
 
+def _best_time(fn, device: torch.device, repeats: int) -> float:
+    """Fastest of `repeats` timed calls after one untimed call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def trunk_ceiling(cfg, rows: int, width: int, device: torch.device, dtype: torch.dtype, peak: float,
+                  repeats: int = 10) -> dict:
+    """The most MFU a trunk layer's forward and backward could reach here at this batch shape.
+
+    Its matrix products (forward, input gradient and weight gradient of the qkv, output and two MLP
+    projections) and its attention (scaled_dot_product_attention forward and backward, no key mask)
+    are timed alone, each at its best; everything else (norms, GELU, rotary, residual adds, the
+    optimizer) is taken as free. The share of each in the layer's FLOPs comes from the same count as
+    `flops_per_position`."""
+    d, h, m = cfg.d_model, cfg.n_heads, rows * width
+    mm_s, mm_flops = 0.0, 0.0
+    for out_f, in_f in ((3 * d, d), (d, d), (cfg.mlp_ratio * d, d), (d, cfg.mlp_ratio * d)):
+        x = torch.randn(m, in_f, device=device, dtype=dtype)
+        w = torch.randn(out_f, in_f, device=device, dtype=dtype)
+        dy = torch.randn(m, out_f, device=device, dtype=dtype)
+        mm_s += _best_time(lambda: (x @ w.t(), dy @ w, dy.t() @ x), device, repeats)
+        mm_flops += 6 * m * in_f * out_f
+    q, k, v = (torch.randn(rows, h, width, d // h, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    dy = torch.randn(rows, h, width, d // h, device=device, dtype=dtype)
+    attn_s = _best_time(lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), dy),
+                        device, repeats)
+    attn_flops = 12 * m * width * d
+    return {"rows": rows, "width": width,
+            "matmul_share_of_peak": mm_flops / mm_s / peak, "attention_share_of_peak": attn_flops / attn_s / peak,
+            "attention_share_of_flops": attn_flops / (attn_flops + mm_flops),
+            "mfu": (mm_flops + attn_flops) / (mm_s + attn_s) / peak}
+
+
 def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
     cfg.model.critic = "linear" if critic else "none"
     torch.manual_seed(0)
@@ -94,7 +138,8 @@ def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
             positions += b * n
             share = out.critic_logits.shape[0] / b if critic else 0.0
             flops += b * n * flops_per_position(cfg.model, n, share)
-    return {"step_s": elapsed / steps, "positions_per_s": positions / elapsed, "flops_per_s": flops / elapsed}
+    return {"step_s": elapsed / steps, "positions_per_s": positions / elapsed, "flops_per_s": flops / elapsed,
+            "mean_width": positions / (steps * cfg.train.batch_size)}
 
 
 def main():
@@ -131,6 +176,7 @@ def main():
     gen = measure(cfg, corpus, device, args.steps, critic=False)
     both = measure(cfg, corpus, device, args.steps, critic=True)
     peak = max(peak, matmul_peak(device, dtype))  # measured before and after the steps
+    ceiling = trunk_ceiling(cfg.model, cfg.train.batch_size, round(both["mean_width"]), device, dtype, peak)
     print(json.dumps({
         "preset": args.preset, "batch_size": cfg.train.batch_size, "copy_head": cfg.model.copy,
         "ngram": cfg.model.ngram, "qk_norm": cfg.model.qk_norm, "critic_rows": cfg.train.critic_rows,
@@ -140,6 +186,9 @@ def main():
         "generator_only": {**gen, "mfu": gen["flops_per_s"] / peak},
         "with_critic": {**both, "mfu": both["flops_per_s"] / peak},
         "critic_step_cost_ratio": both["step_s"] / gen["step_s"],
+        "trunk_ceiling": ceiling,
+        "trunk_ceiling_note": "the most MFU a trunk layer could reach at the steps' mean width: its matrix "
+                              "products and attention timed alone, everything else free",
         "positions_per_s_note": "padded positions per second (the compute actually spent)",
     }, indent=2))
 

@@ -18,6 +18,16 @@ def test_train_throughput_prints_its_figures():
     for part in ("generator_only", "with_critic"):
         assert doc[part]["positions_per_s"] > 0 and 0 < doc[part]["mfu"] < 1.5
     assert doc["critic_step_cost_ratio"] > 1.0  # the critic pass is never free
+    from cdt.config import resolve
+
+    model = resolve("tiny").model
+    c = doc["trunk_ceiling"]
+    assert c["rows"] == doc["batch_size"] and 0 < c["width"] <= model.block_size
+    # the layer's FLOPs split as flops_per_position counts them: 12·w·d attention, 6·(4 + 2·mlp_ratio)·d² products
+    assert c["attention_share_of_flops"] == pytest.approx(2 * c["width"] / (2 * c["width"] + model.d_model * (4 + 2 * model.mlp_ratio)))
+    # the two parts' combined rate lies between their own rates
+    shares = (c["matmul_share_of_peak"], c["attention_share_of_peak"])
+    assert min(shares) <= c["mfu"] <= max(shares) and min(shares) > 0
     print(json.dumps(doc, indent=2))
 
 
