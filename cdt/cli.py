@@ -249,8 +249,10 @@ def sample(
                                                     "(e.g. get_weather); Python writes the JSON structure."),
     schema_file: Optional[Path] = typer.Option(None, help="Like --schema, from a JSON Schema file (an object schema)."),
     budget: List[str] = typer.Option([], help="Slot size, FIELD=N or N for every field (scaffolds; repeatable)."),
-    prompts_file: Optional[str] = typer.Option(None, help="Scaffolds: one request per line ('-' = stdin); "
-                                                          "prints one JSON line per request."),
+    prompts_file: Optional[str] = typer.Option(None, help="One request per line ('-' = stdin), each generated "
+                                                          "as --prompt would be; prints JSON lines: one per row "
+                                                          "(prompt, row, text; --json adds critic_probs), or one "
+                                                          "per request with --schema."),
     lock_threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="rcr policy: confidence at which a position locks."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     show_steps: bool = typer.Option(False, "--show-steps", help="Print the denoising trajectory (stderr)."),
@@ -266,18 +268,24 @@ def sample(
     from cdt import checkpoint as ckpt_mod
     from cdt.render import trajectory
     from cdt.sampling.loop import SampleConfig
-    from cdt.sampling.run import sample as run_sample
+    from cdt.sampling.run import sample_each
 
     cfg = SampleConfig(steps=steps or blocks, policy=policy, commit=commit, threshold=threshold, schedule=schedule,
                        temperature=temperature, top_k=top_k, top_p=top_p, randomness=randomness, blocks=blocks,
                        selection=selection, spread=spread, seed=seed, lock_threshold=lock_threshold)
     cfg.validate()  # the checkpoint's step count, when --steps is not given, is checked once it is read
-    if schema or schema_file or prompts_file:
+    if prompt and prompts_file:
+        raise fail("give --prompt or --prompts-file, not both", 2)
+    if schema or schema_file:
         return _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget, prompts_file, device,
                                 show_steps, json_out)
+    prompts = _prompt_lines(prompts_file) if prompts_file else [prompt]
     ckpt = ckpt_mod.load(checkpoint)
     cfg.steps = steps or ckpt.config.sample.steps
-    result = run_sample(ckpt, prompt, length, n, cfg, device=device, record=show_steps)
+    results = sample_each(ckpt, prompts, length, n, cfg, device=device, record=show_steps)
+    if prompts_file:
+        return _sample_lines(results, len(prompts), show_steps, json_out, ckpt.vocab)
+    result = next(results)
     for w in result.warnings:
         warn(w)
     if show_steps:
@@ -295,6 +303,32 @@ def sample(
     else:
         for text in result.texts:  # one line per row, whatever the model generated
             sys.stdout.write(text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t") + "\n")
+
+
+def _sample_lines(results, total: int, show_steps: bool, json_out: bool, vocab) -> None:
+    """`cdt sample --prompts-file` without a schema: one JSON line per row, written as each request finishes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from cdt.render import trajectory
+
+    with Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console, disable=not err_console.is_terminal, transient=True) as progress:
+        task = progress.add_task("sample", total=total)
+        for i, result in enumerate(results):
+            if i == 0:
+                for w in result.warnings:  # the same for every request
+                    warn(w)
+            if show_steps:
+                progress.console.print(trajectory(result, vocab, plain=not err_console.is_terminal), soft_wrap=True,
+                                       highlight=False)
+            for row, text in enumerate(result.texts):
+                doc = {"prompt": result.prompt, "row": row, "text": text}
+                if json_out:
+                    doc["critic_probs"] = (None if result.critic_probs is None
+                                           else [round(p, 5) for p in result.critic_probs[row]])
+                sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+            progress.advance(task)
 
 
 def _budgets(items: list[str]) -> dict[str, int]:
@@ -321,13 +355,7 @@ def _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget
         raise fail("give exactly one of --schema NAME or --schema-file FILE", 2)
     spec = scaffold.builtin(schema) if schema else scaffold.from_json_schema(schema_file)
     spec = scaffold.with_budgets(spec, _budgets(budget))
-    if prompts_file:
-        lines = (sys.stdin.read() if prompts_file == "-" else _read_prompts(prompts_file)).splitlines()
-        prompts = [line for line in lines if line.strip()]
-        if not prompts:
-            raise fail(f"no requests in {prompts_file}", 1)
-    else:
-        prompts = [prompt]
+    prompts = _prompt_lines(prompts_file) if prompts_file else [prompt]
     ckpt = ckpt_mod.load(checkpoint)
     cfg.steps = steps or ckpt.config.sample.steps
     for p in prompts:
@@ -354,6 +382,15 @@ def _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget
     if show_steps:
         err_console.print(slot_trajectory(gen, [s.start for s in samples], ckpt.vocab, plain=not err_console.is_terminal),
                           soft_wrap=True, highlight=False)
+
+
+def _prompt_lines(prompts_file: str) -> list[str]:
+    """The non-blank lines of --prompts-file ('-' = stdin), one request each."""
+    lines = (sys.stdin.read() if prompts_file == "-" else _read_prompts(prompts_file)).splitlines()
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise fail(f"no requests in {prompts_file}", 1)
+    return prompts
 
 
 def _read_prompts(path: str) -> str:

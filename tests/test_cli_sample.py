@@ -65,6 +65,46 @@ def test_show_steps_plain_in_a_pipe(tiny_run):
     assert len(steps) == 4 and steps[0].count("_") == 6 and "_" not in steps[-1]
 
 
+def test_prompts_file_gives_each_request_what_its_own_prompt_gives(tiny_run, tmp_path):
+    """The oracle: one `--prompt` run per request. Blank lines are skipped; rows keep their seeds."""
+    requests = ["Set an alarm for 7 am", "Weather in Oslo today"]
+    f = tmp_path / "requests.txt"
+    f.write_text(requests[0] + "\n\n" + requests[1] + "\n", encoding="utf-8")
+    common = ("--checkpoint", str(tiny_run), "--length", "16", "--n", "2", "--steps", "4", "--policy", "critic",
+              "--seed", "3")
+    result = run("sample", *common, "--prompts-file", str(f), "--json")
+    assert result.exit_code == 0, result.output
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(d["prompt"], d["row"]) for d in docs] == [(p, r) for p in requests for r in (0, 1)]
+    for p in requests:
+        alone = json.loads(run("sample", *common, "--prompt", p, "--json").stdout)["samples"]
+        mine = [d for d in docs if d["prompt"] == p]
+        assert [d["text"] for d in mine] == [s["text"] for s in alone]
+        assert [d["critic_probs"] for d in mine] == [s["critic_probs"] for s in alone]
+    plain = run("sample", *common, "--prompts-file", str(f))
+    assert [json.loads(line) for line in plain.stdout.splitlines()] == [
+        {k: d[k] for k in ("prompt", "row", "text")} for d in docs]  # critic_probs only with --json
+    piped = runner.invoke(app, ["sample", *common, "--prompts-file", "-"], input=f.read_text(encoding="utf-8"))
+    assert piped.stdout == plain.stdout
+
+
+def test_prompts_file_checks_every_request_before_generating_any(tiny_run, tmp_path):
+    f = tmp_path / "requests.txt"
+    f.write_text("Set an alarm for 7 am\nnaïve ☃\n", encoding="utf-8")
+    assert_one_line_error(run("sample", "--checkpoint", str(tiny_run), "--prompts-file", str(f), "--length", "8"),
+                          1, "request 2:", "'☃'")
+    from cdt.checkpoint import load
+
+    room = load(tiny_run).config.model.block_size - 10  # "Hi" and its separator fit beside it, 20 characters do not
+    f.write_text("Hi\n" + "x" * 20 + "\n", encoding="utf-8")
+    assert_one_line_error(run("sample", "--checkpoint", str(tiny_run), "--prompts-file", str(f), "--length", str(room)),
+                          1, "request 2:", "exceeds the model's block size")
+    f.write_text("\n \n", encoding="utf-8")
+    assert_one_line_error(run("sample", "--checkpoint", str(tiny_run), "--prompts-file", str(f)), 1, "no requests in")
+    assert_one_line_error(run("sample", "--checkpoint", str(tiny_run), "--prompts-file", str(f), "--prompt", "Hi"),
+                          2, "give --prompt or --prompts-file, not both")
+
+
 @pytest.mark.parametrize("args, code, fragment", [
     (["--prompt", "naïve ☃"], 1, "'☃'"),
     (["--steps", "0"], 2, "--steps"),

@@ -1,15 +1,17 @@
-"""`cdt sample` as a library call: checkpoint + prompt -> generated text and critic probabilities."""
+"""`cdt sample` as a library call: checkpoint + prompts -> generated text and critic probabilities."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Iterator
 
 from cdt import calibration_map
 from cdt.checkpoint import Checkpoint
 from cdt.sampling.loop import Generation, SampleConfig, final_critic_probs, generate
 from cdt.sampling.template import prompt_template
 from cdt.device import pick_device
+from cdt.errors import CdtError
 from cdt.vocab import NULL_ID
 
 
@@ -24,27 +26,37 @@ class SampleResult:
     warnings: list[str]
 
 
-def sample(ckpt: Checkpoint, prompt: str, length: int, n: int, cfg: SampleConfig, device: str = "auto",
-           record: bool = False) -> SampleResult:
-    dev = pick_device(device)
-    model = ckpt.build_model(dev)
+def sample_each(ckpt: Checkpoint, prompts: list[str], length: int, n: int, cfg: SampleConfig,
+                device: str = "auto", record: bool = False) -> Iterator[SampleResult]:
+    """`n` rows of `length` after each prompt, one prompt at a time, each exactly as `sample` alone gives it
+    (same seeds, same rows). Every prompt is checked (vocabulary, block size) before the first is generated;
+    an error names the prompt's line when there are several."""
     separator = ckpt.extra.get("mask_region") == "answer"  # trained as request + separator + answer
-    ids, protected = prompt_template(ckpt.vocab, prompt, length, ckpt.config.model.block_size, n, separator)
+    templates = []
+    for i, prompt in enumerate(prompts):
+        try:
+            templates.append(prompt_template(ckpt.vocab, prompt, length, ckpt.config.model.block_size, n, separator))
+        except CdtError as e:
+            if len(prompts) > 1:
+                e.args = (f"request {i + 1}: {e}",)
+            raise
+    model = ckpt.build_model(pick_device(device))
     calibration, warning = calibration_map.for_policy(ckpt.path.parent, cfg.policy, calibration_map.sampler_info(cfg))
-    gen = generate(model, ids, protected, cfg, record=record, calibration=calibration,
-                   allow_null=ckpt.config.data.emits_null)  # a tail model ends its answer with [NULL]
-    start, end = int(protected[0].sum()), ids.shape[1]
-    probs, extra = final_critic_probs(model, gen)
-    return SampleResult(
-        prompt=prompt,
-        texts=[ckpt.vocab.decode(row[start:end]) for row in gen.tokens],
-        region=(start, end),
-        critic_probs=None if probs is None else [p[row != NULL_ID].tolist() for p, row in
-                                                 zip(probs[:, start:end], gen.tokens[:, start:end])],
-        generation=gen,
-        report_passes=extra,
-        warnings=[warning] if warning else [],
-    )
+    for prompt, (ids, protected) in zip(prompts, templates):
+        gen = generate(model, ids, protected, cfg, record=record, calibration=calibration,
+                       allow_null=ckpt.config.data.emits_null)  # a tail model ends its answer with [NULL]
+        start, end = int(protected[0].sum()), ids.shape[1]
+        probs, extra = final_critic_probs(model, gen)
+        yield SampleResult(
+            prompt=prompt,
+            texts=[ckpt.vocab.decode(row[start:end]) for row in gen.tokens],
+            region=(start, end),
+            critic_probs=None if probs is None else [p[row != NULL_ID].tolist() for p, row in
+                                                     zip(probs[:, start:end], gen.tokens[:, start:end])],
+            generation=gen,
+            report_passes=extra,
+            warnings=[warning] if warning else [],
+        )
 
 
 @dataclass
