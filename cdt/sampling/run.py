@@ -30,7 +30,7 @@ def sample_each(ckpt: Checkpoint, prompts: list[str], length: int, n: int, cfg: 
                 device: str = "auto", record: bool = False) -> Iterator[SampleResult]:
     """`n` rows of `length` after each prompt, one prompt at a time, each exactly as a run with that prompt
     alone gives it (same seeds, same rows). Every prompt is checked (vocabulary, block size) before the first
-    is generated; an error names the prompt's line when there are several."""
+    is generated; an error names the prompt by its number when there are several."""
     separator = ckpt.extra.get("mask_region") == "answer"  # trained as request + separator + answer
     templates = []
     for i, prompt in enumerate(prompts):
