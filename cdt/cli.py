@@ -345,7 +345,6 @@ def _budgets(items: list[str]) -> dict[str, int]:
 def _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget, prompts_file, device, show_steps,
                      json_out):
     """`cdt sample --schema/--schema-file`: scaffolded calls, validated against the schema."""
-    from cdt import calibration_map
     from cdt import checkpoint as ckpt_mod
     from cdt import scaffold
     from cdt.render import slot_trajectory
@@ -363,8 +362,10 @@ def _sample_scaffold(checkpoint, cfg, steps, prompt, schema, schema_file, budget
     if not ckpt.config.data.scaffold:
         warn(f"{ckpt.path} was trained without scaffolds: it has not learned the slot layout or to end a value "
              "with [NULL], so expect filled-up slots; train one with cdt train --scaffold")
-    warn(calibration_map.for_policy(ckpt.path.parent, cfg.policy, calibration_map.sampler_info(cfg))[1])
-    samples, gen = sample_schema(ckpt, spec, prompts, cfg, device, record=show_steps)
+    result = sample_schema(ckpt, spec, prompts, cfg, device, record=show_steps)
+    samples, gen = result.samples, result.generation
+    for w in result.warnings:
+        warn(w)
     for i, s in enumerate(samples):
         for e in s.errors:
             warn(f"row {i}: {e}")

@@ -152,6 +152,17 @@ def test_calibrated_policy_warns_when_the_map_came_from_another_sampler(tmp_path
     assert other.exit_code == 0 and len(other.stdout.splitlines()) == 1
     assert "measured with another sampler: steps 2 (now 3), temperature 1.0 (now 0.0), spread False (now True);" \
         in other.stderr.replace("\n", " ")
+    scaffolded = run("sample", "--checkpoint", run_dir, "--schema", "set_alarm", "--prompt", "Wake me at 7",
+                     "--steps", 3, "--policy", "critic-calibrated")
+    assert scaffolded.exit_code == 0, scaffolded.stderr
+    assert scaffolded.stderr.replace("\n", " ").count("another sampler: steps 2 (now 3)") == 1
+    from cdt import checkpoint, scaffold
+    from cdt.sampling.loop import SampleConfig
+    from cdt.sampling.run import sample_schema
+    library = sample_schema(checkpoint.load(run_dir), scaffold.builtin("set_alarm"), ["Wake me at 7"],
+                            SampleConfig(steps=3, policy="critic-calibrated"))
+    assert len(library.samples) == 1 and library.generation.tokens.shape[0] == 1
+    assert len(library.warnings) == 1 and "steps 2 (now 3)" in library.warnings[0]
     evaluated = run("eval", "--checkpoint", run_dir, "--n", 2, "--steps", 2, "--policies", "critic-calibrated",
                     "--schedule", "cosine")
     assert evaluated.exit_code == 0, evaluated.stderr

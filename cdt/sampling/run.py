@@ -69,8 +69,15 @@ class ScaffoldSample:
     start: int  # where the scaffold begins in the row (after the prompt and separator)
 
 
+@dataclass
+class ScaffoldResult:
+    samples: list[ScaffoldSample]  # one per prompt, in order
+    generation: Generation  # the whole batch: one row per prompt
+    warnings: list[str]
+
+
 def sample_schema(ckpt: Checkpoint, schema, prompts: list[str], cfg: SampleConfig, device: str = "auto",
-                  record: bool = False) -> tuple[list[ScaffoldSample], Generation]:
+                  record: bool = False) -> ScaffoldResult:
     """Fill the value slots of `schema`'s scaffold after each prompt; only slot positions change."""
     from cdt import scaffold
     from cdt.data import SEPARATOR
@@ -78,7 +85,7 @@ def sample_schema(ckpt: Checkpoint, schema, prompts: list[str], cfg: SampleConfi
     model = ckpt.build_model(pick_device(device))
     separator = SEPARATOR if ckpt.extra.get("mask_region") == "answer" else ""
     ids, protected = scaffold.template(schema, ckpt.vocab, prompts, separator, ckpt.config.model.block_size)
-    calibration, _ = calibration_map.for_policy(ckpt.path.parent, cfg.policy)  # the CLI prints the warning
+    calibration, warning = calibration_map.for_policy(ckpt.path.parent, cfg.policy, calibration_map.sampler_info(cfg))
     starts = [len(ckpt.vocab.encode(p + separator)) for p in prompts]
     allowed = scaffold.allowed_rows([schema] * len(prompts), starts, ids.shape[1], ckpt.vocab)
     gen = generate(model, ids, protected, cfg, record=record, allow_null=True, calibration=calibration,
@@ -90,4 +97,4 @@ def sample_schema(ckpt: Checkpoint, schema, prompts: list[str], cfg: SampleConfi
         if parsed.call is not None:  # the canonical form: an empty optional slot printed as null
             text = json.dumps(parsed.call, ensure_ascii=False)
         out.append(ScaffoldSample(prompt, text, parsed.call, parsed.valid, parsed.errors, start))
-    return out, gen
+    return ScaffoldResult(out, gen, [warning] if warning else [])
