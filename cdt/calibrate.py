@@ -96,6 +96,7 @@ class CalibrationResult:
     map_path: str | None
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    masking: str = "answer"  # what each held-out row had masked: answer, random or span
 
 
 def earlier_outputs(run_dir: Path, scores_path: Path) -> dict[str, float]:
@@ -235,7 +236,7 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
                  if cfg.score_source == "critic" else "the value head's value (higher = more likely right; "
                                                        "AUROC/AP here use its negative)"},
         fit=fit_doc, scores_path=str(written), map_path=map_path, seconds=time.perf_counter() - t0,
-        warnings=warnings,
+        warnings=warnings, masking=held.masking,
     )
 
 

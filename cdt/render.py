@@ -22,8 +22,13 @@ def _num(x, fmt=".3f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def eval_line(r: dict) -> str:
-    return (f"step {r['step']}: val bpc {_num(r['val_bpc'])} · answer acc {_pct(r['answer_acc'])}"
+def _graded(region: str) -> str:
+    """What the validation figures grade: the answers, or every character of plain-text rows."""
+    return "answer" if region == "answer" else "masked"
+
+
+def eval_line(r: dict, region: str = "answer") -> str:
+    return (f"step {r['step']}: val bpc {_num(r['val_bpc'])} · {_graded(region)} acc {_pct(r['answer_acc'])}"
             + (f" · value acc {_pct(r['value_acc'])}" if r.get("value_acc") is not None else "")
             + (f" · critic AUROC {_num(r.get('critic_auroc'))} (masked only {_num(r.get('critic_auroc_masked'))})"
                if "critic_auroc" in r else ""))
@@ -40,8 +45,10 @@ class TrainProgress(Reporter):
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False, disable=not self.enabled,
         )
         self.task = None
+        self.region = "answer"
 
     def on_start(self, info: dict) -> None:
+        self.region = info["region"]
         if not self.enabled:
             return
         d = info["data"]
@@ -63,7 +70,7 @@ class TrainProgress(Reporter):
 
     def on_eval(self, r: dict) -> None:
         if self.task is not None:
-            self.progress.console.print(eval_line(r), highlight=False)
+            self.progress.console.print(eval_line(r, self.region), highlight=False)
 
     def on_message(self, text: str) -> None:
         self.console.print(Text("warning: " + text, style="yellow"))
@@ -88,11 +95,13 @@ def train_summary(result, next_commands: list[str], ema: float = 0.0) -> Text:
     e = result.final_eval
     if e:
         rows.append(("generator", f"validation bits/char {_num(e['val_bpc'])} · "
-                                  f"answer-character accuracy {_pct(e['answer_acc'])} (t ~ U(0,1))"
+                                  f"{_graded(result.mask_region)}-character accuracy {_pct(e['answer_acc'])} "
+                                  "(t ~ U(0,1))"
                                   + (f" · values restored {_pct(e['value_acc'])} (one masked at a time)"
                                      if e.get("value_acc") is not None else "")))
         if "critic_auroc" in e:
-            rows.append(("critic", f"AUROC {_num(e['critic_auroc'])} on answer positions, "
+            where = "answer positions" if result.mask_region == "answer" else "every position"
+            rows.append(("critic", f"AUROC {_num(e['critic_auroc'])} on {where}, "
                                    f"{_num(e['critic_auroc_masked'])} on filled positions only · "
                                    f"mean P(wrong) {_num(e['critic_p_wrong'])} on wrong tokens vs "
                                    f"{_num(e['critic_p_right'])} on right ones"))
@@ -185,7 +194,9 @@ def reliability_table(report, title: str) -> Table:
 def calibration_summary(result) -> Text:
     """The headline numbers of `cdt calibrate` (stdout, plain lines)."""
     t, s = result.tokens, result.samples
-    what = (f"{result.n_samples} generations ({result.policy}, {result.steps} steps) of {result.n_prompts} held-out prompts"
+    held = {"answer": "held-out prompts", "span": "held-out rows, a span of each masked",
+            "random": "held-out rows, random positions masked"}.get(result.masking, "held-out rows")
+    what = (f"{result.n_samples} generations ({result.policy}, {result.steps} steps) of {result.n_prompts} {held}"
             if result.mode == "generate" else f"{result.n_samples} held-out rows, one training-style step each")
     rows = [
         ("mode", f"{result.mode}: {what}"),

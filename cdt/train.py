@@ -302,6 +302,7 @@ class TrainResult:
     params: int
     data: dict
     final_eval: dict = field(default_factory=dict)
+    mask_region: str = "answer"  # what was masked and graded: "answer" (after the request) or "all" (whole rows)
 
 
 def _check_resume(ckpt: checkpoint.Checkpoint, cfg: RunConfig, corpus: Corpus) -> None:
@@ -464,6 +465,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     elapsed = time.perf_counter() - t0
     result = TrainResult(run_dir=out, checkpoint=ckpt_path, step=step, max_iters=tc.max_iters, resumed_from=start,
                          interrupted=stop.signal_name, elapsed_s=elapsed, tokens_per_s=tokens / max(elapsed, 1e-9),
-                         params=model.num_params(), data=corpus.info, final_eval=last_eval)
+                         params=model.num_params(), data=corpus.info, final_eval=last_eval,
+                         mask_region=region)
     reporter.on_end(result)
     return result

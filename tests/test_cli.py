@@ -43,6 +43,23 @@ def test_train_human_summary_names_checkpoint_and_next_steps(tmp_path):
     assert raw.exit_code == 0 and "moving average" not in raw.stdout
 
 
+def test_train_summary_names_what_was_graded(tmp_path):
+    """toolcalls grades the answers; plain text has none, so the summary says every masked character."""
+    answers = run("train", "--preset", "tiny", "--max-iters", "6", "--out", str(tmp_path / "a"))
+    assert answers.exit_code == 0, answers.stderr
+    assert "answer-character accuracy" in answers.stdout and "AUROC" in answers.stdout
+    assert "on answer positions" in answers.stdout
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 200)
+    plain = run("train", "--preset", "tiny", "--max-iters", "6", "--data", str(text), "--out", str(tmp_path / "p"))
+    assert plain.exit_code == 0, plain.stderr
+    assert "masked-character accuracy" in plain.stdout and "on every position" in plain.stdout
+    assert "answer" not in plain.stdout.split("next:")[0]
+    doc = json.loads(run("train", "--preset", "tiny", "--max-iters", "6", "--data", str(text), "--out",
+                         str(tmp_path / "j"), "--json").stdout)
+    assert doc["mask_region"] == "all"
+
+
 def test_set_and_config_file(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  max_iters: 4\n")

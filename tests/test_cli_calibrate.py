@@ -306,3 +306,22 @@ def test_a_rerun_keeps_what_a_killed_calibrate_scored(tiny_run, tmp_path):
     assert len(kept) == written > 0 and [json.loads(line)["id"] for line in kept[:2]] == ["0-0", "0-1"][: len(kept)]
     assert len(out.read_text().splitlines()) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl", "s.jsonl.partial"]
+
+
+def test_summary_says_what_each_held_out_row_had_masked(tmp_path, tiny_run):
+    """toolcalls rows are prompts with their answer masked; plain-text rows have no prompt, only a masked span."""
+    prompts = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--steps", 2, "--out", tmp_path / "a.jsonl")
+    assert prompts.exit_code == 0, prompts.stderr
+    assert "of 4 held-out prompts" in prompts.stdout
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 200)
+    trained = run("train", "--preset", "tiny", "--max-iters", 6, "--data", text, "--out", tmp_path / "t")
+    assert trained.exit_code == 0, trained.stderr
+    for mask, phrase in (("span", "a span of each masked"), ("random", "random positions masked")):
+        rows = run("calibrate", "--checkpoint", tmp_path / "t", "--n-samples", 4, "--steps", 2, "--mask", mask,
+                   "--out", tmp_path / f"{mask}.jsonl")
+        assert rows.exit_code == 0, rows.stderr
+        assert f"of 4 held-out rows, {phrase}" in rows.stdout.replace("\n", " ") and "prompts" not in rows.stdout
+        doc = json.loads(run("calibrate", "--checkpoint", tmp_path / "t", "--n-samples", 4, "--steps", 2, "--mask",
+                             mask, "--out", tmp_path / f"{mask}2.jsonl", "--json").stdout)
+        assert doc["masking"] == mask

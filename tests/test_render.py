@@ -2,7 +2,7 @@ import io
 
 from rich.console import Console
 
-from cdt.render import TrainProgress
+from cdt.render import TrainProgress, eval_line
 
 
 def test_progress_is_silent_off_a_terminal_and_shows_evals_on_one():
@@ -22,3 +22,9 @@ def test_progress_is_silent_off_a_terminal_and_shows_evals_on_one():
     p.progress.stop()
     text = loud.getvalue()
     assert "overlap 0" in text and "answer acc 50.0%" in text and "critic AUROC 0.900" in text
+
+
+def test_eval_line_names_what_was_graded():
+    r = {"step": 500, "val_bpc": 0.27, "answer_acc": 0.9, "critic_auroc": 0.5, "critic_auroc_masked": 0.5}
+    assert "answer acc 90.0%" in eval_line(r) and "answer acc" in eval_line(r, "answer")
+    assert "masked acc 90.0%" in eval_line(r, "all") and "answer" not in eval_line(r, "all")
