@@ -44,8 +44,19 @@ out_console = Console()
 err_console = Console(stderr=True)
 
 
+def _print_version(given: bool) -> None:
+    if given:
+        from cdt import __version__
+
+        out_console.print(f"cdt {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print cdt's version and exit."),
+) -> None:
     """Masked diffusion language models with a learned token critic.
 
     Critic polarity everywhere: a higher critic probability means the token is more likely wrong.

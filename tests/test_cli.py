@@ -137,6 +137,16 @@ def test_help_explains():
         assert flag in result.stdout
 
 
+def test_version_is_the_installed_packages():
+    from importlib.metadata import version
+
+    import cdt
+    result = run("--version")
+    assert result.exit_code == 0 and result.stdout == f"cdt {cdt.__version__}\n"
+    assert version("cdt") == cdt.__version__  # pyproject reads it from cdt/__init__.py
+    assert "--version" in run("--help").stdout
+
+
 def test_help_never_shows_a_flag_as_taking_a_value():
     """A flag takes no value: its help row must not read "--json <bool>" (typer 0.27+ prints that, so
     pyproject keeps typer below 0.27), and an argument reads as its name in capitals."""
