@@ -112,12 +112,12 @@ def recover_stale(path: Path, now: float | None = None) -> str | None:
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     now = time.time() if now is None else now
-    changed = {}  # file -> when it last changed, read before anything is rewritten
+    changed, pids = {}, {}  # file -> when it last changed (read before anything is rewritten), its writer
     for f in path.parent.glob(f"{glob.escape(path.name)}.*.writing"):
         pid = f.name[len(path.name) + 1 : -len(".writing")]
         if pid.isdigit() and int(pid) != os.getpid() and _process_gone(int(pid)) \
                 and now - f.stat().st_mtime > STALE_AFTER_S:
-            changed[f] = f.stat().st_mtime
+            changed[f], pids[f] = f.stat().st_mtime, pid
     if not changed:
         return None
     kept = {f: _whole_lines(f.read_bytes()) for f in changed}
@@ -133,9 +133,8 @@ def recover_stale(path: Path, now: float | None = None) -> str | None:
         return f"removed {len(changed)} unfinished file(s) of older runs beside {path}; {partial} is newer and stays"
     newest.write_bytes(kept[newest])
     newest.replace(partial)
-    pid = newest.name[len(path.name) + 1 : -len(".writing")]
     n = kept[newest].count(b"\n")
-    return (f"a run that was killed (process {pid}) left {n} line{'s' if n != 1 else ''} in {newest.name}; "
+    return (f"a run that was killed (process {pids[newest]}) left {n} line{'s' if n != 1 else ''} in {newest.name}; "
             f"they are kept in {partial}")
 
 
