@@ -37,6 +37,7 @@ def make_checkpoint(preset: str, out: Path) -> Path:
     import torch
 
     from cdt import checkpoint
+    from cdt.rundir import CHECKPOINT_NAME
     from cdt.config import resolve
     from cdt.data import load_corpus
     from cdt.model import DiffusionLM
@@ -46,14 +47,15 @@ def make_checkpoint(preset: str, out: Path) -> Path:
     cfg.model.vocab_size = len(corpus.vocab)
     torch.manual_seed(0)
     model = DiffusionLM(cfg.model)
-    return checkpoint.save(out / checkpoint.CHECKPOINT_NAME, model=model, config=cfg, vocab=corpus.vocab, step=0,
+    return checkpoint.save(out / CHECKPOINT_NAME, model=model, config=cfg, vocab=corpus.vocab, step=0,
                            extra={"mask_region": "answer"})
 
 
 def child(args) -> None:
     import torch
 
-    from cdt.calibrate import CalibrateSettings, calibrate
+    from cdt.calibrate import calibrate
+    from cdt.settings import CalibrateSettings, from_flags
     from cdt.checkpoint import load
     from cdt.device import tune_cpu_allocator
 
@@ -64,8 +66,8 @@ def child(args) -> None:
     base = rss_mib()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        result = calibrate(ckpt, CalibrateSettings(n_samples=args.n, steps=args.steps, batch_size=args.batch_size),
-                           Path(tmp) / "scores.jsonl", None)
+        settings = from_flags(CalibrateSettings, n_samples=args.n, steps=args.steps, batch_size=args.batch_size)
+        result = calibrate(ckpt, settings, Path(tmp) / "scores.jsonl", None)
         seconds = time.perf_counter() - t0
     print(json.dumps({"n": args.n, "seconds": seconds, "peak_rss_mib": peak_mib(), "baseline_rss_mib": base,
                       "growth_mib": peak_mib() - base, "tokens": result.tokens.n, "allocator_tuned": tuned}))

@@ -29,7 +29,8 @@ from cdt.data import load_corpus
 from cdt.device import pick_device, synchronize, tune_cpu_allocator
 from cdt.model import DiffusionLM
 from cdt.rng import seed_for
-from cdt.sampling import SampleConfig, generate
+from cdt.sampling.loop import generate
+from cdt.settings import SampleConfig
 from cdt.sampling.heldout import HeldOut
 from cdt.sampling.template import heldout_templates
 from cdt.vocab import MASK_ID

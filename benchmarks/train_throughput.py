@@ -36,7 +36,7 @@ from cdt.optim import make_optimizer, set_learning_rates
 from cdt.device import pick_device, synchronize, tune_cpu_allocator
 from cdt.ema import WeightAverage
 from cdt.errors import UsageError
-from cdt.train import diffusion_step
+from cdt.step import diffusion_step
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, sizes=(1024, 2048, 1024, 2048), repeats: int = 10) -> float:
@@ -114,7 +114,7 @@ def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
     opt = make_optimizer(model, cfg.train)
     set_learning_rates(opt, cfg.train.warmup_iters, cfg.train)  # the peak rates
     average = WeightAverage(model, cfg.train.ema) if cfg.train.ema > 0 else None
-    schedule = get_schedule(cfg.train.schedule)
+    schedule = get_schedule(cfg.train.noise_schedule)
     positions, flops, elapsed = 0, 0.0, 0.0
     # untimed warm-up steps: on CUDA, two left the first measurement at twice the step time it had after 30
     warmup = 2 if device.type == "cpu" else 30
@@ -142,7 +142,7 @@ def measure(cfg, corpus, device, steps: int, critic: bool) -> dict:
             "mean_width": positions / (steps * cfg.train.batch_size)}
 
 
-def main():
+def main(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="small")
     ap.add_argument("--batch-size", type=int, default=None)
@@ -159,8 +159,7 @@ def main():
                     help="rows of each batch the critic's pass takes, 0 = all (train.critic_rows) "
                          "[default: the preset's]")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator as it is (cdt tunes it)")
-    args = ap.parse_args()
-    tuned = not args.default_malloc and tune_cpu_allocator()
+    args = ap.parse_args(argv)
     given = {"model": {"copy": args.copy, "ngram": args.ngram, "qk_norm": args.qk_norm},
              "train": {"batch_size": args.batch_size, "optimizer": args.optimizer, "critic_rows": args.critic_rows}}
     try:  # the same type and range checks as cdt train (--ngram 1, --batch-size 0, an unknown preset)
@@ -168,6 +167,7 @@ def main():
                                                for s, kv in given.items()}])
     except UsageError as e:
         ap.error(str(e))
+    tuned = not args.default_malloc and tune_cpu_allocator()
     device = pick_device(args.device)
     corpus = load_corpus(cfg.data.source, cfg.model.block_size, min(cfg.data.n_records, 5000), cfg.data.seed)
     cfg.model.vocab_size = len(corpus.vocab)

@@ -15,6 +15,8 @@ from cdt.rng import RowGenerators
 from cdt.vocab import MASK_ID, PAD_ID, emittable
 
 SCOPES = ("masked", "masked+context")
+# critic_target is 1 where a token differs from the clean row: what every report says the critic's number means
+CRITIC_POLARITY = "probability that the token is wrong (higher = more likely wrong)"
 
 
 @dataclass

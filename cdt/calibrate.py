@@ -13,72 +13,30 @@ to the scores file, and no trajectory is kept.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cdt import calibration_map
+from cdt import calibration_map, checkpoint
+from cdt.artifacts import CRITIC_POLARITY
 from cdt.checkpoint import Checkpoint
-from cdt.data import Batch
 from cdt.device import pick_device
-from cdt.errors import CdtError, UsageError
-from cdt.metrics import BINNINGS, Reliability, ReliabilityReport, auroc, average_precision
-from cdt.noise import EPS, get_schedule
-from cdt.rng import RowGenerators, seed_for
-from cdt.sampling.heldout import HeldOut, grade, load_heldout
-from cdt.sampling.loop import SampleConfig, final_critic_probs, generate
+from cdt.errors import CdtError
+from cdt.grading import grade
+from cdt.metrics import Reliability, ReliabilityReport, auroc, average_precision
+from cdt.rng import seed_for
+from cdt.rundir import MAP_NAME, REPORT_NAME, SCORES_NAME, write_json
+from cdt.settings import CalibrateSettings
+from cdt.sampling.heldout import HeldOut, load_heldout
+from cdt.sampling.infill import infill
+from cdt.sampling.loop import final_critic_probs
 from cdt.scores import ScoreWriter
-from cdt.train import diffusion_step
-
-MODES = ("generate", "step")
-SCORE_SOURCES = ("critic", "value-head")
-SCORES_NAME = "calibration_scores.jsonl"
-REPORT_NAME = "calibration_report.json"
-
-
-@dataclass
-class CalibrateSettings:
-    n_samples: int = 500
-    samples_per_prompt: int = 1
-    mode: str = "generate"  # generate | step
-    policy: str = "critic"
-    steps: int | None = None  # None: the checkpoint's sample.steps
-    temperature: float = 1.0
-    spread: bool = False  # generations commit no two adjacent new tokens in one step (SampleConfig.spread)
-    schedule: str = "linear"  # how many positions stay masked after each step (SampleConfig.schedule)
-    masking: str | None = None  # None: answer (toolcalls) or span (text)
-    mask_ratio: float = 0.3
-    buckets: int = 20
-    binning: str = "uniform"
-    top: int = 5  # `score` = mean of the top-`top` critic probabilities of a sample's generated tokens
-    fit: str | None = None  # temperature | isotonic
-    score_source: str = "critic"  # critic: `score` = top-k critic mean; value-head: `score` = the value head's value
-    batch_size: int = 32
-    seed: int = 0
-    device: str = "auto"
-
-    def validate(self) -> None:
-        if self.n_samples < 1:
-            raise UsageError("--n-samples must be at least 1")
-        if self.samples_per_prompt < 1:
-            raise UsageError("--samples-per-prompt must be at least 1")
-        if self.mode not in MODES:
-            raise UsageError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
-        if self.buckets < 1:
-            raise UsageError("--buckets must be at least 1")
-        if self.binning not in BINNINGS:
-            raise UsageError(f"unknown binning {self.binning!r}; choose from {', '.join(BINNINGS)}")
-        if self.fit is not None and self.fit not in calibration_map.FITS:
-            raise UsageError(f"unknown fit {self.fit!r}; choose from {', '.join(calibration_map.FITS)}")
-        if self.score_source not in SCORE_SOURCES:
-            raise UsageError(f"unknown score source {self.score_source!r}; choose from {', '.join(SCORE_SOURCES)}")
-        if self.top < 1 or self.batch_size < 1:
-            raise UsageError("--top and --batch-size must be at least 1")
-
+from cdt.step import one_step
 
 @dataclass
 class CalibrationResult:
@@ -97,12 +55,47 @@ class CalibrationResult:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     masking: str = "answer"  # what each held-out row had masked: answer, random or span
+    settings: dict = field(default_factory=dict)  # CalibrateSettings.to_dict(), as run
+    report_path: str | None = None  # the run's calibration_report.json (`run`)
+    plot: str | None = None  # the reliability diagram (`run --plot`)
+    replaced: list[str] = field(default_factory=list)  # earlier files this run replaced
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"critic_polarity": CRITIC_POLARITY}
+
+
+def run(source: str | Path | Checkpoint, cfg: CalibrateSettings, out: Path | None = None, plot: Path | None = None,
+        on_samples=None) -> CalibrationResult:
+    """`cdt calibrate`: the scores file (`out`, default RUN/calibration_scores.jsonl), the run's report
+    and calibration map, and the reliability diagram with `plot`. Files a finished run replaces are named
+    in a warning; an interrupted run replaces none of them."""
+    cfg.validate()
+    if plot is not None:
+        from cdt.plot import require_matplotlib
+
+        require_matplotlib()
+    ckpt = checkpoint.load(source)
+    run_dir = ckpt.path.parent
+    scores_path = out or run_dir / SCORES_NAME
+    earlier = earlier_outputs(run_dir, scores_path)
+    result = calibrate(ckpt, cfg, scores_path, run_dir, on_samples=on_samples)
+    result.report_path = str(run_dir / REPORT_NAME)
+    result.plot = None if plot is None else str(plot)
+    written = [p for p in (result.scores_path, result.report_path, result.map_path) if p]
+    result.replaced = [p for p in written if p in earlier]
+    result.warnings += [note] if (note := replaced_note(earlier, written)) else []
+    write_json(Path(result.report_path), result.to_json())
+    if plot is not None:
+        from cdt.plot import reliability_diagram
+
+        reliability_diagram(result.tokens, plot, f"critic reliability · {run_dir.name}")
+    return result
 
 
 def earlier_outputs(run_dir: Path, scores_path: Path) -> dict[str, float]:
     """The files a finished run will replace, {path: modification time}: the scores file, the run's
     report and calibration map. Read before the run; an interrupted run replaces none of them."""
-    paths = (Path(scores_path), Path(run_dir) / REPORT_NAME, Path(run_dir) / calibration_map.MAP_NAME)
+    paths = (Path(scores_path), Path(run_dir) / REPORT_NAME, Path(run_dir) / MAP_NAME)
     return {str(p): p.stat().st_mtime for p in paths if p.is_file()}
 
 
@@ -131,11 +124,13 @@ def sample_scores(probs: np.ndarray, top: int) -> dict:
             "score_mean": math.fsum(desc) / len(desc)}
 
 
-def _plan(cfg: CalibrateSettings) -> tuple[int, list[tuple[int, int]]]:
-    """(prompts needed, [(prompt, draw)] for every sample): K draws per prompt, N samples in total."""
+def _batches(cfg: CalibrateSettings):
+    """[(held-out rows, [(row, draw)])] in order: K draws per prompt, N samples in all, computed batch by
+    batch (a huge N costs no memory before its first batch)."""
     k = cfg.samples_per_prompt
-    n_prompts = math.ceil(cfg.n_samples / k)
-    return n_prompts, [(i // k, i % k) for i in range(cfg.n_samples)]
+    for lo in range(0, cfg.n_samples, cfg.batch_size):
+        chunk = [(i // k, i % k) for i in range(lo, min(lo + cfg.batch_size, cfg.n_samples))]
+        yield torch.tensor([p for p, _ in chunk]), chunk
 
 
 def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_dir: Path | None,
@@ -148,17 +143,14 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
     if not model.has_critic:
         raise CdtError("this checkpoint was trained without a critic: there is nothing to calibrate")
     if cfg.score_source == "value-head" and model.value_head is None:
-        raise CdtError("--score-source value-head needs a checkpoint with a value head (cdt train --stage critic)")
-    n_prompts, plan = _plan(cfg)
-    held = load_heldout(ckpt, n_prompts, cfg.masking, cfg.mask_ratio, cfg.seed)
-    steps = cfg.steps or ckpt.config.sample.steps
+        raise CdtError("--score-source value-head needs a checkpoint with a value head (cdt train --stage value)")
+    n_prompts = math.ceil(cfg.n_samples / cfg.samples_per_prompt)
+    held = load_heldout(ckpt, n_prompts, cfg.mask, cfg.mask_ratio, cfg.sampler.seed)
+    scfg, seed = cfg.sampler.for_checkpoint(ckpt), cfg.sampler.seed
     warnings = []
     calibration = None
-    scfg = SampleConfig(steps=steps, policy=cfg.policy, temperature=cfg.temperature, spread=cfg.spread,
-                        schedule=cfg.schedule, seed=cfg.seed)
     if cfg.mode == "generate":
-        calibration, warning = calibration_map.for_policy(ckpt.path.parent, cfg.policy,
-                                                          calibration_map.sampler_info(scfg))
+        calibration, warning = calibration_map.for_sampler(ckpt.path.parent, scfg)
         warnings += [warning] if warning else []
     stats, halves = Reliability(cfg.buckets), (Reliability(cfg.buckets), Reliability(cfg.buckets))
     sample_score, sample_label = [], []
@@ -166,23 +158,18 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
     writer = ScoreWriter(scores_path)
     warnings += [writer.recovered] if writer.recovered else []
     model_name = ckpt.path.parent.name
+    chunks, feed = itertools.tee(_batches(cfg))  # each batch's (prompt, draw), beside what it yields
+    seeded = ((rows, [seed_for(seed, p, d) for p, d in chunk]) for rows, chunk in feed)
+    if cfg.mode == "generate":
+        outputs = (_generated(model, done) for done in infill(model, held, seeded, scfg, calibration=calibration,
+                                                              allow_null=ckpt.config.data.emits_null, trim=False))
+    else:
+        outputs = (_stepped(model, held, rows, seeds, ckpt, dev) for rows, seeds in seeded)
     try:
-        for lo in range(0, len(plan), cfg.batch_size):
-            chunk = plan[lo : lo + cfg.batch_size]
-            rows = torch.tensor([p for p, _ in chunk])
-            seeds = [seed_for(cfg.seed, p, d) for p, d in chunk]
-            if cfg.mode == "generate":
-                gen = generate(model, held.template[rows], held.protected[rows], scfg, row_seeds=seeds,
-                               calibration=calibration, allow_null=ckpt.config.data.emits_null)
-                probs, extra = final_critic_probs(model, gen)
-                tokens, region = gen.tokens, held.region()[rows]
-                passes["generator"] += gen.passes["generator"]
-                passes["critic"] += gen.passes["critic"] + extra
-            else:
-                tokens, probs, region, _ = one_step(model, held.clean[rows], held.region()[rows], seeds, ckpt, dev)
-                passes["generator"] += 1
-                passes["critic"] += 1
-            wrong = (tokens != held.clean[rows]) & region
+        for n_done, ((_, chunk), (part, tokens, probs, region, spent)) in enumerate(zip(chunks, outputs)):
+            for k, v in spent.items():
+                passes[k] += v
+            wrong = (tokens != part.clean) & region
             values = None
             if model.value_head is not None:  # one extra trunk pass: the value of each final row
                 with torch.no_grad():
@@ -192,8 +179,8 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
                 sel = region[j]
                 p, w = probs[j][sel].double().numpy(), wrong[j][sel].numpy()
                 stats.add(p, w)
-                halves[(lo + j) % 2].add(p, w)
-                record = _record(ckpt, held, prompt, draw, tokens[j], p, w, cfg.top, model_name)
+                halves[(n_done * cfg.batch_size + j) % 2].add(p, w)
+                record = _record(ckpt, held, part, j, prompt, draw, tokens[j], p, w, cfg.top, model_name)
                 if values is not None:
                     record["value"] = values[j]
                 if cfg.score_source == "value-head":
@@ -213,8 +200,8 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
     written = writer.close()
     report = stats.report(cfg.binning)
     fit_doc, cmap = None, None
-    info = {"samples": len(plan), "tokens": report.n, "checkpoint_step": ckpt.step, "mode": cfg.mode,
-            "policy": cfg.policy if cfg.mode == "generate" else None,
+    info = {"samples": cfg.n_samples, "tokens": report.n, "checkpoint_step": ckpt.step, "mode": cfg.mode,
+            "policy": scfg.policy if cfg.mode == "generate" else None,
             "sampler": calibration_map.sampler_info(scfg) if cfg.mode == "generate" else None,
             "masking": held.masking}
     if cfg.fit:
@@ -226,9 +213,10 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
     if len(y) and y.min() == y.max():
         warnings.append(f"every sample is labelled {'wrong' if y[0] else 'right'}, so sweep-tau will see one class; "
                         "shorter regions (--mask span --mask-ratio 0.1) or a longer-trained model give both")
+    generate = cfg.mode == "generate"
     return CalibrationResult(
-        mode=cfg.mode, checkpoint=str(ckpt.path), n_samples=len(plan), n_prompts=n_prompts,
-        policy=cfg.policy if cfg.mode == "generate" else None, steps=steps if cfg.mode == "generate" else None,
+        mode=cfg.mode, checkpoint=str(ckpt.path), n_samples=cfg.n_samples, n_prompts=n_prompts,
+        policy=scfg.policy if generate else None, steps=scfg.steps if generate else None,
         passes=passes, tokens=report,
         samples={"n": len(y), "wrong": float(y.mean()), "auroc": auroc(sample_score, y),
                  "average_precision": average_precision(sample_score, y),
@@ -236,26 +224,31 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
                  if cfg.score_source == "critic" else "the value head's value (higher = more likely right; "
                                                        "AUROC/AP here use its negative)"},
         fit=fit_doc, scores_path=str(written), map_path=map_path, seconds=time.perf_counter() - t0,
-        warnings=warnings, masking=held.masking,
+        warnings=warnings, masking=held.masking, settings=cfg.to_dict(),
     )
 
 
-@torch.no_grad()
-def one_step(model, clean: torch.Tensor, region: torch.Tensor, seeds: list[int], ckpt: Checkpoint, dev):
-    """The training step's view of held-out rows: corrupt each row's region at a seeded t ~ U(0, 1),
-    one generator pass, the fill, one critic pass (no loss).
-    Returns (filled rows, critic P(wrong), critic_valid, the positions the corruption masked).
-    `calibrate --mode step` and `explore --mode step` both call this."""
-    t = torch.tensor([float(np.random.default_rng(s).uniform(EPS, 1.0)) for s in seeds])  # t ~ U(0, 1) per row
-    out = diffusion_step(model, Batch(clean, region), t, get_schedule(ckpt.config.train.schedule),
-                         ckpt.config.train, "answer", RowGenerators(seeds), dev, ckpt.config.data.emits_null)
-    art = out.artifacts
-    probs = torch.sigmoid(out.critic_logits).cpu()
-    return art.critic_input.cpu(), probs, art.critic_valid.cpu(), art.filled.cpu()
+def _generated(model, done):
+    """(rows, final tokens, their critic P(wrong), the positions judged, passes spent) of an infilled batch:
+    every position of the generated region is judged."""
+    probs, extra = final_critic_probs(model, done.generation)
+    spent = done.generation.passes
+    return (done.part, done.generation.tokens, probs, done.part.region(),
+            {"generator": spent["generator"], "critic": spent["critic"] + extra})
 
 
-def _record(ckpt, held: HeldOut, prompt: int, draw: int, tokens, probs, wrong, top: int, model_name: str) -> dict:
-    where = (~held.protected[prompt]).nonzero().flatten()
+def _stepped(model, held: HeldOut, rows: torch.Tensor, seeds: list[int], ckpt: Checkpoint, dev):
+    """The same for `--mode step`: each row through one training-style step, judged where training
+    scores the critic (`critic_valid`)."""
+    part = held.take(rows, trim=False)
+    tokens, probs, valid, _ = one_step(model, part.clean, part.region(), seeds, ckpt, dev)
+    return part, tokens, probs, valid, {"generator": 1, "critic": 1}
+
+
+def _record(ckpt, held: HeldOut, part: HeldOut, j: int, prompt: int, draw: int, tokens, probs, wrong, top: int,
+            model_name: str) -> dict:
+    """Sample j of a batch (`part`; held-out row `prompt`, draw `draw`) as a line of the scores file."""
+    where = (~part.protected[j]).nonzero().flatten()
     lo, hi = int(where.min()), int(where.max()) + 1
     vocab = ckpt.vocab
     record = {"id": f"{prompt}-{draw}", "group": prompt, **sample_scores(probs, top),
@@ -265,7 +258,7 @@ def _record(ckpt, held: HeldOut, prompt: int, draw: int, tokens, probs, wrong, t
         bad_fields = [k for k, ok in check.fields.items() if not ok]
         record.update(json_valid=check.valid_json, name_ok=check.name_ok, wrong_fields=bad_fields)
         record["label"] = int(record["label"] or not check.valid_json or not check.name_ok or bool(bad_fields))
-    record.update(text=vocab.decode(tokens[lo:hi]), reference=vocab.decode(held.clean[prompt][lo:hi]),
+    record.update(text=vocab.decode(tokens[lo:hi]), reference=vocab.decode(part.clean[j][lo:hi]),
                   model=model_name, context=[vocab.decode(tokens[:lo]), vocab.decode(tokens[hi:])])
     return record
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cdt.checkpoint import atomic_write
 from cdt.errors import CdtError
+from cdt.rundir import MAP_NAME, write_text
+from cdt.settings import FITS
 
-MAP_NAME = "calibration.json"
 KINDS = ("buckets", "isotonic", "temperature")
-FITS = ("temperature", "isotonic")
-# what a generation's errors depend on besides the model; recorded in a map's info["sampler"]
-SAMPLER_KEYS = ("steps", "temperature", "spread", "schedule")
+# sampler settings a map does not depend on: the policy that uses the map differs from the one it was
+# measured with by design, and the seed only draws; every other setting is recorded in info["sampler"]
+NOT_RECORDED = ("policy", "seed")
 EPS = 1e-6
 
 
@@ -92,8 +92,7 @@ def fit(kind: str, probs: np.ndarray, labels: np.ndarray, weights: np.ndarray, i
 
 def save(run_dir: Path, cmap: CalibrationMap) -> Path:
     path = Path(run_dir) / MAP_NAME
-    text = json.dumps(cmap.to_dict(), indent=2) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text(path, json.dumps(cmap.to_dict(), indent=2) + "\n")
     return path
 
 
@@ -111,26 +110,27 @@ def load(run_dir: Path) -> CalibrationMap | None:
 def sampler_info(cfg, with_steps: bool = True) -> dict:
     """The sampler settings a map's error rates depend on, as `cdt calibrate` records them in `info["sampler"]`
     (`with_steps=False` where one run uses several step counts, as `cdt eval` does)."""
-    return {k: getattr(cfg, k) for k in SAMPLER_KEYS if with_steps or k != "steps"}
+    return {k: v for k, v in cfg.to_dict().items() if k not in NOT_RECORDED and (with_steps or k != "steps")}
 
 
 def _mismatch(measured: dict, now: dict) -> str | None:
-    """'temperature 1 (now 0), schedule linear (now power:4)' for the keys both know that differ."""
+    """'temperature 1 (now 0), schedule linear (now power:4)' for the keys both know that differ
+    (a map written before a setting was recorded is not compared on it)."""
     differ = [f"{k} {measured[k]!r} (now {now[k]!r})" for k in now if k in measured and measured[k] != now[k]]
     return ", ".join(differ) or None
 
 
-def for_policy(run_dir: Path, policy: str, sampler: dict | None = None) -> tuple[CalibrationMap | None, str | None]:
-    """The map a policy needs, and a warning when it is missing (`critic-calibrated` then acts as `critic`)
-    or was measured with another sampler than `sampler` (a `sampler_info` dict) describes."""
-    if policy != "critic-calibrated":
+def for_sampler(run_dir: Path, cfg, with_steps: bool = True) -> tuple[CalibrationMap | None, str | None]:
+    """The map `cfg`'s policy needs, and a warning when it is missing (`critic-calibrated` then acts as
+    `critic`) or was measured with other sampler settings than `cfg` (a SampleConfig) has."""
+    if cfg.policy != "critic-calibrated":
         return None, None
     cmap = load(run_dir)
     if cmap is None:
         return None, (f"no calibration map in {run_dir} (run cdt calibrate first); "
                       "critic-calibrated falls back to the raw critic probability")
     measured = cmap.info.get("sampler") if isinstance(cmap.info, dict) else None
-    differ = _mismatch(measured if isinstance(measured, dict) else {}, sampler or {})  # older maps: no record
+    differ = _mismatch(measured if isinstance(measured, dict) else {}, sampler_info(cfg, with_steps))
     if differ:
         return cmap, (f"the calibration map in {run_dir} was measured with another sampler: {differ}; its error "
                       "rates may not hold here (rerun cdt calibrate with this run's flags)")

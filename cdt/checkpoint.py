@@ -8,7 +8,6 @@ and the vocabulary, so it alone rebuilds the model.
 
 from __future__ import annotations
 
-import os
 import pickle
 import warnings
 from dataclasses import dataclass, field
@@ -16,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from cdt.config import RunConfig
+from cdt.config import ModelConfig, RunConfig
 from cdt.errors import CdtError
 from cdt.model import DiffusionLM
+from cdt.rundir import CHECKPOINT_NAME, atomic_write
 from cdt.vocab import Vocab
 
-CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT, VERSION = "cdt-checkpoint", 1
 
 
@@ -36,10 +35,26 @@ class Checkpoint:
     train_model_state: dict | None = None  # the raw weights, when `model_state` holds their moving average
     extra: dict = field(default_factory=dict)  # corpus info, last metrics
 
-    def build_model(self, device: str | torch.device = "cpu") -> DiffusionLM:
-        """The model with these weights, in eval mode."""
-        model = DiffusionLM(self.config.model)
-        model.load_state_dict(self.model_state)
+    def build_model(self, device: str | torch.device = "cpu", *, raw: bool = False,
+                    architecture: ModelConfig | None = None) -> DiffusionLM:
+        """The model with these weights, in eval mode: the only place a model is rebuilt from a checkpoint.
+
+        raw: the weights training continues from, where `model_state` holds their moving average.
+        architecture: this checkpoint's model with a value head it lacks (`cdt train --stage value`);
+        only that head starts untrained."""
+        arch = architecture or self.config.model
+        model = DiffusionLM(arch)
+        state = self.train_model_state if raw and self.train_model_state is not None else self.model_state
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a tensor of another shape than the config says
+            cause = str(e).strip().splitlines()[-1]
+            raise CdtError(f"{self.path} does not match its own architecture: {cause}") from None
+        new_head = ("value_head.",) if architecture is not None and arch.value_head else ()
+        missing = [k for k in missing if not k.startswith(new_head)] if new_head else missing
+        if missing or unexpected:
+            raise CdtError(f"{self.path} does not match its own architecture (missing {missing}, "
+                           f"unexpected {unexpected})")
         return model.to(device).eval()
 
 
@@ -51,19 +66,6 @@ def checkpoint_path(path: str | Path) -> Path:
     if not p.is_file():
         raise CdtError(f"no checkpoint at {path}")
     return p
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename over `path`; the old file survives any failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save(path: Path, *, model: DiffusionLM, config: RunConfig, vocab: Vocab, step: int,
@@ -85,7 +87,10 @@ def save(path: Path, *, model: DiffusionLM, config: RunConfig, vocab: Vocab, ste
     return path
 
 
-def load(path: str | Path) -> Checkpoint:
+def load(path: str | Path | Checkpoint) -> Checkpoint:
+    """The checkpoint at `path` (a file, or the run directory holding one); a Checkpoint is returned as is."""
+    if isinstance(path, Checkpoint):
+        return path
     p = checkpoint_path(path)
     try:
         with warnings.catch_warnings():  # torch warns about a plain pickle's protocol before refusing it

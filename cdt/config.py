@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from cdt.errors import UsageError
+from cdt.errors import UsageError, deprecated
 
 
 @dataclass
@@ -76,7 +76,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: float = 0.99  # decay of the weights' moving average, which validation and the checkpoint use (0: off)
     grad_accum: int = 1  # micro-steps per optimizer step; global batch = batch_size x world size x grad_accum
-    schedule: str = "loglinear"  # loglinear | linear | cosine
+    noise_schedule: str = "loglinear"  # loglinear | linear | cosine: how many tokens the noise masks at time t
     antithetic: bool = True  # stratified t over the batch, lower-variance NELBO
     loss_weighting: str = "flat"  # flat: mean cross-entropy over masked tokens; nelbo: w(t)-weighted (MDLM)
     critic_scope: str = "masked"  # masked | masked+context
@@ -96,14 +96,14 @@ class TrainConfig:
 
 @dataclass
 class SampleDefaults:
-    """What `cdt sample` and `cdt calibrate` use for this checkpoint when their flags are not given."""
+    """What the sampling commands use for this checkpoint when their flags are not given."""
 
     steps: int = 16
 
 
 @dataclass
-class CriticStageConfig:
-    """`cdt train --stage critic`: the sequence-level value head on (right, wrong) pairs."""
+class ValueStageConfig:
+    """`cdt train --stage value`: the sequence-level value head on (right, wrong) pairs."""
 
     samples: str = ""  # a cdt calibrate scores file (group, text, context, label)
     init: str = ""  # the checkpoint to start from
@@ -125,7 +125,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleDefaults = field(default_factory=SampleDefaults)
-    critic_stage: CriticStageConfig = field(default_factory=CriticStageConfig)
+    value_stage: ValueStageConfig = field(default_factory=ValueStageConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,25 +135,32 @@ class RunConfig:
         """A saved config; keys it predates take the value they had then, not today's default."""
         cfg = cls()
         apply(cfg, EARLIER_DEFAULTS, source="cdt's earlier defaults")
-        apply(cfg, d, source="checkpoint")
+        apply(cfg, d, source=CHECKPOINT_SOURCE)
         return cfg
 
 
 # Defaults that changed: what a checkpoint saved before its key existed was trained with.
 EARLIER_DEFAULTS = {"model": {"copy": False, "ngram": 0, "qk_norm": False}, "train": {"optimizer": "adamw"}}
+# Names that changed: an old checkpoint loads silently, a config file or --set with the old name gets a warning.
+RENAMED_SECTIONS = {"critic_stage": "value_stage"}
+RENAMED_KEYS = {"train.schedule": "train.noise_schedule"}
+RENAMED_PRESETS = {"critic_pairwise": "value_pairwise"}
+CHECKPOINT_SOURCE = "checkpoint"
+COMMAND_LINE = "command line"
+# the longest scaffolded toolcalls row (265 characters) plus room: a scaffold run's block size unless given by --set
+SCAFFOLD_BLOCK_SIZE = 288
 
-
-PRESETS = ("tiny", "small", "long", "base", "copy_long", "critic_pairwise")
+PRESETS = ("tiny", "small", "long", "base", "copy_long", "value_pairwise")
 CHOICES = {
     "model.positions": ("rotary", "learned"),
     "model.critic": ("none", "linear", "mlp"),
     "data.mask_region": ("auto", "answer", "all"),
     "train.optimizer": ("adamw", "muon"),
-    "train.schedule": ("loglinear", "linear", "cosine"),
+    "train.noise_schedule": ("loglinear", "linear", "cosine"),
     "train.loss_weighting": ("nelbo", "flat"),
     "train.critic_scope": ("masked", "masked+context"),
     "train.device": ("auto", "cpu", "cuda"),
-    "critic_stage.loss": ("pairwise", "pointwise"),
+    "value_stage.loss": ("pairwise", "pointwise"),
 }
 
 
@@ -187,10 +194,10 @@ RANGES = {  # numeric keys a value can be out of range for; checked wherever a v
     "train.beta2": _SHARE,
     "train.ema": _SHARE,
     "sample.steps": _COUNT,
-    **{f"critic_stage.{k}": _COUNT for k in ("max_iters", "batch_size", "n_pairs", "eval_interval")},
-    "critic_stage.lr": _POSITIVE,
-    "critic_stage.trunk_lr": _NONNEG,
-    "critic_stage.val_share": ((lambda v: 0 < v < 1), "in (0, 1)"),
+    **{f"value_stage.{k}": _COUNT for k in ("max_iters", "batch_size", "n_pairs", "eval_interval")},
+    "value_stage.lr": _POSITIVE,
+    "value_stage.trunk_lr": _NONNEG,
+    "value_stage.val_share": ((lambda v: 0 < v < 1), "in (0, 1)"),
 }
 
 
@@ -212,6 +219,9 @@ def check(cfg: RunConfig) -> RunConfig:
 
 
 def preset_text(name: str) -> str:
+    if name in RENAMED_PRESETS:
+        deprecated(f"--preset {name}", f"--preset {RENAMED_PRESETS[name]}")
+        name = RENAMED_PRESETS[name]
     if name not in PRESETS:
         raise UsageError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     return resources.files("cdt.configs").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
@@ -225,7 +235,7 @@ def _read_yaml(text: str, source: str) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UsageError(f"{source} must be a mapping of sections (model, data, train, sample, critic_stage)")
+        raise UsageError(f"{source} must be a mapping of sections (model, data, train, sample, value_stage)")
     return data
 
 
@@ -248,10 +258,21 @@ def _coerce(key: str, value, hint):
     return value
 
 
+def _current_name(name: str, renamed: dict, source: str) -> str:
+    """`name`, or what it is called now; a config file or flag using the old name gets a warning."""
+    if name not in renamed:
+        return name
+    if source != CHECKPOINT_SOURCE:
+        deprecated(f"{name} (in {source})", renamed[name])
+    return renamed[name]
+
+
 def apply(cfg: RunConfig, data: dict, source: str) -> None:
-    """Overlay nested {section: {key: value}} onto `cfg`, rejecting unknown keys by name."""
+    """Overlay nested {section: {key: value}} onto `cfg`, rejecting unknown keys by name; old names of
+    sections and keys still work (RENAMED_*)."""
     sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     for section, values in data.items():
+        section = _current_name(section, RENAMED_SECTIONS, source)
         if section not in sections:
             raise UsageError(f"unknown config section {section!r} in {source}; expected {', '.join(sections)}")
         if not isinstance(values, dict):
@@ -259,6 +280,7 @@ def apply(cfg: RunConfig, data: dict, source: str) -> None:
         target = sections[section]
         hints = typing.get_type_hints(type(target))
         for key, value in values.items():
+            key = _current_name(f"{section}.{key}", RENAMED_KEYS, source).split(".", 1)[1]
             if key not in hints:
                 raise UsageError(f"unknown config key {section}.{key} in {source}")
             setattr(target, key, _coerce(f"{section}.{key}", value, hints[key]))
@@ -274,6 +296,14 @@ def parse_override(item: str) -> dict:
     return {section: {name: value}}
 
 
+def resolve_flags(preset: str | None, config_file: Path | None, flags: dict, set_items: list[str] = (),
+                  base: RunConfig | None = None) -> RunConfig:
+    """The command line's config: flags as {section: {key: value}} (None = not given) and `--set` items
+    override the preset and the config file."""
+    given = {section: {k: v for k, v in values.items() if v is not None} for section, values in flags.items()}
+    return resolve(preset, config_file, [given] + [parse_override(item) for item in set_items], base=base)
+
+
 def resolve(preset: str | None = None, config_file: Path | None = None, overrides: list[dict] = (),
             base: RunConfig | None = None) -> RunConfig:
     """base (a resumed run's own config) < preset < config file < overrides; the defaults when no base."""
@@ -285,7 +315,9 @@ def resolve(preset: str | None = None, config_file: Path | None = None, override
             raise UsageError(f"config file not found: {config_file}")
         apply(cfg, _read_yaml(config_file.read_text(encoding="utf-8"), str(config_file)), str(config_file))
     for o in overrides:
-        apply(cfg, o, "command line")
+        apply(cfg, o, COMMAND_LINE)
+    if cfg.data.scaffold and not any("block_size" in o.get("model", {}) for o in overrides):
+        cfg.model.block_size = max(cfg.model.block_size, SCAFFOLD_BLOCK_SIZE)  # the flag alone must be enough
     return check(cfg)
 
 

@@ -14,3 +14,10 @@ class UsageError(CdtError):
 
     def __init__(self, message: str):
         super().__init__(message, exit_code=2)
+
+
+def deprecated(old: str, new: str) -> None:
+    """One line on stderr for an old spelling that still works, naming the one to use instead."""
+    import sys
+
+    print(f"warning: {old} is deprecated and will be removed; use {new}", file=sys.stderr)

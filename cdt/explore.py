@@ -5,31 +5,30 @@ A *trajectory* is one generation recorded step by step by the shared sampler
 fill, with the critic's P(wrong) of every token (the policy's own critic pass, or one
 extra pass for the frames of non-critic policies), the generator's confidence, and the
 positions the policy masks again. `--mode step` shows instead the training step's view
-of the row (`calibrate.one_step`). Keys change the state; `cdt/terminal.py` draws it.
+of the row (`step.one_step`). Keys change the state; `cdt/terminal.py` draws it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from cdt import calibration_map
-from cdt.calibrate import one_step
+from cdt import calibration_map, checkpoint
+from cdt.artifacts import CRITIC_POLARITY
 from cdt.checkpoint import Checkpoint
 from cdt.device import pick_device
 from cdt.errors import UsageError
 from cdt.metrics import frame_stats
 from cdt.rng import seed_for
+from cdt.settings import COLOURINGS, ExploreSettings
 from cdt.sampling.heldout import load_heldout
-from cdt.sampling.loop import SampleConfig, critic_probs, generate
+from cdt.sampling.loop import critic_probs, generate
 from cdt.sampling.policies import POLICIES
 from cdt.sampling.template import prompt_template
+from cdt.step import one_step
 from cdt.vocab import MASK_ID, PAD_ID
-
-COLOURINGS = ("critic", "confidence", "correctness")
-MODES = ("generate", "step")
-
 
 @dataclass
 class Material:
@@ -52,31 +51,18 @@ class Frame:
     judged: torch.Tensor  # (n,) bool, the tokens the statistics cover
 
 
-@dataclass
-class Settings:
-    steps: int = 16
-    policy: str = "critic"
-    randomness: float = 0.0
-    temperature: float = 1.0
-    spread: bool = False  # commit no two adjacent new tokens in one step (SampleConfig.spread)
-    schedule: str = "linear"  # how many positions stay masked after each step (SampleConfig.schedule)
-    seed: int = 0
-    mode: str = "generate"
-    colouring: str = "critic"
-    remask_pct: int = 30  # the share the `r` key masks again
-
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise UsageError("--steps must be at least 1")
-        if self.mode not in MODES:
-            raise UsageError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
-        if self.colouring not in COLOURINGS:
-            raise UsageError(f"unknown colouring {self.colouring!r}; choose from {', '.join(COLOURINGS)}")
-        SampleConfig(steps=self.steps, policy=self.policy, randomness=self.randomness,
-                     temperature=self.temperature, schedule=self.schedule).validate()
+def open_explorer(source: str | Path | Checkpoint, settings: ExploreSettings) -> "Explorer":
+    """`cdt explore`: the explorer on held-out rows `index` .. `index + n` (or on a free prompt), its first
+    trajectory computed. Every bad setting is refused before the model loads."""
+    settings.validate()
+    ckpt = checkpoint.load(source)
+    settings.sampler = settings.sampler.for_checkpoint(ckpt)
+    s = settings
+    materials = load_materials(ckpt, s.prompt, s.length, s.n, s.mask, s.mask_ratio, s.sampler.seed, s.index)
+    return Explorer(ckpt, materials, settings, sample=min(s.index, len(materials) - 1))
 
 
-def load_materials(ckpt: Checkpoint, prompt: str | None, length: int, rows: int, masking: str | None,
+def load_materials(ckpt: Checkpoint, prompt: str | None, length: int, rows: int, mask: str | None,
                    mask_ratio: float, seed: int, index: int = 0) -> list[Material]:
     """A free prompt (one material), or held-out rows 0 .. index + rows (as many as the split has) with a
     region masked; `index` must be one of them."""
@@ -84,7 +70,7 @@ def load_materials(ckpt: Checkpoint, prompt: str | None, length: int, rows: int,
         separator = ckpt.extra.get("mask_region") == "answer"
         ids, protected = prompt_template(ckpt.vocab, prompt, length, ckpt.config.model.block_size, 1, separator)
         return [Material(ids[0], protected[0], None, f"prompt {prompt!r}")]
-    held = load_heldout(ckpt, index + rows, masking, mask_ratio, seed, clip=True)
+    held = load_heldout(ckpt, index + rows, mask, mask_ratio, seed, clip=True)
     if index >= len(held):
         raise UsageError(f"--index {index} is past the validation split: it has {len(held)} rows (0-{len(held) - 1})")
     rows = [held.take(torch.tensor([i])) for i in range(len(held))]  # each at its own length, no padding
@@ -96,8 +82,7 @@ def load_materials(ckpt: Checkpoint, prompt: str | None, length: int, rows: int,
 class Explorer:
     ckpt: Checkpoint
     materials: list[Material]
-    settings: Settings
-    device: str = "auto"
+    settings: ExploreSettings
     sample: int = 0
     frame: int = 0
     frames: list[Frame] = field(default_factory=list)
@@ -105,11 +90,11 @@ class Explorer:
 
     def __post_init__(self):
         self.settings.validate()
-        self.model = self.ckpt.build_model(pick_device(self.device))
+        self.model = self.ckpt.build_model(pick_device(self.settings.device))
         self.has_critic = self.model.has_critic
         if not self.has_critic:
-            if POLICIES[self.settings.policy].needs_critic:
-                self.settings.policy = "confidence"
+            if POLICIES[self.settings.sampler.policy].needs_critic:
+                self.settings.sampler.policy = "confidence"
             if self.settings.colouring == "critic":
                 self.settings.colouring = "confidence"
             self.message = "this checkpoint has no critic: colouring by generator confidence"
@@ -123,7 +108,7 @@ class Explorer:
 
     def row_seed(self) -> int:
         """The same seed `cdt calibrate` gives this row's first generation."""
-        return seed_for(self.settings.seed, self.sample, 0)
+        return seed_for(self.settings.sampler.seed, self.sample, 0)
 
     def recompute(self, template: torch.Tensor | None = None, keep: int = 0) -> None:
         """Run the sampler (or the training step) for the current material; frames after `keep` are replaced."""
@@ -137,11 +122,8 @@ class Explorer:
         self.frame = min(self.frame, len(self.frames) - 1) if template is None else keep + 1
 
     def _generate(self, m: Material, template: torch.Tensor, first_step: int) -> list[Frame]:
-        s = self.settings
-        cfg = SampleConfig(steps=s.steps, policy=s.policy, randomness=s.randomness, temperature=s.temperature,
-                           spread=s.spread, schedule=s.schedule, seed=s.seed)
-        calibration, warning = calibration_map.for_policy(self.ckpt.path.parent, s.policy,
-                                                          calibration_map.sampler_info(cfg))
+        cfg = self.settings.sampler
+        calibration, warning = calibration_map.for_sampler(self.ckpt.path.parent, cfg)
         self.message = warning or self.message
         gen = generate(self.model, template[None], m.protected[None], cfg, row_seeds=[self.row_seed()], record=True,
                        allow_null=self.ckpt.config.data.emits_null, calibration=calibration)
@@ -173,10 +155,11 @@ class Explorer:
         f = frame or self.current()
         m = self.material
         region = ~m.protected & (m.template != PAD_ID)
-        out = {"sample": self.sample, "label": m.label, "step": f.step, "steps": self.settings.steps,
+        s = self.settings
+        out = {"sample": self.sample, "label": m.label, "step": f.step, "steps": s.sampler.steps,
                "masked_before": int((f.masked_before & region).sum()), "region": int(region.sum()),
-               "remask_next": int(f.remask_next.sum()), "policy": self.settings.policy,
-               "randomness": self.settings.randomness, "colouring": self.settings.colouring,
+               "remask_next": int(f.remask_next.sum()), "policy": s.sampler.policy,
+               "randomness": s.sampler.randomness, "colouring": s.colouring,
                "critic": self.has_critic,
                # the sampler stops once nothing is masked: a schedule such as power:P can finish before `steps`
                "done": (self.settings.mode != "step" and f.step > 0 and f is self.frames[-1]
@@ -192,6 +175,13 @@ class Explorer:
         else:
             out.update(valid=int(f.judged.sum()), right=int((f.judged & ~wrong).sum()), wrong=int(wrong.sum()))
         return out
+
+    def to_json(self, final_only: bool = False) -> dict:
+        """The trajectory's statistics (`--json`): every frame, or the last one."""
+        shown = self.frames[-1:] if final_only else self.frames
+        return {"checkpoint": str(self.ckpt.path), "settings": self.settings.to_dict(), "sample": self.sample,
+                "label": self.material.label, "critic_polarity": CRITIC_POLARITY,
+                "frames": [self.stats(f) | {"text": self.ckpt.vocab.decode(f.tokens, mask_char="░")} for f in shown]}
 
     # keys
 
@@ -210,12 +200,14 @@ class Explorer:
 
     def cycle_policy(self) -> None:
         options = [p for p, pol in POLICIES.items() if self.has_critic or not pol.needs_critic]
-        self.settings.policy = options[(options.index(self.settings.policy) + 1) % len(options)]
+        s = self.settings.sampler
+        s.policy = options[(options.index(s.policy) + 1) % len(options)]
         self.frames = []
         self.recompute()
 
     def change_randomness(self, delta: float) -> None:
-        self.settings.randomness = round(min(1.0, max(0.0, self.settings.randomness + delta)), 2)
+        s = self.settings.sampler
+        s.randomness = round(min(1.0, max(0.0, s.randomness + delta)), 2)
         self.frames = []
         self.recompute()
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from cdt.settings import BINNINGS
+
 FINE_BINS = 1 << 16
-BINNINGS = ("uniform", "quantile")
 
 
 def _ranking(metric, scores, labels, weights) -> float | None:

@@ -1,4 +1,5 @@
-"""Rich renderables and the training progress display. Diagnostics go to stderr, results to stdout."""
+"""Rich renderables: what each command shows on a terminal, and its progress displays.
+Diagnostics go to stderr, results to stdout; nothing here computes a result."""
 
 from __future__ import annotations
 
@@ -10,8 +11,36 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from cdt.train import Reporter
+from cdt.rundir import Reporter
 from cdt.vocab import MASK_ID, NULL_ID, PAD_ID
+
+
+class ProgressBar:
+    """A bar for long work on a terminal, nothing in a pipe (or with enabled=False); lines printed
+    through it appear above the bar."""
+
+    def __init__(self, console: Console, label: str, total: int, status: bool = False, enabled: bool = True):
+        columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn()]
+        columns += [TextColumn("{task.fields[status]}")] if status else [TimeRemainingColumn()]
+        self.progress = Progress(*columns, console=console, transient=not status,
+                                 disable=not (enabled and console.is_terminal))
+        self.task = self.progress.add_task(label, total=total, status="")
+
+    def __enter__(self) -> ProgressBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def advance(self, k: int = 1) -> None:
+        self.progress.advance(self.task, k)
+
+    def update(self, completed: int, status: str = "") -> None:
+        self.progress.update(self.task, completed=completed, status=status)
+
+    def print(self, renderable) -> None:
+        self.progress.console.print(renderable, highlight=False, soft_wrap=True)
 
 
 def _pct(x) -> str:
@@ -28,7 +57,7 @@ def _graded(region: str) -> str:
 
 
 def eval_line(r: dict, region: str = "answer") -> str:
-    return (f"step {r['step']}: val bpc {_num(r['val_bpc'])} · {_graded(region)} acc {_pct(r['answer_acc'])}"
+    return (f"step {r['step']}: val bpc {_num(r['val_bpc'])} · {_graded(region)} acc {_pct(r['masked_acc'])}"
             + (f" · value acc {_pct(r['value_acc'])}" if r.get("value_acc") is not None else "")
             + (f" · critic AUROC {_num(r.get('critic_auroc'))} (masked only {_num(r.get('critic_auroc_masked'))})"
                if "critic_auroc" in r else ""))
@@ -81,7 +110,7 @@ class TrainProgress(Reporter):
             self.progress.stop()
 
 
-def train_summary(result, next_commands: list[str], ema: float = 0.0) -> Text:
+def train_summary(result, ema: float = 0.0) -> Text:
     """The final summary of `cdt train` (stdout): plain lines, so paths and commands copy whole.
     `ema`: the decay of the weights' moving average the figures describe (0: the raw weights)."""
     state = f"stopped by {result.interrupted}" if result.interrupted else "finished"
@@ -95,7 +124,7 @@ def train_summary(result, next_commands: list[str], ema: float = 0.0) -> Text:
     e = result.final_eval
     if e:
         rows.append(("generator", f"validation bits/char {_num(e['val_bpc'])} · "
-                                  f"{_graded(result.mask_region)}-character accuracy {_pct(e['answer_acc'])} "
+                                  f"{_graded(result.mask_region)}-character accuracy {_pct(e['masked_acc'])} "
                                   "(t ~ U(0,1))"
                                   + (f" · values restored {_pct(e['value_acc'])} (one masked at a time)"
                                      if e.get("value_acc") is not None else "")))
@@ -108,9 +137,9 @@ def train_summary(result, next_commands: list[str], ema: float = 0.0) -> Text:
     text = Text()
     for key, value in rows:
         text.append(f"{key:>10}  ", style="bold").append(value + "\n")
-    if next_commands:
+    if result.next_commands:
         text.append("\nnext:\n", style="bold")
-        for c in next_commands:
+        for c in result.next_commands:
             text.append(f"  {c}\n")
     return text
 
@@ -408,9 +437,10 @@ def frame_view(ex, plain: bool, width: int = 80, interactive: bool = False) -> G
     """Everything one frame shows: header, heatmap, legend, statistics, and (interactive) the key help."""
     f = ex.current()
     st = ex.stats(f)
-    s = ex.settings
-    done = " (done)" if st.get("done") and f.step < s.steps else ""
-    header = Text(f"{st['label']} · step {f.step}/{s.steps}{done} · policy {s.policy} · randomness {s.randomness:g} · "
+    s, sampler = ex.settings, ex.settings.sampler
+    done = " (done)" if st.get("done") and f.step < sampler.steps else ""
+    header = Text(f"{st['label']} · step {f.step}/{sampler.steps}{done} · policy {sampler.policy} · "
+                  f"randomness {sampler.randomness:g} · "
                   f"colour: {s.colouring}" + (" · mode step" if s.mode == "step" else ""), style="bold")
     parts = [header, frame_heatmap(ex, f, plain, width), frame_legend(ex, plain), frame_stats_table(st)]
     if ex.message:
@@ -484,3 +514,47 @@ def stage_summary(result, out) -> Text:
         rows.append(("value head", stage_line(e) + " (higher value = more likely right)"))
     rows.append(("next", f"cdt calibrate --checkpoint {out} --score-source value-head"))
     return _key_values(rows)
+
+
+# what each command prints on stdout (plain lines stay whole: soft wrap, so paths and commands copy)
+
+
+def show_eval(console: Console, report) -> None:
+    """`cdt eval`: the table of settings, the paired comparisons, where the rows went."""
+    s = report.settings
+    if s.scaffold:
+        console.print(scaffold_table(report.rows, s.n, report.cut))
+        return
+    console.print(eval_table(report.rows, s.n, report.masking, s.mask_ratio, report.answer_tail,
+                             report.settings.sampler.blocks, report.cut))
+    if report.pairs:
+        console.print(paired_table(report.pairs, s.n))
+    if report.pairs_json:
+        console.print(paired_table(report.pairs_json, s.n, "JSON valid"))
+    if report.rows_file is not None:
+        console.print(f"per-row outcomes: {report.rows_file}", highlight=False, soft_wrap=True)
+
+
+def show_calibration(console: Console, result) -> None:
+    """`cdt calibrate`: the reliability table, the headline numbers, the files and the next command."""
+    console.print(reliability_table(result.tokens, f"critic reliability · {result.tokens.n:,} generated tokens"))
+    console.print(calibration_summary(result), soft_wrap=True, end="")
+    console.print(f"{'report':>11}  {result.report_path}" + (f"\n{'plot':>11}  {result.plot}" if result.plot else ""),
+                  soft_wrap=True, highlight=False)
+    console.print(f"\nnext:\n  cdt sweep-tau {result.scores_path} --recall-target 0.9", soft_wrap=True,
+                  highlight=False)
+
+
+def show_sweep(console: Console, report) -> None:
+    """`cdt sweep-tau`: the headline, the sweep, examples at the chosen τ, the report's path."""
+    console.print(sweep_summary(report.doc), soft_wrap=True, end="")
+    console.print(sweep_table(report.doc))
+    ex = examples_table(report.doc)
+    if ex is not None:
+        console.print(ex)
+    console.print(f"report: {report.path}", soft_wrap=True, highlight=False)
+
+
+def one_line(text: str) -> str:
+    """A generated row on one line of output: a newline it holds as \\n, a tab as \\t, a backslash as \\\\."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")

@@ -13,14 +13,42 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import average_precision_score
 
 from cdt.errors import UsageError
 from cdt.metrics import auroc
+from cdt.settings import DIRECTIONS, SweepSettings
 
-DIRECTIONS = ("ge", "le", "auto")
+TIE_BREAK = "highest precision with recall >= target; then highest recall; then the stricter τ"
+
+
+@dataclass
+class SweepReport:
+    doc: dict  # the report, as written
+    path: Path  # where it was written
+
+    def to_json(self) -> dict:
+        return self.doc | {"report_path": str(self.path)}
+
+
+def sweep_tau(source: str, cfg: SweepSettings) -> SweepReport:
+    """Read a scores file ('-' = stdin), sweep τ, write the report under `cfg.out_dir` (never over an
+    earlier one) and return it."""
+    from cdt.scores import read_scores, write_report
+
+    cfg.validate()
+    grid = cfg.chosen_grid
+    data = read_scores(source, cfg.score_key, cfg.label_key)
+    taus = candidate_taus(data.scores, grid, cfg.n_tau, cfg.q_lo, cfg.q_hi, cfg.tau_start, cfg.tau_stop, cfg.tau_step)
+    doc = analyze(data.scores, data.labels, direction=cfg.direction, recall_target=cfg.recall_target, taus=taus,
+                  ids=data.ids, texts=data.texts, examples=cfg.examples)
+    name = cfg.model or data.model or ("stdin" if source == "-" else Path(source).stem)
+    doc = {"source": data.source, "model": name, "score_key": cfg.score_key, "label_key": cfg.label_key,
+           "grid": grid, "tie_break": TIE_BREAK, **doc}
+    return SweepReport(doc, write_report(doc, cfg.out_dir, name, doc["n"]))
 
 
 @dataclass

@@ -12,36 +12,35 @@ alone writes files; other ranks only compute (torchrun support builds on this).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from cdt import checkpoint
-from cdt.artifacts import build_critic_artifacts, CriticArtifacts
+from cdt import checkpoint, distributed
 from cdt.config import RunConfig, TrainConfig, to_yaml
-from cdt.data import SEPARATOR, Batch, Corpus, load_corpus
-from cdt import distributed
-from cdt.device import autocast, pick_device
+from cdt.data import Batch, Corpus, load_corpus
+from cdt.device import pick_device
 from cdt.distributed import dist_info
 from cdt.ema import WeightAverage
 from cdt.errors import CdtError, UsageError
-from cdt.losses import critic_bce, diffusion_nelbo
+from cdt.grading import value_spans
+from cdt.losses import diffusion_nelbo
 from cdt.metrics import auroc
 from cdt.model import DiffusionLM
-from cdt.noise import Schedule, corrupt, get_schedule, sample_t
+from cdt.noise import get_schedule, sample_t
 from cdt.optim import make_optimizer, set_learning_rates, state_kind
 from cdt.rng import seed_for
+from cdt.rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MetricsLog, Reporter, StopRequest, write_text
+from cdt.step import TrainStep, diffusion_step
 from cdt.vocab import MASK_ID, PAD_ID
 
-METRICS_NAME, CONFIG_NAME = "metrics.jsonl", "config.yaml"
 VALUE_RECORDS = 64  # held-out records probed for value accuracy at each evaluation
+# what the next-commands text suggests: a request of the embedded corpus and the call that answers it
+EXAMPLE_PROMPT = "Set an alarm for 7:30 pm called gym"
+EXAMPLE_ANSWER = '{"name": "set_alarm", "arguments": {"time": "19:30", "label": "gym"}}'
 
 
 # helpers
@@ -60,69 +59,6 @@ def mask_region(cfg: RunConfig, corpus: Corpus) -> str:
     return "answer" if corpus.records else "all"
 
 
-# the shared two-pass step
-
-
-class TrainStep(torch.nn.Module):
-    """One training step's forward: generator pass, fill, critic pass and the weighted loss.
-
-    Both trunk passes run inside this one forward, so DistributedDataParallel sees one
-    forward per backward and syncs each parameter's summed gradient once."""
-
-    def __init__(self, model: DiffusionLM):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch, t, schedule, tc, region, gen, device, allow_null, alpha, critic=True):
-        out = diffusion_step(self.model, batch, t, schedule, tc, region, gen, device, allow_null, critic,
-                             tc.critic_rows)
-        loss = out.gen_loss if out.critic_loss is None else out.gen_loss + alpha * out.critic_loss
-        return loss, out
-
-
-
-@dataclass
-class StepOutput:
-    gen_loss: torch.Tensor
-    critic_loss: torch.Tensor | None
-    noisy: torch.Tensor  # (b, n)
-    masked: torch.Tensor  # (b, n) bool
-    maskable: torch.Tensor  # (b, n) bool
-    logits: torch.Tensor  # (b, n, v)
-    artifacts: CriticArtifacts | None  # of the rows the critic's pass took (all but with critic_rows)
-    critic_logits: torch.Tensor | None  # (rows, n)
-
-
-def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: Schedule, cfg: TrainConfig,
-                   region: str, generator: torch.Generator, device: torch.device,
-                   allow_null: bool = False, critic: bool = True, critic_rows: int = 0) -> StepOutput:
-    """Corrupt, generator pass, fill via build_critic_artifacts, critic pass. Used by training and eval.
-
-    critic_rows > 0: the fill and the critic's pass take only that many rows of the batch, evenly
-    spaced (training's `train.critic_rows`); the generator's loss still takes every row."""
-    clean = batch.ids.to(device, non_blocking=True)
-    maskable = batch.maskable.to(device, non_blocking=True) if region == "answer" else clean != PAD_ID
-    noisy, masked = corrupt(clean, maskable, t, schedule, generator)
-    with autocast(device):
-        logits = model.generator_logits(model(noisy), noisy)
-    if cfg.loss_weighting == "flat":  # every masked token counts the same, whatever its t
-        gen_loss = diffusion_nelbo(logits, clean, masked, torch.ones_like(t), masked.sum())
-    else:
-        gen_loss = diffusion_nelbo(logits, clean, masked, schedule.weight(t), maskable.sum())
-    if not model.has_critic or not critic:  # critic=False: the generator alone (critic weight 0)
-        return StepOutput(gen_loss, None, noisy, masked, maskable, logits, None, None)
-    c_noisy, c_logits, c_clean = noisy, logits.detach(), clean
-    if 0 < critic_rows < len(clean):  # every (b / critic_rows)-th row: the critic sees every stratum of t
-        rows = torch.arange(critic_rows, device=clean.device) * len(clean) // critic_rows
-        c_noisy, c_logits, c_clean = noisy[rows], c_logits[rows], clean[rows]
-    art = build_critic_artifacts(c_noisy, c_logits, c_clean, temperature=cfg.fill_temperature,
-                                 scope=cfg.critic_scope, allow_null=allow_null, generator=generator)
-    with autocast(device):
-        critic_logits = model.critic_logits(model(art.critic_input)).float()
-    return StepOutput(gen_loss, critic_bce(critic_logits, art.critic_target, art.critic_valid), noisy, masked,
-                      maskable, logits, art, critic_logits)
-
-
 # evaluation
 
 
@@ -130,13 +66,14 @@ def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: 
 def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.device) -> dict:
     """Validation figures, generator and critic kept apart (never mixed into one loss).
 
-    val_bpc: generator NELBO in bits per maskable character. answer_acc: greedy accuracy on
-    masked characters at t ~ U(0, 1). value_acc: see `value_accuracy`. critic_auroc: over every non-[PAD] maskable (answer)
-    position of the filled row; critic_auroc_masked: over the filled positions only (harder).
+    val_bpc: generator NELBO in bits per maskable character. masked_acc: greedy accuracy on masked
+    characters at t ~ U(0, 1) (answer characters on toolcalls, every character of a text file).
+    value_acc: see `value_accuracy`. critic_auroc: over every non-[PAD] maskable (answer) position
+    of the filled row; critic_auroc_masked: over the filled positions only (harder).
     """
     was_training = model.training
     model.eval()
-    schedule, region = get_schedule(cfg.train.schedule), mask_region(cfg, corpus)
+    schedule, region = get_schedule(cfg.train.noise_schedule), mask_region(cfg, corpus)
     gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, 7919))  # same masks at every evaluation
     nelbo, n_tok, correct, n_masked = 0.0, 0, 0, 0
     probs, wrong, probs_m, wrong_m = [], [], [], []
@@ -161,7 +98,7 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
         "value_acc": values,
         "val_nelbo": nelbo / max(n_tok, 1),
         "val_bpc": nelbo / max(n_tok, 1) / math.log(2),
-        "answer_acc": correct / max(n_masked, 1),
+        "masked_acc": correct / max(n_masked, 1),
         "masked_tokens": n_masked,
     }
     if probs:
@@ -175,25 +112,6 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
             "fill_error_rate": float(ym.mean()) if ym.size else None,
         })
     return result
-
-
-@torch.no_grad()
-def value_spans(record, vocab, scaffold: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
-    """A record's row (request + separator + answer) and the [start, end) of each argument value:
-    its JSON text in the plain layout, its whole slot ([NULL] padding included) in the scaffold layout."""
-    if scaffold:
-        from cdt.data import _scaffold_ids
-
-        ids, slots = _scaffold_ids(record, vocab)
-        starts = [i for i, s in enumerate(slots) if s and (i == 0 or not slots[i - 1])]
-        ends = [i + 1 for i, s in enumerate(slots) if s and (i + 1 == len(slots) or not slots[i + 1])]
-        return ids, list(zip(starts, ends))
-    spans = []
-    for key, value in record.arguments.items():
-        val = json.dumps(value, ensure_ascii=False)
-        start = len(record.prompt) + 1 + record.answer.index(f'"{key}": {val}') + len(f'"{key}": ')
-        spans.append((start, start + len(val)))
-    return vocab.encode(record.prompt + SEPARATOR + record.answer), spans
 
 
 def value_accuracy(model: DiffusionLM, records: list, vocab, device: torch.device, batch_size: int = 128,
@@ -230,65 +148,6 @@ def value_accuracy(model: DiffusionLM, records: list, vocab, device: torch.devic
 # the loop
 
 
-class MetricsLog:
-    """JSON lines in the run directory; on resume, lines past the checkpoint's step are dropped."""
-
-    def __init__(self, path: Path, keep_until: int | None):
-        self.path = path
-        if keep_until is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= keep_until]
-            checkpoint.atomic_write(path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in kept)))
-        elif path.exists():
-            path.unlink()
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-class Reporter:
-    """Progress callbacks; the default does nothing (the CLI passes a rich display)."""
-
-    def on_start(self, info: dict) -> None: ...
-
-    def on_log(self, record: dict) -> None: ...
-
-    def on_eval(self, record: dict) -> None: ...
-
-    def on_message(self, text: str) -> None:
-        print(f"warning: {text}", file=sys.stderr)  # shown even without a display
-
-    def on_end(self, result: "TrainResult") -> None: ...
-
-
-class StopRequest:
-    """Set by SIGINT/SIGTERM (or a test); the loop saves a checkpoint and returns."""
-
-    def __init__(self):
-        self.signal_name: str | None = None
-
-    def __call__(self, signum, frame):
-        if self.signal_name is not None:  # second signal: stop now
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_name is not None
-
-    def install(self) -> dict:
-        """Handle SIGINT and SIGTERM (main thread only); returns the handlers it replaced."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        return {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    @staticmethod
-    def restore(previous: dict) -> None:
-        """Give the caller back the handlers `install` replaced."""
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -303,6 +162,7 @@ class TrainResult:
     data: dict
     final_eval: dict = field(default_factory=dict)
     mask_region: str = "answer"  # what was masked and graded: "answer" (after the request) or "all" (whole rows)
+    next_commands: list[str] = field(default_factory=list)  # what to try with this run, as shell lines
 
 
 def _check_resume(ckpt: checkpoint.Checkpoint, cfg: RunConfig, corpus: Corpus) -> None:
@@ -327,7 +187,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     if cfg.train.grad_accum < 1:
         raise UsageError("train.grad_accum must be at least 1")
     device = distributed.setup(dist, pick_device(cfg.train.device))
-    ckpt_path = out / checkpoint.CHECKPOINT_NAME
+    ckpt_path = out / CHECKPOINT_NAME
     if not resume and ckpt_path.exists():
         raise CdtError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     ckpt = checkpoint.load(out) if resume else None  # raises when there is nothing to resume
@@ -338,9 +198,13 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
         _check_resume(ckpt, cfg, corpus)
 
     torch.manual_seed(cfg.train.seed)
-    model = DiffusionLM(cfg.model).to(device)
-    if model.words is not None:  # which characters make words (a resumed run loads the same from its state)
-        model.word_char.copy_(corpus.vocab.word_characters())
+    if ckpt is None:
+        model = DiffusionLM(cfg.model).to(device)
+        if model.words is not None:  # which characters make words (a resumed run loads them from its state)
+            model.word_char.copy_(corpus.vocab.word_characters())
+    else:
+        model = ckpt.build_model(device, raw=True)  # the weights training left, not their moving average
+    model.train()
     step_module = distributed.wrap(TrainStep(model), dist, device)  # both trunk passes in one (DDP) forward
     eager = step_module
     if cfg.train.compile:
@@ -348,7 +212,6 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     optimizer = make_optimizer(model, cfg.train)
     start = 0
     if ckpt is not None:
-        model.load_state_dict(ckpt.model_state if ckpt.train_model_state is None else ckpt.train_model_state)
         try:
             optimizer.load_state_dict(ckpt.optimizer_state)
         except (ValueError, KeyError) as e:  # parameter groups of another shape, e.g. an earlier cdt's split
@@ -358,7 +221,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
         if start >= cfg.train.max_iters:
             raise UsageError(f"{out} already reached step {start}; pass --max-iters above {start} to continue")
 
-    schedule, region = get_schedule(cfg.train.schedule), mask_region(cfg, corpus)
+    schedule, region = get_schedule(cfg.train.noise_schedule), mask_region(cfg, corpus)
     tc = cfg.train
     average = WeightAverage(model, tc.ema) if tc.ema > 0 else None
     if average is not None and ckpt is not None and ckpt.train_model_state is not None:
@@ -367,7 +230,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     log = None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write(out / CONFIG_NAME, lambda tmp: tmp.write_text(to_yaml(cfg)))
+        write_text(out / CONFIG_NAME, to_yaml(cfg))
         log = MetricsLog(out / METRICS_NAME, keep_until=start if resume else None)
     extra = {"data": corpus.info, "mask_region": region}
 
@@ -466,6 +329,18 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     result = TrainResult(run_dir=out, checkpoint=ckpt_path, step=step, max_iters=tc.max_iters, resumed_from=start,
                          interrupted=stop.signal_name, elapsed_s=elapsed, tokens_per_s=tokens / max(elapsed, 1e-9),
                          params=model.num_params(), data=corpus.info, final_eval=last_eval,
-                         mask_region=region)
+                         mask_region=region, next_commands=next_commands(out, cfg, tc.max_iters))
     reporter.on_end(result)
     return result
+
+
+def next_commands(out: Path, cfg: RunConfig, max_iters: int) -> list[str]:
+    """What to try with a finished run, as shell lines with a comment each."""
+    train_on = (f"cdt train --out {out} --resume --max-iters {max_iters * 2}   "
+                "# train on: the rate schedule is re-spread over the new total")
+    calibrate = f"cdt calibrate --checkpoint {out} --n-samples 200   # can the critic's P(wrong) be trusted?"
+    if cfg.data.source != "toolcalls":
+        return [f"cdt sample --checkpoint {out} --length 64", calibrate, train_on]
+    length = len(EXAMPLE_ANSWER) + cfg.data.answer_tail // 2  # a tail model takes a budget: [NULL] ends it
+    return [f"cdt eval --checkpoint {out} --n 128   # compare remasking policies on held-out answers", calibrate,
+            f"cdt sample --checkpoint {out} --prompt {EXAMPLE_PROMPT!r} --length {length} --policy critic", train_on]

@@ -1,7 +1,7 @@
-"""`cdt train --stage critic`: train the sequence-level value head on (right, wrong) pairs.
+"""`cdt train --stage value`: train the sequence-level value head on (right, wrong) pairs.
 
     cdt calibrate --checkpoint RUN --samples-per-prompt 4 --mask span --mask-ratio 0.1 --out samples.jsonl
-    cdt train --stage critic --preset critic_pairwise --samples samples.jsonl --init RUN --out RUN-value
+    cdt train --stage value --preset value_pairwise --samples samples.jsonl --init RUN --out RUN-value
 
 The head reads the trunk's mean state over a sample's generated region. Pairwise loss
 −log σ(v_right − v_wrong) on answers to the same prompt; pointwise BCE as the baseline.
@@ -26,9 +26,9 @@ from cdt.errors import CdtError, UsageError
 from cdt.losses import pairwise_loss, pointwise_loss
 from cdt.metrics import pairwise_accuracy
 from cdt.model import DiffusionLM
-from cdt.pairs import Sample, build_pairs, load_samples, mixed_groups, split_groups
 from cdt.rng import seed_for
-from cdt.train import MetricsLog, StopRequest
+from cdt.rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MetricsLog, StopRequest, write_text
+from cdt.value_pairs import Sample, build_pairs, load_samples, mixed_groups, split_groups
 from cdt.vocab import PAD_ID
 
 
@@ -64,24 +64,13 @@ def encode(samples: list[Sample], vocab, block_size: int) -> tuple[torch.Tensor,
     return ids, region
 
 
-def build_model(init: checkpoint.Checkpoint, dropout: float) -> tuple[DiffusionLM, RunConfig]:
-    """The initial checkpoint's model with a value head (kept if it already has one)."""
-    cfg = copy.deepcopy(init.config)
-    cfg.model.value_head, cfg.model.value_dropout = True, dropout
-    model = DiffusionLM(cfg.model)
-    missing, unexpected = model.load_state_dict(init.model_state, strict=False)
-    if unexpected or any(not k.startswith("value_head.") for k in missing):
-        raise CdtError(f"{init.path} does not match its own architecture (missing {missing}, unexpected {unexpected})")
-    return model, cfg
-
-
 def train_value_stage(cfg: RunConfig, out: Path, on_eval=None, on_step=None) -> StageResult:
-    st = cfg.critic_stage
+    st = cfg.value_stage
     if not st.samples or not st.init:
-        raise UsageError("--stage critic needs --samples FILE (from cdt calibrate) and --init CHECKPOINT")
+        raise UsageError("--stage value needs --samples FILE (from cdt calibrate) and --init CHECKPOINT")
     t0 = time.perf_counter()
     init = checkpoint.load(st.init)
-    if (out / checkpoint.CHECKPOINT_NAME).exists():
+    if (out / CHECKPOINT_NAME).exists():
         raise CdtError(f"{out} already holds a checkpoint; the critic stage writes a new run: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     samples = load_samples(Path(st.samples))
@@ -97,10 +86,11 @@ def train_value_stage(cfg: RunConfig, out: Path, on_eval=None, on_step=None) -> 
         raise CdtError(f"no training prompt in {st.samples} has both a right and a wrong answer; draw more per "
                        "prompt (--samples-per-prompt) or shorter regions (--mask span --mask-ratio 0.1)")
     device = pick_device(cfg.train.device)
+    run_cfg = copy.deepcopy(init.config)  # the initial model with a value head (kept if it already has one)
+    run_cfg.model.value_head, run_cfg.model.value_dropout = True, cfg.model.value_dropout
+    run_cfg.value_stage = st
     torch.manual_seed(st.seed)  # the head's initial weights and its dropout draws follow the stage's seed
-    model, run_cfg = build_model(init, cfg.model.value_dropout)
-    run_cfg.critic_stage = st
-    model.to(device)
+    model = init.build_model(device, architecture=run_cfg.model)
     ids, region = encode(samples, init.vocab, run_cfg.model.block_size)
     labels = torch.tensor([s.label for s in samples])
     trunk = [p for n, p in model.named_parameters() if not n.startswith("value_head.")]
@@ -112,7 +102,7 @@ def train_value_stage(cfg: RunConfig, out: Path, on_eval=None, on_step=None) -> 
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     pooled = _pooled(model, ids, region, device) if st.freeze_trunk else None
     train_idx = torch.tensor([i for i, s in enumerate(samples) if s.group in train_g])
-    log = MetricsLog(out / "metrics.jsonl", keep_until=None)
+    log = MetricsLog(out / METRICS_NAME, keep_until=None)
     final, step = {}, 0
     stop = StopRequest()  # Ctrl-C or SIGTERM: evaluate and save the head as it is, then return
     previous = stop.install()
@@ -144,11 +134,11 @@ def train_value_stage(cfg: RunConfig, out: Path, on_eval=None, on_step=None) -> 
                 break
     finally:
         stop.restore(previous)
-    path = checkpoint.save(out / checkpoint.CHECKPOINT_NAME, model=model, config=run_cfg, vocab=init.vocab,
+    path = checkpoint.save(out / CHECKPOINT_NAME, model=model, config=run_cfg, vocab=init.vocab,
                            step=init.step, extra={**init.extra, "value_stage": {"data": data, "eval": final,
                                                                                "settings": asdict(st),
                                                                                "steps": step}})
-    (out / "config.yaml").write_text(to_yaml(run_cfg), encoding="utf-8")
+    write_text(out / CONFIG_NAME, to_yaml(run_cfg))
     return StageResult(str(path), step, st.loss, st.freeze_trunk, data, final, time.perf_counter() - t0,
                        st.max_iters, stop.signal_name)
 

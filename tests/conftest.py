@@ -1,20 +1,14 @@
+"""Fixtures the test modules share: a tiny model and one tiny trained run (helpers.py has the functions)."""
+
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from cdt.config import resolve
+from tests.helpers import tiny_config
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
-def tiny_config(**train):
-    """The tiny preset on the CPU, with optional train.* overrides.
-
-    The suite pins the CPU (fp32) where `auto` would take a GPU: its exact comparisons (resume, batch
-    independence, re-validation) hold in fp32, not under CUDA's bf16 autocast. The CUDA test asks for it."""
-    return resolve("tiny", overrides=[{"train": {"device": "cpu", **train}}])
 
 
 @pytest.fixture(scope="module")

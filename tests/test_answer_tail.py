@@ -5,18 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from cdt.cli import app
 from cdt.data import SEPARATOR, load_corpus
 from cdt.data.toolcalls import generate as generate_records
 from cdt.errors import CdtError
 from cdt.sampling.heldout import HeldOut
 from cdt.vocab import MASK_ID, NULL_ID, PAD_ID
-from tests.conftest import tiny_config
-from tests.test_cli import assert_one_line_error
 
-runner = CliRunner()
+from tests.helpers import assert_one_line_error, cli, tiny_config
 
 
 def rows_and_tails(corpus, records, rows):
@@ -113,8 +109,8 @@ def test_a_tail_model_samples_null_and_prints_only_text(tail_run, monkeypatch):
         return gen
 
     monkeypatch.setattr(run_module, "generate", spy)
-    result = runner.invoke(app, ["sample", "--checkpoint", str(tail_run), "--prompt", "Weather in Oslo today",
-                                 "--length", "60", "--n", "4", "--steps", "6", "--seed", "3", "--json"])
+    result = cli("sample", "--checkpoint", str(tail_run), "--prompt", "Weather in Oslo today",
+                                 "--length", "60", "--n", "4", "--steps", "6", "--seed", "3", "--json")
     assert result.exit_code == 0, result.stderr
     assert seen["allow_null"] is True
     assert seen["nulls"] > 0  # this seed's draws hold some [NULL]: they are dropped from the text
@@ -124,23 +120,23 @@ def test_a_tail_model_samples_null_and_prints_only_text(tail_run, monkeypatch):
     for s in doc["samples"]:
         assert len(s["critic_probs"]) == len(s["text"])  # one probability per printed character
     # the trajectory shows where the answer ended: [NULL] as ∅, one per [NULL] in the final rows
-    shown = runner.invoke(app, ["sample", "--checkpoint", str(tail_run), "--prompt", "Weather in Oslo today",
-                                "--length", "60", "--n", "4", "--steps", "6", "--seed", "3", "--show-steps"])
+    shown = cli("sample", "--checkpoint", str(tail_run), "--prompt", "Weather in Oslo today",
+                                "--length", "60", "--n", "4", "--steps", "6", "--seed", "3", "--show-steps")
     assert shown.exit_code == 0, shown.stderr
     finals = [ln for ln in shown.stderr.splitlines() if ln.strip().startswith("step   6")]
     assert len(finals) == 4 and sum(ln.count("∅") for ln in finals) == seen["nulls"]
 
 
 def test_eval_grades_a_tail_model(tail_run):
-    result = runner.invoke(app, ["eval", "--checkpoint", str(tail_run), "--n", "8", "--steps", "4",
-                                 "--policies", "confidence", "--json"])
+    result = cli("eval", "--checkpoint", str(tail_run), "--n", "8", "--steps", "4",
+                                 "--policies", "confidence", "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["answer_tail"] == 16  # scripts can tell the task from the plain one
     row = doc["rows"][0]
     assert 0.0 <= row["exact"] <= 1.0 and row["json_valid"] is not None
-    table = runner.invoke(app, ["eval", "--checkpoint", str(tail_run), "--n", "8", "--steps", "4",
-                                "--policies", "confidence"])
+    table = cli("eval", "--checkpoint", str(tail_run), "--n", "8", "--steps", "4",
+                                "--policies", "confidence")
     assert "8 held-out answers (each + 0-16 [NULL]) infilled" in table.stdout
 
 
@@ -152,7 +148,7 @@ def test_the_cli_refuses_a_tail_it_cannot_build_as_a_usage_error(tmp_path, args,
     text = tmp_path / "t.txt"
     text.write_text("some text to train on, long enough to split. " * 20)
     args = [str(text) if a == "TEXT" else a for a in args]
-    result = runner.invoke(app, ["train", "--preset", "tiny", *args, "--out", str(tmp_path / "r")])
+    result = cli("train", "--preset", "tiny", *args, "--out", str(tmp_path / "r"))
     assert_one_line_error(result, 2, message)
     assert not (tmp_path / "r").exists()
 
@@ -160,16 +156,17 @@ def test_the_cli_refuses_a_tail_it_cannot_build_as_a_usage_error(tmp_path, args,
 def test_training_fills_the_tail_with_null_allowed(tmp_path, monkeypatch):
     """The critic judges [NULL] fills on tail positions; were [NULL] not allowed, every tail fill
     would be wrong by construction and the critic would learn nothing about where answers end."""
+    import cdt.step as step_module
     import cdt.train as train_module
 
     seen = []
-    real = train_module.build_critic_artifacts
+    real = step_module.build_critic_artifacts
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("allow_null"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "build_critic_artifacts", spy)
+    monkeypatch.setattr(step_module, "build_critic_artifacts", spy)
     cfg = tiny_config(max_iters=2, eval_interval=2)
     cfg.data.answer_tail = 8
     train_module.train(cfg, tmp_path / "run")
@@ -181,8 +178,8 @@ def test_training_fills_the_tail_with_null_allowed(tmp_path, monkeypatch):
 
 
 def test_explore_explains_null_only_for_models_that_write_it(tail_run, tiny_run):
-    tail = runner.invoke(app, ["explore", "--checkpoint", str(tail_run), "--steps", "3", "--final-only"])
+    tail = cli("explore", "--checkpoint", str(tail_run), "--steps", "3", "--final-only")
     assert tail.exit_code == 0, tail.stderr
     assert "∅ = [NULL]" in tail.stdout  # the legend names the glyph the tail rows use
-    plain = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "3", "--final-only"])
+    plain = cli("explore", "--checkpoint", str(tiny_run), "--steps", "3", "--final-only")
     assert plain.exit_code == 0 and "░ = [MASK]" in plain.stdout and "[NULL]" not in plain.stdout

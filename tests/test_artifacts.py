@@ -9,6 +9,8 @@ import torch
 from cdt.artifacts import build_critic_artifacts
 from cdt.vocab import MASK_ID, NULL_ID, PAD_ID
 
+from tests.helpers import tiny_config
+
 V = 8  # ids 0..2 specials, 3..7 characters
 A, B, C, D, E = 3, 4, 5, 6, 7
 M, P = MASK_ID, PAD_ID
@@ -90,21 +92,20 @@ def test_defined_exactly_once_in_the_package():
 
 def test_training_step_goes_through_the_builder(monkeypatch):
     """The training/eval step must call the shared builder, not a copy."""
-    import cdt.train as train_mod
-    from tests.conftest import tiny_config
+    import cdt.step as step_mod
     from cdt.data import load_corpus
     from cdt.model import DiffusionLM
     from cdt.noise import get_schedule
 
     calls = []
-    real = train_mod.build_critic_artifacts
-    monkeypatch.setattr(train_mod, "build_critic_artifacts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = step_mod.build_critic_artifacts
+    monkeypatch.setattr(step_mod, "build_critic_artifacts", lambda *a, **k: calls.append(1) or real(*a, **k))
     cfg = tiny_config()
     corpus = load_corpus("toolcalls", cfg.model.block_size, 300)
     cfg.model.vocab_size = len(corpus.vocab)
     g = torch.Generator().manual_seed(0)
     batch = corpus.batch(0, 4, 0)
-    out = train_mod.diffusion_step(DiffusionLM(cfg.model), batch, torch.full((4,), 0.5), get_schedule("loglinear"),
-                                   cfg.train, "answer", g, torch.device("cpu"))
+    out = step_mod.diffusion_step(DiffusionLM(cfg.model), batch, torch.full((4,), 0.5), get_schedule("loglinear"),
+                                  cfg.train, "answer", g, torch.device("cpu"))
     assert calls == [1] and out.critic_loss is not None
     assert torch.equal(out.artifacts.critic_valid, out.masked)

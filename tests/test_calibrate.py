@@ -1,22 +1,26 @@
 """`cdt calibrate` as a library: the shared sampler and artifact builder, scores, map, fits."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from cdt import calibration_map
-from cdt.calibrate import CalibrateSettings, calibrate, sample_scores
+from cdt.calibrate import calibrate, sample_scores
 from cdt.checkpoint import load
 from cdt.errors import CdtError, UsageError
 from cdt.rng import seed_for
 from cdt.sampling.heldout import load_heldout
-from cdt.sampling.loop import SampleConfig, generate
+from cdt.sampling.loop import generate
+from cdt.settings import CalibrateSettings, SampleConfig, from_flags
+
+from tests.helpers import dead_pid, left_behind
 
 
 def run(tiny_run, tmp_path, **kw):
-    cfg = CalibrateSettings(**{"n_samples": 12, "steps": 3, "batch_size": 5, "device": "cpu", **kw})
+    cfg = from_flags(CalibrateSettings, **{"n_samples": 12, "steps": 3, "batch_size": 5, "device": "cpu", **kw})
     path = tmp_path / "scores.jsonl"
     result = calibrate(load(tiny_run), cfg, path, tmp_path)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
@@ -70,32 +74,36 @@ def test_step_mode_scores_only_the_filled_positions(tiny_run, tmp_path):
     assert result.tokens.n == sum(r["tokens"] for r in lines)
     cmap = calibration_map.load(tmp_path)  # one training-style step: no sampler to compare a run with
     assert cmap.info["mode"] == "step" and cmap.info["sampler"] is None
-    greedy = calibration_map.sampler_info(SampleConfig(temperature=0.0))
-    assert calibration_map.for_policy(tmp_path, "critic-calibrated", greedy)[1] is None
+    greedy = SampleConfig(steps=3, temperature=0.0, policy="critic-calibrated")
+    assert calibration_map.for_sampler(tmp_path, greedy)[1] is None
 
 
 def test_map_is_written_and_used_by_critic_calibrated(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes((tiny_run / "checkpoint.pt").read_bytes())
-    cmap, warning = calibration_map.for_policy(run_dir, "critic-calibrated")
+    calibrated = SampleConfig(steps=2, policy="critic-calibrated")
+    cmap, warning = calibration_map.for_sampler(run_dir, calibrated)
     assert cmap is None and "run cdt calibrate first" in warning
-    result = calibrate(load(run_dir), CalibrateSettings(n_samples=8, steps=2), run_dir / "s.jsonl", run_dir)
-    cmap, warning = calibration_map.for_policy(run_dir, "critic-calibrated")
+    result = calibrate(load(run_dir), from_flags(CalibrateSettings, n_samples=8, steps=2), run_dir / "s.jsonl", run_dir)
+    cmap, warning = calibration_map.for_sampler(run_dir, calibrated)
     assert warning is None and cmap.kind == "buckets" and result.map_path == str(run_dir / "calibration.json")
-    assert cmap.info["sampler"] == {"steps": 2, "temperature": 1.0, "spread": False, "schedule": "linear"}
+    # every sampler setting but the policy (the map's user has its own) and the seed (it only draws)
+    assert cmap.info["sampler"] == {k: v for k, v in SampleConfig(steps=2).to_dict().items() if k not in ("policy", "seed")}
     assert cmap.info["masking"] == "answer" and cmap.info["policy"] == "critic"
-    same = SampleConfig(steps=2, policy="critic-calibrated")
-    assert calibration_map.for_policy(run_dir, "critic-calibrated", calibration_map.sampler_info(same))[1] is None
-    other = SampleConfig(steps=2, temperature=0.0, schedule="power:4")
-    _, warning = calibration_map.for_policy(run_dir, "critic-calibrated", calibration_map.sampler_info(other))
-    assert "temperature 1.0 (now 0.0), schedule 'linear' (now 'power:4')" in warning and "steps" not in warning
-    eight = calibration_map.sampler_info(SampleConfig(steps=8), with_steps=False)  # eval: several step counts
-    assert "steps" not in eight and calibration_map.for_policy(run_dir, "critic-calibrated", eight)[1] is None
-    assert calibration_map.for_policy(run_dir, "critic", calibration_map.sampler_info(other)) == (None, None)
-    for info in ({}, {"sampler": "linear"}, {"sampler": None}):  # maps of older versions, or edited by hand
+    other = SampleConfig(steps=2, temperature=0.0, schedule="power:4", policy="critic-calibrated", seed=9)
+    _, warning = calibration_map.for_sampler(run_dir, other)
+    assert "temperature 1.0 (now 0.0)" in warning and "schedule 'linear' (now 'power:4')" in warning
+    assert "steps" not in warning and "seed" not in warning
+    eight = SampleConfig(steps=8, policy="critic-calibrated")  # eval: several step counts, compared without them
+    assert calibration_map.for_sampler(run_dir, eight)[1] is not None
+    assert calibration_map.for_sampler(run_dir, eight, with_steps=False)[1] is None
+    assert calibration_map.for_sampler(run_dir, SampleConfig(steps=2, policy="critic")) == (None, None)
+    older = {"sampler": {"steps": 2, "temperature": 1.0, "spread": False, "schedule": "linear"}}  # before 0.1.0
+    for info in ({}, {"sampler": "linear"}, {"sampler": None}, older):  # maps of older versions, or edited by hand
         calibration_map.save(run_dir, calibration_map.CalibrationMap("buckets", [0.0, 1.0], [0.0, 1.0], info=info))
-        assert calibration_map.for_policy(run_dir, "critic-calibrated", calibration_map.sampler_info(other))[1] is None
+        assert calibration_map.for_sampler(run_dir, replace(calibrated, commit="lock"))[1] is None
+        assert calibration_map.load(run_dir).info == info
     filled = [b for b in result.tokens.buckets if b.count]
     assert cmap(np.array([filled[0].mean_prob]))[0] == pytest.approx(filled[0].error_rate)
 
@@ -154,7 +162,7 @@ def test_sample_scores_depend_on_the_values_alone():
                                           ({"samples_per_prompt": 0}, "--samples-per-prompt")])
 def test_bad_settings(kw, fragment):
     with pytest.raises(UsageError, match=fragment):
-        CalibrateSettings(**kw).validate()
+        from_flags(CalibrateSettings, **kw).validate()
 
 
 def test_interrupted_run_keeps_what_it_scored(tiny_run, tmp_path, monkeypatch):
@@ -165,7 +173,7 @@ def test_interrupted_run_keeps_what_it_scored(tiny_run, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with pytest.raises(CdtError, match="4 samples scored so far"):
-        calibrate(load(tiny_run), CalibrateSettings(n_samples=10, steps=2, batch_size=4), tmp_path / "s.jsonl", tmp_path,
+        calibrate(load(tiny_run), from_flags(CalibrateSettings, n_samples=10, steps=2, batch_size=4), tmp_path / "s.jsonl", tmp_path,
                   on_samples=stop_after_first)
     assert not (tmp_path / "s.jsonl").exists()
     partial = (tmp_path / "s.jsonl.partial").read_text().splitlines()
@@ -174,16 +182,16 @@ def test_interrupted_run_keeps_what_it_scored(tiny_run, tmp_path, monkeypatch):
     def stop_at_once(*a, **k):
         raise KeyboardInterrupt
 
-    import cdt.calibrate
+    import cdt.sampling.infill
 
-    monkeypatch.setattr(cdt.calibrate, "generate", stop_at_once)
+    monkeypatch.setattr(cdt.sampling.infill, "generate", stop_at_once)
     with pytest.raises(CdtError, match="interrupted before the first sample was scored"):
-        calibrate(load(tiny_run), CalibrateSettings(n_samples=10, steps=2, batch_size=4), tmp_path / "s.jsonl",
+        calibrate(load(tiny_run), from_flags(CalibrateSettings, n_samples=10, steps=2, batch_size=4), tmp_path / "s.jsonl",
                   tmp_path)
     monkeypatch.undo()  # the rerun stopped before its first sample left the earlier partial file as it was
     assert (tmp_path / "s.jsonl.partial").read_text().splitlines() == partial
     assert sorted(p.name for p in tmp_path.iterdir() if "jsonl" in p.name) == ["s.jsonl.partial"]  # no .writing
-    calibrate(load(tiny_run), CalibrateSettings(n_samples=6, steps=2, batch_size=4), tmp_path / "s.jsonl", tmp_path)
+    calibrate(load(tiny_run), from_flags(CalibrateSettings, n_samples=6, steps=2, batch_size=4), tmp_path / "s.jsonl", tmp_path)
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 6  # a complete rerun writes the file itself
 
 
@@ -205,34 +213,16 @@ def test_score_writer_keeps_an_earlier_partial_until_it_has_lines_of_its_own(tmp
     assert [p.name for p in tmp_path.iterdir()] == ["s.jsonl.partial"]
 
 
-def _dead_pid() -> int:
-    import subprocess
-
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-def _left(path, pid: int, text: str, age: float):
-    import os
-    import time
-
-    f = path.with_name(f"{path.name}.{pid}.writing")
-    f.write_text(text)
-    os.utime(f, (time.time() - age,) * 2)
-    return f
-
-
 def test_what_a_hard_kill_left_becomes_the_partial_file(tmp_path):
     import os
 
     from cdt.scores import ScoreWriter, recover_stale
 
     path = tmp_path / "s.jsonl"
-    dead = _dead_pid()
-    left = _left(path, dead, '{"id": "0-0"}\n{"id": "1-0"}\n{"id": "2', age=300)  # cut mid-line by the kill
-    alive = _left(path, os.getppid(), '{"id": "x"}\n', age=300)  # its process still runs
-    fresh = _left(path, _dead_pid(), '{"id": "y"}\n', age=0)  # changed a moment ago: maybe another host's
+    dead = dead_pid()
+    left = left_behind(path, dead, '{"id": "0-0"}\n{"id": "1-0"}\n{"id": "2', age=300)  # cut mid-line by the kill
+    alive = left_behind(path, os.getppid(), '{"id": "x"}\n', age=300)  # its process still runs
+    fresh = left_behind(path, dead_pid(), '{"id": "y"}\n', age=0)  # changed a moment ago: maybe another host's
     writer = ScoreWriter(path)
     assert writer.recovered == (f"a run that was killed (process {dead}) left 2 lines in {left.name}; "
                                 f"they are kept in {path}.partial")
@@ -243,15 +233,15 @@ def test_what_a_hard_kill_left_becomes_the_partial_file(tmp_path):
     assert recover_stale(path) is None  # nothing left to tidy
 
     # an older leftover than the partial a later Ctrl-C kept is removed; one with no whole line silently
-    older = _left(path, _dead_pid(), '{"id": "old"}\n', age=3600)
-    cut = _left(path, _dead_pid(), '{"id": "old"}\n{"id": "cu', age=3600)  # cutting it must not make it newer
+    older = left_behind(path, dead_pid(), '{"id": "old"}\n', age=3600)
+    cut = left_behind(path, dead_pid(), '{"id": "old"}\n{"id": "cu', age=3600)  # cutting it must not make it newer
     assert "removed 2 unfinished file(s)" in recover_stale(path) and not older.exists() and not cut.exists()
     assert (tmp_path / "s.jsonl.partial").read_text() == '{"id": "0-0"}\n{"id": "1-0"}\n'
     os.utime(tmp_path / "s.jsonl.partial", (0, 0))  # now the partial is the older one
-    empty = _left(path, _dead_pid(), '{"id": "cut', age=300)
-    newer = _left(path, _dead_pid(), '{"id": "new"}\n', age=120)
+    empty = left_behind(path, dead_pid(), '{"id": "cut', age=300)
+    newer = left_behind(path, dead_pid(), '{"id": "new"}\n', age=120)
     assert "left 1 line in" in recover_stale(path) and not empty.exists() and not newer.exists()
     assert (tmp_path / "s.jsonl.partial").read_text() == '{"id": "new"}\n'
-    nothing = _left(path, _dead_pid(), "", age=300)
+    nothing = left_behind(path, dead_pid(), "", age=300)
     os.unlink(tmp_path / "s.jsonl.partial")
     assert recover_stale(path) is None and not nothing.exists() and not (tmp_path / "s.jsonl.partial").exists()

@@ -1,28 +1,12 @@
 """The real command line, through CliRunner and once as a subprocess."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from typer.testing import CliRunner
 
-from cdt.cli import app
+from tests.helpers import NotWeights, assert_one_line_error, cdt_process, cli, same_state
 
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, list(args))
-
-
-def assert_one_line_error(result, code, *fragments):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.stderr and result.stdout == ""
-    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    for f in fragments:
-        assert f in lines[0]
+run = cli
 
 
 def test_train_json_prints_one_document(tmp_path):
@@ -93,7 +77,6 @@ def test_resume_keeps_the_runs_own_settings(tmp_path):
     (the command `cdt train` prints as its last hint). Before, it fell back to the defaults and
     refused the run's architecture, or, for a setting outside the architecture, trained on with
     another value without a word."""
-    from tests.test_train import same_state
 
     flags = ["--preset", "tiny", "--set", "model.copy=true", "--set", "train.lr=0.005", "--eval-interval", "100"]
     full, part = tmp_path / "full", tmp_path / "part"
@@ -124,7 +107,6 @@ def test_resume_with_broken_checkpoints(tmp_path, tiny_run):
     (run_dir / "checkpoint.pt").write_bytes(good[: len(good) // 3])
     assert_one_line_error(run("train", "--preset", "tiny", "--out", str(run_dir), "--resume"), 1, "truncated or corrupt")
     import torch
-    from tests.test_checkpoint import NotWeights
     torch.save({"format": "cdt-checkpoint", "x": NotWeights()}, run_dir / "checkpoint.pt")
     assert_one_line_error(run("train", "--preset", "tiny", "--out", str(run_dir), "--resume"), 1, "pickled Python objects")
     assert_one_line_error(run("train", "--preset", "tiny", "--out", str(tiny_run)), 1, "already holds a run")
@@ -158,8 +140,7 @@ def test_help_never_shows_a_flag_as_taking_a_value():
 
 
 def test_python_dash_m_as_a_subprocess(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cdt", "train", "--preset", "tiny", "--max-iters", "5",
-                           "--out", str(tmp_path / "r"), "--json"], capture_output=True, text=True, timeout=300)
+    proc = cdt_process("train", "--preset", "tiny", "--max-iters", 5, "--out", tmp_path / "r", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["step"] == 5
     assert proc.stderr == ""  # quiet in a pipe: no progress bar, no warnings
@@ -168,12 +149,10 @@ def test_python_dash_m_as_a_subprocess(tmp_path):
 def test_a_plain_pickle_is_refused_in_one_line_by_the_real_process(tmp_path):
     """Python's own pickle (protocol 4+) makes torch warn before our refusal; the user sees one line."""
     import pickle
-    from tests.test_checkpoint import NotWeights
 
     path = tmp_path / "model.pt"
     path.write_bytes(pickle.dumps(NotWeights(), protocol=4))
-    proc = subprocess.run([sys.executable, "-m", "cdt", "sample", "--checkpoint", str(path), "--prompt", "hi"],
-                          capture_output=True, text=True, timeout=120)
+    proc = cdt_process("sample", "--checkpoint", path, "--prompt", "hi")
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [f"error: refusing to load {path}: it holds pickled Python objects, "
                                                 "not plain weights"]
@@ -183,3 +162,46 @@ def test_an_out_of_range_setting_stops_train_before_anything_is_written(tmp_path
     result = run("train", "--preset", "tiny", "--set", "train.batch_size=0", "--out", str(tmp_path / "r"))
     assert_one_line_error(result, 2, "train.batch_size must be at least 1, got 0")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["explore", "--mode", "step", "--prompt", "hi"], "--mode step needs a held-out row"),
+    (["explore", "--interactive", "--no-interactive"], "at most one of --interactive"),
+    (["sample", "--prompt", "hi", "--prompts-file", "-"], "--prompt or --prompts-file, not both"),
+    (["sample", "--schema", "get_weather", "--schema-file", "s.json"], "exactly one of --schema"),
+    (["sample", "--blocks", "5", "--steps", "4"], "--blocks must be between 1 and --steps (4)"),
+    (["sample", "--seed", "-1"], "--seed must be at least 0"),
+    (["eval", "--rows", "r.jsonl", "--scaffold"], "--rows is not available with --scaffold"),
+    (["eval", "--scaffold", "--mask", "span"], "cannot be combined with --mask random/span"),
+    (["eval", "--steps", "8,x"], "--steps expects a comma-separated list"),
+    (["calibrate", "--binning", "log"], "unknown binning 'log'"),
+    (["calibrate", "--policy", "oracle"], "unknown policy 'oracle'"),
+    (["calibrate", "--threshold", "1.5"], "--threshold must be between 0 and 1"),
+])
+def test_a_bad_flag_is_refused_before_the_checkpoint_is_even_read(args, fragment):
+    """The checkpoint does not exist: a usage error that needed it would say so instead."""
+    assert_one_line_error(run(*args, "--checkpoint", "no/such/run"), 2, fragment)
+
+
+def test_every_sampling_command_takes_the_same_sampler_flags():
+    """One SampleConfig: its fields are flags of sample, eval (but the lists it compares), calibrate and explore."""
+    from dataclasses import fields
+
+    import typer
+
+    from cdt.cli import app
+    from cdt.settings import SampleConfig
+
+    commands = typer.main.get_command(app).commands
+    sampler = {"--" + f.name.replace("_", "-") for f in fields(SampleConfig)}
+    for name in ("sample", "calibrate", "explore", "eval"):
+        flags = {o for p in commands[name].params for o in p.opts}
+        assert sampler - {"--policy", "--steps"} <= flags, name
+        assert ({"--policy"} <= flags) == (name != "eval"), name  # eval: --policies, and --steps as a list
+
+
+def test_eval_refuses_a_rows_file_that_exists_before_reading_the_checkpoint(tmp_path):
+    (tmp_path / "rows.jsonl").write_text("earlier\n")
+    assert_one_line_error(run("eval", "--checkpoint", "no/such/run", "--rows", tmp_path / "rows.jsonl"), 2,
+                          "exists; --rows writes a new file")
+    assert (tmp_path / "rows.jsonl").read_text() == "earlier\n"

@@ -9,16 +9,10 @@ import sys
 import time
 
 import pytest
-from typer.testing import CliRunner
 
-from cdt.cli import app
-from tests.test_cli import assert_one_line_error
+from tests.helpers import assert_one_line_error, cdt_process, cli
 
-runner = CliRunner()
-
-
-def run(*args, **kw):
-    return runner.invoke(app, [str(a) for a in args], **kw)
+run = cli
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +57,7 @@ def test_calibrate_table_and_next_command(tiny_run, tmp_path):
 
 
 def test_calibrate_spread_reaches_the_generations(tiny_run, tmp_path, monkeypatch):
-    import cdt.calibrate
+    import cdt.sampling.infill
     import cdt.sampling.loop
 
     seen = []
@@ -72,7 +66,7 @@ def test_calibrate_spread_reaches_the_generations(tiny_run, tmp_path, monkeypatc
         seen.append(cfg.spread)
         return cdt.sampling.loop.generate(model, ids, protected, cfg, **kw)
 
-    monkeypatch.setattr(cdt.calibrate, "generate", spy)
+    monkeypatch.setattr(cdt.sampling.infill, "generate", spy)
     result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--steps", 3, "--spread",
                  "--out", tmp_path / "s.jsonl", "--json")
     assert result.exit_code == 0, result.stderr
@@ -80,7 +74,7 @@ def test_calibrate_spread_reaches_the_generations(tiny_run, tmp_path, monkeypatc
 
 
 def test_calibrate_schedule_reaches_the_generations(tiny_run, tmp_path, monkeypatch):
-    import cdt.calibrate
+    import cdt.sampling.infill
     import cdt.sampling.loop
 
     seen = []
@@ -90,7 +84,7 @@ def test_calibrate_schedule_reaches_the_generations(tiny_run, tmp_path, monkeypa
         seen.append((cfg.schedule, gen.passes["generator"]))
         return gen
 
-    monkeypatch.setattr(cdt.calibrate, "generate", spy)
+    monkeypatch.setattr(cdt.sampling.infill, "generate", spy)
     for schedule in ("linear", "power:4"):
         result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--steps", 8, "--schedule", schedule,
                      "--out", tmp_path / f"{schedule}.jsonl", "--json")
@@ -157,12 +151,13 @@ def test_calibrated_policy_warns_when_the_map_came_from_another_sampler(tmp_path
     assert scaffolded.exit_code == 0, scaffolded.stderr
     assert scaffolded.stderr.replace("\n", " ").count("another sampler: steps 2 (now 3)") == 1
     from cdt import checkpoint, scaffold
-    from cdt.sampling.loop import SampleConfig
-    from cdt.sampling.run import sample_schema
+    from cdt.settings import SampleConfig
+    from cdt.scaffold.sample import sample_schema
     library = sample_schema(checkpoint.load(run_dir), scaffold.builtin("set_alarm"), ["Wake me at 7"],
                             SampleConfig(steps=3, policy="critic-calibrated"))
     assert len(library.samples) == 1 and library.generation.tokens.shape[0] == 1
-    assert len(library.warnings) == 1 and "steps 2 (now 3)" in library.warnings[0]
+    assert len(library.warnings) == 2 and "trained without scaffolds" in library.warnings[0]
+    assert "steps 2 (now 3)" in library.warnings[1]
     evaluated = run("eval", "--checkpoint", run_dir, "--n", 2, "--steps", 2, "--policies", "critic-calibrated",
                     "--schedule", "cosine")
     assert evaluated.exit_code == 0, evaluated.stderr
@@ -255,8 +250,7 @@ def test_sweep_tau_grids_and_custom_keys(tmp_path):
 
 def test_sweep_tau_as_a_subprocess(tmp_path):
     f = write(tmp_path / "s.jsonl", [json.dumps({"id": i, "score": i / 20, "label": int(i > 12)}) for i in range(20)])
-    proc = subprocess.run([sys.executable, "-m", "cdt", "sweep-tau", str(f), "--out-dir", str(tmp_path / "p"),
-                           "--recall-target", "1.0"], capture_output=True, text=True, timeout=120)
+    proc = cdt_process("sweep-tau", f, "--out-dir", tmp_path / "p", "--recall-target", "1.0")
     assert proc.returncode == 0, proc.stderr
     assert "chosen τ" in proc.stdout and "0.65: precision 1.000 · recall 1.000" in proc.stdout
     assert proc.stderr == ""

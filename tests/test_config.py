@@ -45,7 +45,7 @@ def test_precedence_defaults_preset_file_flags(tmp_path):
     assert cfg.model.n_layers == 2  # preset over defaults
     assert cfg.model.d_model == 48 and cfg.train.lr == 0.01  # file over preset
     assert cfg.train.batch_size == 5  # flags over file
-    assert cfg.train.schedule == "loglinear"  # untouched default
+    assert cfg.train.noise_schedule == "loglinear"  # untouched default
 
 
 @pytest.mark.parametrize("text, match", [
@@ -74,7 +74,7 @@ def test_bad_config_files(tmp_path, text, match):
     ("model.dropout=1.5", "model.dropout must be in"),
     ("data.answer_tail=-3", "data.answer_tail must be at least 0"),
     ("sample.steps=0", "sample.steps must be at least 1"),
-    ("critic_stage.val_share=1", r"critic_stage.val_share must be in \(0, 1\)"),
+    ("value_stage.val_share=1", r"value_stage.val_share must be in \(0, 1\)"),
     ("model.d_model=30", r"model.d_model \(30\) must split into model.n_heads \(2\) heads of even width"),
     ("model.n_heads=3", "heads of even width"),  # 3 do not divide 32
 ])
@@ -114,3 +114,15 @@ def test_resolved_config_round_trips_through_yaml():
     from cdt.config import apply
     apply(again, yaml.safe_load(to_yaml(cfg)), "round trip")
     assert again == cfg and dataclasses.asdict(again) == cfg.to_dict()
+
+
+def test_a_scaffold_run_gets_room_for_its_rows_unless_the_command_line_sets_the_block_size():
+    from cdt.config import SCAFFOLD_BLOCK_SIZE
+    from cdt.data import load_corpus
+
+    longest = load_corpus("toolcalls", 10_000, 5_000, 0, scaffold=True).info["longest_row"]
+    assert longest <= SCAFFOLD_BLOCK_SIZE < longest + 64  # room, not a guess
+    assert resolve("tiny", overrides=[{"data": {"scaffold": True}}]).model.block_size == SCAFFOLD_BLOCK_SIZE
+    assert resolve("tiny").model.block_size < SCAFFOLD_BLOCK_SIZE
+    explicit = resolve("tiny", overrides=[{"data": {"scaffold": True}}, {"model": {"block_size": 300}}])
+    assert explicit.model.block_size == 300

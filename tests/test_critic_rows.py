@@ -9,6 +9,8 @@ from cdt.config import RunConfig, resolve
 from cdt.noise import get_schedule, sample_t
 from cdt.vocab import MASK_ID
 
+from tests.helpers import cli
+
 B = 8
 
 
@@ -57,10 +59,8 @@ def test_a_checkpoint_saved_before_critic_rows_existed_meant_every_row():
 
 
 def test_a_negative_count_is_refused_with_one_line(tmp_path):
-    from typer.testing import CliRunner
-    from cdt.cli import app
-
-    res = CliRunner().invoke(app, ["train", "--preset", "tiny", "--out", str(tmp_path / "r"),
-                                   "--set", "train.critic_rows=-1"])
+        
+    res = cli("train", "--preset", "tiny", "--out", str(tmp_path / "r"),
+                                   "--set", "train.critic_rows=-1")
     assert res.exit_code == 2 and "critic_rows" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()

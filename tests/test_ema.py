@@ -7,7 +7,8 @@ from cdt import checkpoint
 from cdt.ema import WeightAverage
 from cdt.train import evaluate, train
 from cdt.data import load_corpus
-from tests.conftest import tiny_config
+
+from tests.helpers import tiny_config
 
 
 def one_weight(value: float) -> torch.nn.Module:

@@ -8,29 +8,27 @@ import sys
 
 import pytest
 from rich.console import Console
-from typer.testing import CliRunner
 
-from cdt.calibrate import CalibrateSettings, calibrate, sample_scores
+from cdt.calibrate import calibrate, sample_scores
 from cdt.checkpoint import load
-from cdt.cli import app
-from cdt.explore import Explorer, Settings, load_materials
+from cdt.explore import Explorer, load_materials
 from cdt.render import frame_view
 from cdt.terminal import split_keys
 from cdt.vocab import MASK_ID
-from tests.test_cli import assert_one_line_error
+from cdt.settings import CalibrateSettings, ExploreSettings, from_flags
 
-runner = CliRunner()
+from tests.helpers import assert_one_line_error, cli
 
 
 def explorer(run, rows=3, **kw):
     ckpt = load(run)
-    return Explorer(ckpt, load_materials(ckpt, None, 0, rows, None, 0.3, 0), Settings(**{"steps": 4, **kw}))
+    return Explorer(ckpt, load_materials(ckpt, None, 0, rows, None, 0.3, 0), from_flags(ExploreSettings, **{"steps": 4, **kw}))
 
 
 def test_step_frame_equals_calibrate_step_mode(tiny_run, tmp_path):
     ex = explorer(tiny_run, mode="step")
     st = ex.stats()
-    report = calibrate(load(tiny_run), CalibrateSettings(n_samples=1, mode="step", seed=0), tmp_path / "s.jsonl", None)
+    report = calibrate(load(tiny_run), from_flags(CalibrateSettings, n_samples=1, mode="step", seed=0), tmp_path / "s.jsonl", None)
     t = report.tokens
     assert (st["valid"], st["wrong"]) == (t.n, t.n_wrong) and st["valid"] > 0
     assert not st["done"]  # one training-style step, not a sampler that stopped
@@ -48,7 +46,7 @@ def test_step_frame_equals_calibrate_step_mode(tiny_run, tmp_path):
 def test_final_frame_is_calibrates_generation(tiny_run, tmp_path, sampler):
     ex = explorer(tiny_run, rows=2, **sampler)
     ex.move_sample(1)
-    calibrate(load(tiny_run), CalibrateSettings(n_samples=2, steps=4, seed=0, **sampler), tmp_path / "s.jsonl", None)
+    calibrate(load(tiny_run), from_flags(CalibrateSettings, n_samples=2, steps=4, seed=0, **sampler), tmp_path / "s.jsonl", None)
     line = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[1])
     final = ex.frames[-1]
     region = ~ex.material.protected
@@ -76,9 +74,9 @@ def test_keys_move_colour_policy_and_remask(tiny_run):
     k = round(0.3 * int((~ex.material.protected).sum()))
     assert int(ex.current().masked_before.sum()) == k  # exactly the remasked share enters the next step
     ex.handle("policy")
-    assert ex.settings.policy == "critic-calibrated" and ex.frame <= len(ex.frames) - 1
+    assert ex.settings.sampler.policy == "critic-calibrated" and ex.frame <= len(ex.frames) - 1
     ex.handle("rand_up")
-    assert ex.settings.randomness == 0.1
+    assert ex.settings.sampler.randomness == 0.1
     ex.handle("next_sample")
     assert ex.sample == 1 and ex.frame == 0
     assert ex.handle("quit") is False
@@ -86,7 +84,8 @@ def test_keys_move_colour_policy_and_remask(tiny_run):
 
 def test_critic_calibrated_uses_the_map_and_says_when_it_is_missing(tiny_run, tmp_path):
     from cdt import calibration_map
-    from cdt.sampling.loop import SampleConfig, generate
+    from cdt.sampling.loop import generate
+    from cdt.settings import SampleConfig
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -139,54 +138,54 @@ def test_narrow_terminal_wraps(tiny_run):
 
 
 def test_cli_non_interactive_and_json(tiny_run):
-    r = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "3", "--final-only"])
+    r = cli("explore", "--checkpoint", str(tiny_run), "--steps", "3", "--final-only")
     assert r.exit_code == 0, r.stderr
     assert r.stdout.count("step 3/3") == 1 and "step 1/3" not in r.stdout and "legend:" in r.stdout
-    j = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "3", "--json", "--masking", "span"])
+    j = cli("explore", "--checkpoint", str(tiny_run), "--steps", "3", "--json", "--masking", "span")
     doc = json.loads(j.stdout)
     assert [f["step"] for f in doc["frames"]] == [0, 1, 2, 3] and "span" in doc["label"]
     assert all("auroc" in f for f in doc["frames"][1:])
-    g = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "3", "--json", "--temperature", "0",
-                            "--spread"])
+    g = cli("explore", "--checkpoint", str(tiny_run), "--steps", "3", "--json", "--temperature", "0",
+                            "--spread")
     assert g.exit_code == 0, g.stderr
     assert json.loads(g.stdout)["settings"] | {"temperature": 0.0, "spread": True} == json.loads(g.stdout)["settings"]
-    early = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "8", "--json", "--schedule",
-                                "power:4"])
+    early = cli("explore", "--checkpoint", str(tiny_run), "--steps", "8", "--json", "--schedule",
+                                "power:4")
     doc = json.loads(early.stdout)  # (1 - s/8)^4 of any region under 4,096 positions is below 1 by step 7
     assert doc["settings"]["schedule"] == "power:4" and 1 < doc["frames"][-1]["step"] < 8
     assert doc["frames"][-1]["masked_before"] > 0 and doc["frames"][-1]["remask_next"] == 0
     assert doc["frames"][-1]["done"] and not any(f["done"] for f in doc["frames"][:-1])
     last = doc["frames"][-1]["step"]
-    shown = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "8", "--final-only",
-                                "--schedule", "power:4"])
+    shown = cli("explore", "--checkpoint", str(tiny_run), "--steps", "8", "--final-only",
+                                "--schedule", "power:4")
     assert f"step {last}/8 (done)" in shown.stdout and "nothing left masked: done early" in shown.stdout
-    full = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "3", "--final-only"])
+    full = cli("explore", "--checkpoint", str(tiny_run), "--steps", "3", "--final-only")
     assert "(done)" not in full.stdout and "done early" not in full.stdout  # the last of its steps: nothing early
-    bad = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--schedule", "power:x"])
+    bad = cli("explore", "--checkpoint", str(tiny_run), "--schedule", "power:x")
     assert bad.exit_code == 2 and "unknown schedule 'power:x'" in bad.stderr
-    fallback = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--steps", "2", "--interactive"])
+    fallback = cli("explore", "--checkpoint", str(tiny_run), "--steps", "2", "--interactive")
     assert fallback.exit_code == 0 and "falling back to --no-interactive" in fallback.stderr
 
 
 def test_checkpoint_without_critic_still_explores(tmp_path):
     from cdt.train import train
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = tiny_config(max_iters=2, eval_interval=2)
     cfg.model.critic = "none"
     train(cfg, tmp_path / "nocritic")
-    r = runner.invoke(app, ["explore", "--checkpoint", str(tmp_path / "nocritic"), "--steps", "2", "--final-only"])
+    r = cli("explore", "--checkpoint", str(tmp_path / "nocritic"), "--steps", "2", "--final-only")
     assert r.exit_code == 0, r.stderr
     assert "absent in this checkpoint" in r.stdout and "policy confidence" in r.stdout
 
 
 def test_bad_input(tiny_run):
-    both = runner.invoke(app, ["explore", "--checkpoint", "no/such/run", "--interactive", "--no-interactive"])
+    both = cli("explore", "--checkpoint", "no/such/run", "--interactive", "--no-interactive")
     assert_one_line_error(both, 2, "give at most one of --interactive and --no-interactive")
-    assert_one_line_error(runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--prompt", "snow ☃"]), 1, "'☃'")
-    assert_one_line_error(runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--colour", "rainbow"]), 2,
+    assert_one_line_error(cli("explore", "--checkpoint", str(tiny_run), "--prompt", "snow ☃"), 1, "'☃'")
+    assert_one_line_error(cli("explore", "--checkpoint", str(tiny_run), "--colour", "rainbow"), 2,
                           "unknown colouring")
-    assert_one_line_error(runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--mode", "dream"]), 2,
+    assert_one_line_error(cli("explore", "--checkpoint", str(tiny_run), "--mode", "dream"), 2,
                           "unknown mode")
 
 
@@ -195,11 +194,11 @@ def test_index_near_and_past_the_end_of_the_split(tiny_run):
     from cdt.sampling.heldout import load_heldout
 
     size = len(load_heldout(load(tiny_run), 10_000, clip=True))
-    last = runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--index", str(size - 1), "--rows", "32",
-                               "--steps", "2", "--final-only"])
+    last = cli("explore", "--checkpoint", str(tiny_run), "--index", str(size - 1), "--rows", "32",
+                               "--steps", "2", "--final-only")
     assert last.exit_code == 0, last.stderr  # fewer than --rows rows remain: browse those
     assert f"held-out row {size - 1} " in last.stdout
-    assert_one_line_error(runner.invoke(app, ["explore", "--checkpoint", str(tiny_run), "--index", str(size)]), 2,
+    assert_one_line_error(cli("explore", "--checkpoint", str(tiny_run), "--index", str(size)), 2,
                           f"--index {size} is past the validation split: it has {size} rows (0-{size - 1})")
 
 

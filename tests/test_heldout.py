@@ -4,15 +4,12 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from cdt.cli import app
 from cdt.data import load_corpus
 from cdt.sampling.template import heldout_templates
 from cdt.vocab import MASK_ID, PAD_ID
-from tests.test_cli import assert_one_line_error
 
-runner = CliRunner()
+from tests.helpers import assert_one_line_error, cli
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +62,7 @@ def test_regions_depend_on_seed_and_row_only(corpus):
     assert not torch.equal(small, other)
 
 
-@pytest.mark.parametrize("masking, ratio, fragment", [("middle", 0.3, "unknown masking"), ("span", 0.0, "(0, 1]")])
+@pytest.mark.parametrize("masking, ratio, fragment", [("middle", 0.3, "unknown mask"), ("span", 0.0, "(0, 1]")])
 def test_bad_masking(corpus, masking, ratio, fragment):
     from cdt.errors import UsageError
     with pytest.raises(UsageError, match=fragment.replace("(", r"\(").replace("]", r"\]")):
@@ -74,8 +71,8 @@ def test_bad_masking(corpus, masking, ratio, fragment):
 
 def test_eval_random_and_span_on_toolcalls(tiny_run):
     for mask in ("random", "span"):
-        r = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--policies", "confidence", "--steps", "2",
-                                "--n", "4", "--mask", mask, "--mask-ratio", "0.5", "--json"])
+        r = cli("eval", "--checkpoint", str(tiny_run), "--policies", "confidence", "--steps", "2",
+                                "--n", "4", "--mask", mask, "--mask-ratio", "0.5", "--json")
         assert r.exit_code == 0, r.stderr
         doc = json.loads(r.stdout)
         assert doc["mask"] == mask and doc["mask_ratio"] == 0.5
@@ -85,7 +82,7 @@ def test_eval_random_and_span_on_toolcalls(tiny_run):
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
     from cdt.train import train
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     root = tmp_path_factory.mktemp("text")
     data = root / "poem.txt"
@@ -98,21 +95,21 @@ def text_run(tmp_path_factory):
 
 
 def test_eval_on_a_text_checkpoint_defaults_to_spans(text_run):
-    r = runner.invoke(app, ["eval", "--checkpoint", str(text_run), "--policies", "confidence,critic",
-                            "--steps", "4", "--n", "6", "--json"])
+    r = cli("eval", "--checkpoint", str(text_run), "--policies", "confidence,critic",
+                            "--steps", "4", "--n", "6", "--json")
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["mask"] == "span"
     assert all(row["json_valid"] is None and row["field_acc"] is None for row in doc["rows"])
     assert doc["paired_json_valid"] is None and len(doc["paired"]) == 1  # text: exact match only
     assert all(0 <= row["char_acc"] <= 1 for row in doc["rows"])
-    table = runner.invoke(app, ["eval", "--checkpoint", str(text_run), "--policies", "confidence", "--steps", "2",
-                                "--n", "3"])
+    table = cli("eval", "--checkpoint", str(text_run), "--policies", "confidence", "--steps", "2",
+                                "--n", "3")
     assert table.exit_code == 0 and "span regions" in table.stdout and "JSON" not in table.stdout
 
 
 def test_eval_answer_masking_on_text_is_a_usage_error(text_run):
-    assert_one_line_error(runner.invoke(app, ["eval", "--checkpoint", str(text_run), "--mask", "answer", "--n", "2"]),
+    assert_one_line_error(cli("eval", "--checkpoint", str(text_run), "--mask", "answer", "--n", "2"),
                           2, "needs a corpus with prompts")
 
 
@@ -143,7 +140,8 @@ def test_batches_cover_every_row_once_shortest_first(tiny_run):
     held = load_heldout(load(tiny_run), 23)
     lengths = (held.clean != PAD_ID).sum(1)
     seen, widths = [], []
-    for rows, part in held.batches(5):
+    for rows in held.by_length(5):
+        part = held.take(rows)
         assert len(rows) <= 5 and part.clean.shape == (len(rows), int(lengths[rows].max()))
         assert torch.equal(part.clean, held.clean[rows, : part.clean.shape[1]])
         seen += rows.tolist()
@@ -157,13 +155,16 @@ def test_eval_equals_a_row_by_row_loop_at_full_width(tiny_run):
     """The oracle: every row generated alone, in order, at the full padded width, graded by hand."""
     from cdt.checkpoint import load
     from cdt.rng import seed_for
-    from cdt.sampling.evaluate import evaluate_policies
-    from cdt.sampling.heldout import grade, load_heldout
-    from cdt.sampling.loop import SampleConfig, generate
+    from cdt.grading import grade
+    from cdt.sampling.evaluate import evaluate
+    from cdt.sampling.heldout import load_heldout
+    from cdt.sampling.loop import generate
+    from cdt.settings import EvalSettings, SampleConfig, from_flags
 
     ckpt = load(tiny_run)
     held = load_heldout(ckpt, 9)
-    (row,) = evaluate_policies(ckpt, held, ["critic"], [3], 4, SampleConfig(), "cpu")  # sampled: seeds matter
+    settings = from_flags(EvalSettings, policies="critic", steps="3", n=9, batch_size=4, device="cpu")
+    (row,) = evaluate(ckpt, settings).rows  # sampled: seeds matter
     model = ckpt.build_model()
     right = total = exact = valid = 0
     for i in range(len(held)):

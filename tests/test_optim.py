@@ -4,19 +4,15 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from cdt import checkpoint
-from cdt.cli import app
 from cdt.config import RunConfig
 from cdt.errors import CdtError, UsageError
 from cdt.model import DiffusionLM
 from cdt.optim import MuonAdamW, lr_at, make_optimizer, set_learning_rates, state_kind
 from cdt.train import train
-from tests.conftest import tiny_config
-from tests.test_train import evals
 
-runner = CliRunner()
+from tests.helpers import cli, evals, tiny_config
 
 
 def small_model(copy: bool = True, critic: str = "mlp") -> tuple[DiffusionLM, RunConfig]:
@@ -61,9 +57,9 @@ def test_resuming_a_run_whose_optimizer_split_the_parameters_otherwise_is_one_li
     overrides = ["--preset", "tiny", "--optimizer", "muon", "--set", "model.positions=learned", "--out", str(out)]
     with monkeypatch.context() as m:
         m.setattr(cdt.optim, "LOOKUP_TABLES", ("embed.weight", "ngram.weight"))
-        assert runner.invoke(app, ["train", *overrides, "--max-iters", "4"]).exit_code == 0
+        assert cli("train", *overrides, "--max-iters", "4").exit_code == 0
     before = (out / "checkpoint.pt").read_bytes()
-    refused = runner.invoke(app, ["train", "--out", str(out), "--resume", "--max-iters", "6"])
+    refused = cli("train", "--out", str(out), "--resume", "--max-iters", "6")
     assert refused.exit_code == 1, refused.output
     assert "other parameter groups" in refused.output and "Traceback" not in refused.output
     assert (out / "checkpoint.pt").read_bytes() == before
@@ -187,16 +183,16 @@ def test_a_checkpoint_older_than_the_muon_default_loads_and_resumes_as_it_was_tr
 
 def test_the_optimizer_flag_from_the_command_line(tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--preset", "tiny", "--optimizer", "muon", "--max-iters", "6",
-                                 "--out", str(out), "--json"])
+    result = cli("train", "--preset", "tiny", "--optimizer", "muon", "--max-iters", "6",
+                                 "--out", str(out), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["config"]["train"]["optimizer"] == "muon"
     assert state_kind(checkpoint.load(out).optimizer_state) == "muon"
     # resuming keeps it without the flag; the other optimizer is refused with the flag to pass
-    assert runner.invoke(app, ["train", "--out", str(out), "--resume", "--max-iters", "8", "--json"]).exit_code == 0
-    refused = runner.invoke(app, ["train", "--out", str(out), "--resume", "--max-iters", "10", "--optimizer", "adamw"])
+    assert cli("train", "--out", str(out), "--resume", "--max-iters", "8", "--json").exit_code == 0
+    refused = cli("train", "--out", str(out), "--resume", "--max-iters", "10", "--optimizer", "adamw")
     assert refused.exit_code == 1 and "pass --set train.optimizer=muon" in refused.output
-    bad = runner.invoke(app, ["train", "--preset", "tiny", "--optimizer", "sgd", "--out", str(tmp_path / "x")])
+    bad = cli("train", "--preset", "tiny", "--optimizer", "sgd", "--out", str(tmp_path / "x"))
     assert bad.exit_code == 2 and "adamw, muon" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "x").exists()
 
@@ -211,6 +207,6 @@ def test_training_on_past_the_end_re_spreads_the_schedule_as_the_hint_says(tmp_p
     resumed = lr_at(tc.max_iters, replace(tc, max_iters=2 * tc.max_iters))
     assert 0.45 * tc.lr < resumed < 0.6 * tc.lr
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--preset", "tiny", "--max-iters", "4", "--out", str(out)])
+    result = cli("train", "--preset", "tiny", "--max-iters", "4", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "--resume --max-iters 8   # train on: the rate schedule is re-spread over the new total" in result.stdout

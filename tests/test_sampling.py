@@ -7,7 +7,9 @@ from cdt.config import ModelConfig
 from cdt.errors import CdtError, UsageError
 from cdt.model import DiffusionLM
 from cdt.rng import seed_for
-from cdt.sampling import POLICIES, SampleConfig, generate
+from cdt.sampling.loop import generate
+from cdt.sampling.policies import POLICIES
+from cdt.settings import SampleConfig
 from cdt.sampling.loop import filter_logits, masked_after, still_masked
 from cdt.vocab import MASK_ID
 
@@ -28,7 +30,7 @@ def template(n_masks=16, prompt=(5, 6, 7, 8), rows=1):
 
 def run(m=None, n_masks=16, rows=1, **kw):
     ids, protected = template(n_masks, rows=rows)
-    return generate(m or model(), ids, protected, SampleConfig(**kw), record=True), ids, protected
+    return generate(m or model(), ids, protected, SampleConfig(**{"steps": 16, **kw}), record=True), ids, protected
 
 
 def committed_history(gen):

@@ -4,20 +4,18 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from cdt import scaffold
-from cdt.cli import app
 from cdt.data import SEPARATOR, load_corpus
 from cdt.data.toolcalls import TOOLS, generate as generate_records
 from cdt.errors import CdtError, UsageError
 from cdt.model import DiffusionLM
 from cdt.config import ModelConfig
-from cdt.sampling.loop import SampleConfig, generate
+from cdt.sampling.loop import generate
+from cdt.settings import SampleConfig
 from cdt.vocab import MASK_ID, NULL_ID
-from tests.test_cli import assert_one_line_error
 
-runner = CliRunner()
+from tests.helpers import assert_one_line_error, cli
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +128,8 @@ def test_scaffold_training_rows_mask_only_slots():
 @pytest.fixture(scope="module")
 def scaffold_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("scaffold") / "run"
-    result = runner.invoke(app, ["train", "--preset", "tiny", "--scaffold", "--max-iters", "20", "--out", str(out),
-                                 "--json"])
+    result = cli("train", "--preset", "tiny", "--scaffold", "--max-iters", "20", "--out", str(out),
+                                 "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["config"]["data"]["scaffold"] is True and doc["config"]["model"]["block_size"] == 288
@@ -140,82 +138,82 @@ def scaffold_run(tmp_path_factory):
 
 
 def test_cli_sample_schema_and_prompts_file(scaffold_run, tmp_path):
-    one = runner.invoke(app, ["sample", "--checkpoint", str(scaffold_run), "--schema", "set_alarm", "--prompt",
-                              "Wake me at 6 am", "--steps", "3", "--policy", "rcr"])
+    one = cli("sample", "--checkpoint", str(scaffold_run), "--schema", "set_alarm", "--prompt",
+                              "Wake me at 6 am", "--steps", "3", "--policy", "rcr")
     assert one.exit_code == 0, one.stderr
     assert one.stdout.startswith('{"name": "set_alarm", "arguments": {"time": ')
     f = tmp_path / "requests.txt"
     f.write_text("Wake me at 6 am\n\nAlarm at 9 pm called run\n")
-    many = runner.invoke(app, ["sample", "--checkpoint", str(scaffold_run), "--schema", "set_alarm",
-                               "--prompts-file", str(f), "--steps", "2"])
+    many = cli("sample", "--checkpoint", str(scaffold_run), "--schema", "set_alarm",
+                               "--prompts-file", str(f), "--steps", "2")
     lines = [json.loads(x) for x in many.stdout.splitlines()]
     assert [x["prompt"] for x in lines] == ["Wake me at 6 am", "Alarm at 9 pm called run"]
     for x in lines:
         assert x["valid"] == (not x["errors"])
         for e in x["errors"]:
             assert e in many.stderr  # each invalid value is reported on stderr too
-    js = runner.invoke(app, ["sample", "--checkpoint", str(scaffold_run), "--schema", "set_alarm", "--prompt", "x",
-                             "--steps", "2", "--json"])
+    js = cli("sample", "--checkpoint", str(scaffold_run), "--schema", "set_alarm", "--prompt", "x",
+                             "--steps", "2", "--json")
     assert json.loads(js.stdout)["schema"] == "set_alarm"
 
 
 def test_cli_sample_schema_warns_when_the_checkpoint_never_saw_a_scaffold(scaffold_run, tiny_run):
     args = ["--schema", "set_alarm", "--prompt", "Wake me at 6 am", "--steps", "2"]
-    plain = runner.invoke(app, ["sample", "--checkpoint", str(tiny_run), *args])
+    plain = cli("sample", "--checkpoint", str(tiny_run), *args)
     assert plain.exit_code == 0 and plain.stdout.startswith('{"name": "set_alarm"')  # it still samples
     assert "trained without scaffolds" in plain.stderr and "cdt train --scaffold" in plain.stderr
-    trained = runner.invoke(app, ["sample", "--checkpoint", str(scaffold_run), *args])
+    trained = cli("sample", "--checkpoint", str(scaffold_run), *args)
     assert trained.exit_code == 0 and "trained without scaffolds" not in trained.stderr
 
 
 def test_cli_sample_schema_bad_input(scaffold_run, tmp_path):
     base = ["sample", "--checkpoint", str(scaffold_run), "--steps", "2"]
-    assert_one_line_error(runner.invoke(app, base + ["--schema", "nope"]), 2, "built-in tools")
-    assert_one_line_error(runner.invoke(app, base + ["--schema", "get_weather", "--prompt", "snow ☃"]), 1, "'☃'")
-    assert_one_line_error(runner.invoke(app, base + ["--schema", "get_weather", "--budget", "unit=3"]), 2,
+    assert_one_line_error(cli(*base + ["--schema", "nope"]), 2, "built-in tools")
+    assert_one_line_error(cli(*base + ["--schema", "get_weather", "--prompt", "snow ☃"]), 1, "'☃'")
+    assert_one_line_error(cli(*base + ["--schema", "get_weather", "--budget", "unit=3"]), 2,
                           "too small")
-    assert_one_line_error(runner.invoke(app, base + ["--schema", "get_weather", "--budget", "unit=x"]), 2,
+    assert_one_line_error(cli(*base + ["--schema", "get_weather", "--budget", "unit=x"]), 2,
                           "FIELD=N")
     (tmp_path / "bad.json").write_text("[1]")
-    assert_one_line_error(runner.invoke(app, base + ["--schema-file", str(tmp_path / "bad.json")]), 1,
+    assert_one_line_error(cli(*base + ["--schema-file", str(tmp_path / "bad.json")]), 1,
                           "object schema")
-    assert_one_line_error(runner.invoke(app, base + ["--schema", "set_alarm", "--schema-file", "x.json"]), 2,
+    assert_one_line_error(cli(*base + ["--schema", "set_alarm", "--schema-file", "x.json"]), 2,
                           "exactly one")
 
 
 def test_cli_eval_scaffold(scaffold_run, tiny_run):
-    r = runner.invoke(app, ["eval", "--checkpoint", str(scaffold_run), "--scaffold", "--policies",
-                            "rcr,confidence,critic", "--steps", "2", "--n", "6", "--json"])
+    r = cli("eval", "--checkpoint", str(scaffold_run), "--scaffold", "--policies",
+                            "rcr,confidence,critic", "--steps", "2", "--n", "6", "--json")
     assert r.exit_code == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
     assert {x["policy"] for x in rows} == {"rcr", "confidence", "critic"}
     for x in rows:
         assert x["structure"] == 1.0
         assert 0 <= x["call_exact"] <= x["field_exact"] <= 1 and 0 <= x["repetition"] <= 1
-    table = runner.invoke(app, ["eval", "--checkpoint", str(scaffold_run), "--scaffold", "--policies", "rcr",
-                                "--steps", "2", "--n", "3"])
+    table = cli("eval", "--checkpoint", str(scaffold_run), "--scaffold", "--policies", "rcr",
+                                "--steps", "2", "--n", "3")
     assert "structure kept in 100.0%" in table.stdout
-    assert_one_line_error(runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--scaffold", "--n", "2"]), 1,
+    assert_one_line_error(cli("eval", "--checkpoint", str(tiny_run), "--scaffold", "--n", "2"), 1,
                           "train with cdt train --scaffold")
 
 
 def test_cli_eval_scaffold_interrupted_reports_the_settings_it_finished(scaffold_run, monkeypatch):
-    import cdt.sampling.evaluate as evaluate
+    import cdt.sampling.infill as infill
 
-    real = evaluate.generate
+    real = infill.generate
 
     def ctrl_c_at_two_steps(model, ids, protected, cfg, **kw):
         if cfg.steps == 3:
             raise KeyboardInterrupt
         return real(model, ids, protected, cfg, **kw)
 
-    monkeypatch.setattr(evaluate, "generate", ctrl_c_at_two_steps)
+    monkeypatch.setattr(infill, "generate", ctrl_c_at_two_steps)
     args = ["eval", "--checkpoint", str(scaffold_run), "--scaffold", "--policies", "confidence", "--steps", "2,3",
             "--n", "3"]
-    table = runner.invoke(app, args)
+    table = cli(*args)
     assert table.exit_code == 1 and "structure kept in" in table.stdout
     assert "interrupted after 1 of 2 settings" in table.stdout and "interrupted after 1 of 2" in table.stderr
-    doc = json.loads(runner.invoke(app, args + ["--json"]).stdout)
+    doc = json.loads(cli(*args + ["--json"]).stdout)
     assert [r["steps"] for r in doc["rows"]] == [2] and doc["interrupted"] is True
 
 
@@ -250,7 +248,7 @@ def test_slots_only_take_characters_that_keep_the_json_intact(vocab):
 
 def test_grading_reads_an_empty_optional_slot_as_null(vocab):
     from cdt.data.toolcalls import ToolCall
-    from cdt.sampling.heldout import grade
+    from cdt.grading import grade
 
     record = next(r for r in generate_records(400, 3) if r.tool == "set_alarm" and r.arguments["label"] is None)
     ids, _ = scaffold.render(scaffold.builtin("set_alarm"), vocab, record.arguments)

@@ -109,7 +109,7 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 def load_corpus(data: str, block_size: int, n_records: int = 40000, seed: int = 0, scaffold: bool = False,
                 answer_tail: int = 0) -> Corpus:
     """`toolcalls` (embedded) or a path to a UTF-8 text file. scaffold: toolcalls answers in the
-    slot layout of `cdt.scaffold`, only the value slots maskable. answer_tail: see `_record_rows`."""
+    slot layout of `cdt.scaffold.layout`, only the value slots maskable. answer_tail: see `_record_rows`."""
     if answer_tail < 0:
         raise CdtError(f"data.answer_tail must be at least 0, got {answer_tail}")
     if data == "toolcalls":
@@ -132,12 +132,14 @@ def _toolcalls_corpus(n_records: int, block_size: int, seed: int, scaffold: bool
     texts = [r.prompt + SEPARATOR + r.answer for r in records]
     vocab = Vocab.from_text("".join(texts), extra=string.printable.strip() + " \n")
 
+    from cdt.scaffold.layout import record_row, record_rows
+
     def rows(recs: list, split: int) -> Rows:  # split 1 = train, 2 = validation, each with its own tail draws
         if scaffold:
-            return _scaffold_rows(recs, vocab, block_size)
+            return record_rows(recs, vocab, block_size)
         return _record_rows(recs, vocab, block_size, answer_tail, np.random.default_rng([seed, split]))
 
-    longest = max(len(t) for t in texts) if not scaffold else max(len(_scaffold_ids(r, vocab)[0]) for r in records)
+    longest = max(len(t) for t in texts) if not scaffold else max(len(record_row(r, vocab)[0]) for r in records)
     if longest > block_size:
         raise CdtError(f"toolcalls rows{' (scaffolded)' if scaffold else ''} are up to {longest} characters; "
                        f"raise model.block_size (now {block_size})")
@@ -169,25 +171,6 @@ def _record_rows(records: list, vocab: Vocab, block_size: int, tail: int = 0, rn
         ids[i, len(head) : len(head) + len(answer)] = answer
         ids[i, len(head) + len(answer) : end] = NULL_ID
         maskable[i, len(head) : end] = True
-    return Rows(ids, maskable)
-
-
-def _scaffold_ids(record, vocab: Vocab) -> tuple[list[int], list[bool]]:
-    """Request + separator, then the answer in the scaffold layout; maskable = the value slots."""
-    from cdt import scaffold
-
-    head = vocab.encode(record.prompt + SEPARATOR)
-    body, slots = scaffold.render(scaffold.builtin(record.tool), vocab, record.arguments)
-    return head + body, [False] * len(head) + slots
-
-
-def _scaffold_rows(records: list, vocab: Vocab, block_size: int) -> Rows:
-    ids = np.full((len(records), block_size), PAD_ID, dtype=np.int32)
-    maskable = np.zeros((len(records), block_size), dtype=bool)
-    for i, r in enumerate(records):
-        row, slots = _scaffold_ids(r, vocab)
-        ids[i, : len(row)] = row
-        maskable[i, : len(row)] = slots
     return Rows(ids, maskable)
 
 

@@ -1,6 +1,10 @@
-"""Generation by iterative unmasking: policies, the loop, templates."""
+"""Generation by iterative unmasking (its settings: `cdt.settings.SampleConfig`).
 
-from cdt.sampling.loop import Generation, SampleConfig, generate
-from cdt.sampling.policies import POLICIES, get_policy
-
-__all__ = ["Generation", "SampleConfig", "generate", "POLICIES", "get_policy"]
+    policies.py  remasking policies, registered by name
+    loop.py      `generate`: the unmasking loop
+    template.py  prompt and held-out templates (protected text + a masked region)
+    heldout.py   held-out rows to infill and grade
+    infill.py    the held-out infill loop that eval and calibrate share
+    run.py       `cdt sample` as a library call
+    evaluate.py  `cdt eval` as a library call
+"""

@@ -2,25 +2,30 @@
 
 Rows carry their own seeds (one per held-out row), so every policy sees the same
 rows with the same random streams, and a result does not depend on the batch size.
+Settings at equal steps or equal trunk passes are then compared row by row (McNemar).
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 
-from cdt import calibration_map
+from cdt import calibration_map, checkpoint
 from cdt.checkpoint import Checkpoint
 from cdt.device import pick_device
 from cdt.errors import CdtError, UsageError
+from cdt.grading import grade
+from cdt.mcnemar import Paired, equal_cost_pairs
+from cdt.model import DiffusionLM
 from cdt.rng import seed_for
-from cdt.sampling.heldout import HeldOut, grade
-from cdt.sampling.loop import SampleConfig, generate
+from cdt.settings import EvalSettings
+from cdt.sampling.heldout import HeldOut, load_heldout
+from cdt.sampling.infill import infill
 from cdt.scores import ScoreWriter
 
 
@@ -62,34 +67,98 @@ class EvalRow:
         return None if any(g is None for g in got) else [bool(g) for g in got]
 
 
-def evaluate_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], steps_list: list[int],
-                      batch_size: int, base: SampleConfig, device: str = "auto", on_batch=None) -> list[EvalRow]:
-    return list(iter_policies(ckpt, held, policies, steps_list, batch_size, base, device, on_batch))
+@dataclass
+class EvalReport:
+    checkpoint: str
+    settings: EvalSettings
+    masking: str  # what was masked: answer, random or span
+    answer_tail: int  # > 0: regions do not give the answer's length
+    rows: list  # EvalRow per finished setting (ScaffoldEvalRow with --scaffold), in run order
+    pairs: list[Paired]  # exact match, at equal steps or passes
+    pairs_json: list[Paired] | None  # JSON validity, where rows are graded on it (toolcalls)
+    rows_file: str | None  # --rows
+    interrupted: bool
+    warnings: list[str]
+
+    @property
+    def total(self) -> int:
+        return len(self.settings.policies) * len(self.settings.steps)
+
+    @property
+    def cut(self) -> str:
+        """How far an interrupted run got ('' when it finished)."""
+        return f"interrupted after {len(self.rows)} of {self.total} settings" if self.interrupted else ""
+
+    def to_json(self) -> dict:
+        s, b = self.settings, self.settings.sampler
+        doc = {"checkpoint": self.checkpoint, "n": s.n}
+        doc |= {"scaffold": True} if s.scaffold else {
+            "mask": self.masking, "mask_ratio": None if self.masking == "answer" else s.mask_ratio,
+            "answer_tail": self.answer_tail}
+        doc |= {"commit": b.commit, "schedule": b.schedule, "temperature": b.temperature, "spread": b.spread,
+                "blocks": b.blocks, "sampler": {k: v for k, v in b.to_dict().items() if k not in ("policy", "steps")}}
+        if s.scaffold:
+            doc["rows"] = [asdict(r) for r in self.rows]
+        else:
+            doc |= {"rows": [r.summary() for r in self.rows], "paired": [asdict(p) for p in self.pairs],
+                    "paired_json_valid": None if self.pairs_json is None else [asdict(p) for p in self.pairs_json],
+                    "rows_file": self.rows_file}
+        return doc | {"interrupted": self.interrupted, "settings": self.total, "finished": len(self.rows),
+                      "warnings": self.warnings}
 
 
-def iter_policies(ckpt: Checkpoint, held: HeldOut, policies: list[str], steps_list: list[int],
-                  batch_size: int, base: SampleConfig, device: str = "auto", on_batch=None) -> Iterator[EvalRow]:
-    """Each setting (policy x steps) as soon as it is finished, every policy at one step count before the next."""
-    model = ckpt.build_model(pick_device(device))
-    for steps in steps_list:  # every policy at the fewest steps first: an interrupted run still compares them
-        for policy in policies:
-            cfg = SampleConfig(**{**base.__dict__, "policy": policy, "steps": steps})
-            cfg.validate()
-            calibration, _ = calibration_map.for_policy(ckpt.path.parent, policy)  # the CLI prints the warning
-            outcomes: list[RowOutcome | None] = [None] * len(held)
-            passes, batches = 0, 0
-            t0 = time.perf_counter()
-            for index, part in held.batches(batch_size):
-                seeds = [seed_for(cfg.seed, int(i)) for i in index]
-                gen = generate(model, part.template, part.protected, cfg, row_seeds=seeds,
-                               calibration=calibration, allow_null=ckpt.config.data.emits_null)
-                passes += gen.passes["generator"] + gen.passes["critic"]
-                batches += 1
-                for j, i in enumerate(index.tolist()):
-                    outcomes[i] = _outcome(ckpt.vocab, held, part, j, i, gen.tokens[j])
-                if on_batch:
-                    on_batch(len(index))
-            yield _aggregate(policy, steps, passes / batches, outcomes, time.perf_counter() - t0)
+def evaluate(source: str | Path | Checkpoint, settings: EvalSettings, rows_out: Path | None = None,
+             on_batch=None) -> EvalReport:
+    """Every policy at every step count on the same held-out rows, then the paired comparisons. Ctrl-C
+    keeps the settings finished so far (`interrupted`); before the first, it is a KeyboardInterrupt."""
+    settings.validate()
+    sampler = settings.sampler
+    if rows_out is not None and settings.scaffold:
+        raise UsageError("--rows is not available with --scaffold")
+    warnings = []
+    with outcome_file(rows_out, note=warnings.append) as save_rows:  # a path that cannot be written fails first
+        ckpt = checkpoint.load(source)
+        held = load_heldout(ckpt, settings.n, "answer" if settings.scaffold else settings.mask, settings.mask_ratio,
+                            sampler.seed, scaffold=True if settings.scaffold else None)
+        maps = {}
+        for p in settings.policies:  # the step counts vary by setting: the sampler's other settings are compared
+            maps[p], warning = calibration_map.for_sampler(ckpt.path.parent, replace(sampler, policy=p),
+                                                           with_steps=False)
+            warnings += [warning] if warning else []
+        model = ckpt.build_model(pick_device(settings.device))
+        if settings.scaffold:
+            from cdt.scaffold.evaluate import iter_scaffold as iterate
+        else:
+            iterate = iter_policies
+        rows, interrupted = finished_settings(iterate(model, ckpt, held, settings, maps, on_batch))
+        if not rows:
+            raise KeyboardInterrupt  # nothing finished: nothing to show or keep
+        rows_path = save_rows(rows, complete=not interrupted)
+    pairs, pairs_json = [], None
+    if not settings.scaffold:
+        pairs = equal_cost_pairs([(r.policy, r.steps, r.passes, r.hits()) for r in rows])
+        json_hits = [r.hits("json_valid") for r in rows]
+        if None not in json_hits:  # toolcalls answers
+            pairs_json = equal_cost_pairs([(r.policy, r.steps, r.passes, h) for r, h in zip(rows, json_hits)])
+    return EvalReport(str(ckpt.path), settings, held.masking, ckpt.config.data.answer_tail, rows, pairs,
+                      pairs_json, None if rows_path is None else str(rows_path), interrupted, warnings)
+
+
+def iter_policies(model: DiffusionLM, ckpt: Checkpoint, held: HeldOut, settings: EvalSettings, maps: dict,
+                  on_batch=None) -> Iterator[EvalRow]:
+    """Each setting (policy x steps) as soon as it is finished."""
+    for cfg in settings.settings():
+        outcomes: list[RowOutcome | None] = [None] * len(held)
+        passes, batches = 0, 0
+        t0 = time.perf_counter()
+        plan = [(rows, [seed_for(cfg.seed, int(i)) for i in rows]) for rows in held.by_length(settings.batch_size)]
+        for done in infill(model, held, plan, cfg, calibration=maps[cfg.policy],
+                           allow_null=ckpt.config.data.emits_null, on_batch=on_batch):
+            passes += done.passes
+            batches += 1
+            for j, i in enumerate(done.rows.tolist()):
+                outcomes[i] = _outcome(ckpt.vocab, held, done.part, j, i, done.generation.tokens[j])
+        yield _aggregate(cfg.policy, cfg.steps, passes / batches, outcomes, time.perf_counter() - t0)
 
 
 def finished_settings(settings: Iterable) -> tuple[list, bool]:
@@ -160,94 +229,3 @@ def _aggregate(policy: str, steps: int, passes: float, outcomes: list[RowOutcome
                    sum(o.json_valid for o in outcomes) / m if graded else None,
                    sum(o.fields_right for o in outcomes) / max(n_fields, 1) if graded else None,
                    seconds, outcomes)
-
-
-# scaffolds
-
-
-@dataclass
-class ScaffoldEvalRow:
-    policy: str
-    steps: int
-    passes: float
-    structure: float  # share of rows whose non-slot positions are untouched (1.0 by construction)
-    json_valid: float  # share of calls that parse
-    type_valid: float  # share of fields whose value has the schema's type (enum member, integer, ...)
-    field_exact: float  # share of fields equal to the reference
-    call_exact: float  # share of calls with every field right
-    null_precision: float | None  # of the slot positions left [NULL], the share the reference leaves [NULL]
-    null_recall: float | None  # of the reference's [NULL] positions, the share left [NULL]
-    diversity: float  # mean over generated values of distinct characters / characters
-    repetition: float  # share of value characters equal to the one before (collapse: "aaaa")
-    seconds: float
-
-
-def _value_chars(vocab, ids) -> str:
-    return vocab.decode(ids)  # [NULL] dropped
-
-
-def iter_scaffold(ckpt: Checkpoint, held: HeldOut, policies: list[str], steps_list: list[int], batch_size: int,
-                  base: SampleConfig, device: str = "auto", on_batch=None) -> Iterator[ScaffoldEvalRow]:
-    """Infill only the value slots of held-out scaffolded answers and grade every field; each setting as
-    soon as it is finished."""
-    from cdt import scaffold
-    from cdt.data import SEPARATOR
-    from cdt.train import value_spans
-    from cdt.vocab import NULL_ID
-
-    model = ckpt.build_model(pick_device(device))
-    vocab = ckpt.vocab
-    spans = [value_spans(r, vocab, scaffold=True)[1] for r in held.records]
-    schemas = [scaffold.builtin(r.tool) for r in held.records]
-    heads = [len(vocab.encode(r.prompt + SEPARATOR)) for r in held.records]  # where each answer starts
-    allowed = scaffold.allowed_rows(schemas, heads, held.template.shape[1], vocab)  # what each slot may hold
-    for steps in steps_list:  # every policy at the fewest steps first: an interrupted run still compares them
-        for policy in policies:
-            cfg = SampleConfig(**{**base.__dict__, "policy": policy, "steps": steps})
-            cfg.validate()
-            calibration, _ = calibration_map.for_policy(ckpt.path.parent, policy)
-            n = dict.fromkeys(("structure", "json", "types", "fields", "field_ok", "calls", "pred_null", "ref_null",
-                               "both_null", "values", "diversity", "chars", "repeats"), 0)
-            passes = batches = 0
-            t0 = time.perf_counter()
-            for index, part in held.batches(batch_size):
-                seeds = [seed_for(cfg.seed, int(i)) for i in index]
-                gen = generate(model, part.template, part.protected, cfg, row_seeds=seeds, calibration=calibration,
-                               allow_null=True, allowed_at=allowed[index, : part.template.shape[1]])
-                passes += gen.passes["generator"] + gen.passes["critic"]
-                batches += 1
-                clean, prot = part.clean, part.protected
-                for j, i in enumerate(index.tolist()):
-                    row, ref = gen.tokens[j], clean[j]
-                    n["structure"] += bool(torch.equal(row[prot[j]], ref[prot[j]]))
-                    head = heads[i]
-                    parsed = scaffold.parse(schemas[i], _value_chars(vocab, row[head:]))
-                    n["json"] += parsed.call is not None
-                    bad = {e.split("'")[1] for e in parsed.errors if e.startswith("field '")}
-                    all_ok = True
-                    for f, (a, b) in zip(schemas[i].fields, spans[i]):
-                        n["fields"] += 1
-                        n["types"] += parsed.call is not None and f.name not in bad
-                        ok = torch.equal(row[a:b], ref[a:b]) or _value_chars(vocab, row[a:b]) == _value_chars(vocab, ref[a:b])
-                        n["field_ok"] += ok
-                        all_ok &= ok
-                        pred_null, ref_null = row[a:b] == NULL_ID, ref[a:b] == NULL_ID
-                        n["pred_null"] += int(pred_null.sum())
-                        n["ref_null"] += int(ref_null.sum())
-                        n["both_null"] += int((pred_null & ref_null).sum())
-                        value = _value_chars(vocab, row[a:b])
-                        if value:
-                            n["values"] += 1
-                            n["diversity"] += len(set(value)) / len(value)
-                            n["chars"] += len(value)
-                            n["repeats"] += sum(x == y for x, y in zip(value, value[1:]))
-                    n["calls"] += all_ok
-                if on_batch:
-                    on_batch(len(index))
-            m = len(held)
-            yield ScaffoldEvalRow(
-                policy, steps, passes / batches, n["structure"] / m, n["json"] / m, n["types"] / max(n["fields"], 1),
-                n["field_ok"] / max(n["fields"], 1), n["calls"] / m,
-                n["both_null"] / n["pred_null"] if n["pred_null"] else None,
-                n["both_null"] / n["ref_null"] if n["ref_null"] else None,
-                n["diversity"] / max(n["values"], 1), n["repeats"] / max(n["chars"], 1), time.perf_counter() - t0)

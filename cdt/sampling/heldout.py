@@ -6,15 +6,13 @@ evenly spaced windows of a text file's last 10%), so no command grades on traini
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from cdt.checkpoint import Checkpoint
-from cdt.data import SEPARATOR, load_corpus
-from cdt.data.toolcalls import AnswerCheck, check_answer
+from cdt.data import load_corpus
 from cdt.errors import CdtError, UsageError
 from cdt.sampling.template import heldout_templates
 from cdt.vocab import PAD_ID
@@ -36,22 +34,20 @@ class HeldOut:
         """(n,) each row's length ([PAD] only ever follows a row's text)."""
         return (self.clean != PAD_ID).sum(1)
 
-    def take(self, rows: torch.Tensor) -> HeldOut:
-        """These rows (indices into this set, repeats allowed), trimmed to the longest of them:
-        the columns cut are [PAD] in every row taken, which no position attends to."""
-        width = int((self.clean[rows] != PAD_ID).sum(1).max())
+    def take(self, rows: torch.Tensor, trim: bool = True) -> HeldOut:
+        """These rows (indices into this set, repeats allowed), trimmed to the longest of them (the
+        columns cut are [PAD] in every row taken, which no position attends to) or at full width."""
+        width = int((self.clean[rows] != PAD_ID).sum(1).max()) if trim else self.clean.shape[1]
         records = [self.records[int(i)] for i in rows] if self.records is not None else None
         return HeldOut(self.clean[rows, :width], self.template[rows, :width], self.protected[rows, :width],
                        records, self.masking, self.scaffold)
 
-    def batches(self, batch_size: int):
-        """(rows, part) for batches of rows of similar length (ordered by length, then index), each part
+    def by_length(self, batch_size: int) -> list[torch.Tensor]:
+        """Row indices in batches of similar length (ordered by length, then index): taken, a batch is
         trimmed to its longest row, so no batch spends compute on the padding of the longest held-out row.
         Rows keep their own seeds and graders sum over rows, so the order changes no result."""
         order = torch.from_numpy(np.argsort(self.lengths().numpy(), kind="stable"))
-        for lo in range(0, len(order), batch_size):
-            rows = order[lo : lo + batch_size]
-            yield rows, self.take(rows)
+        return [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
 
     def region(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
         """(rows, L) bool: the masked positions a generation is graded on."""
@@ -106,20 +102,3 @@ def load_heldout(ckpt: Checkpoint, n: int, masking: str | None = None, ratio: fl
     clean, template, protected = heldout_templates(corpus, n, masking, ratio, seed)
     records = corpus.records[:n] if corpus.records else None
     return HeldOut(clean, template, protected, records, masking, scaffold)
-
-
-def answer_text(vocab, row) -> str:
-    """The answer part of a generated toolcalls row (after the request separator)."""
-    return vocab.decode(row).split(SEPARATOR, 1)[-1]
-
-
-def grade(vocab, record, row, scaffold: bool = False) -> AnswerCheck:
-    """Field-by-field check of a generated answer; scaffolded answers are read as the scaffold
-    reads them (an empty optional slot is null)."""
-    text = answer_text(vocab, row)
-    if scaffold:
-        from cdt.scaffold import builtin, parse
-
-        call = parse(builtin(record.tool), text).call
-        text = json.dumps(call, ensure_ascii=False) if call is not None else text
-    return check_answer(record, text)

@@ -12,63 +12,18 @@ whose confidence clears a threshold, at least one per row and step, Fast-dLLM-st
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from cdt.artifacts import build_critic_artifacts
-from cdt.errors import CdtError, UsageError
+from cdt.device import autocast
+from cdt.errors import CdtError
 from cdt.model import DiffusionLM
 from cdt.rng import RowGenerators, seed_for
+from cdt.settings import SampleConfig, schedule_fraction
 from cdt.sampling.policies import ScoreContext, get_policy
-from cdt.device import autocast
 from cdt.vocab import MASK_ID, emittable
-
-COMMITS = ("remask", "lock", "threshold")
-SELECTIONS = ("topk", "gumbel")
-
-
-@dataclass
-class SampleConfig:
-    """How to generate; every field is a `cdt sample` flag."""
-
-    steps: int = 16
-    policy: str = "confidence"
-    commit: str = "remask"  # remask | lock | threshold
-    threshold: float = 0.9  # threshold mode: commit tokens whose confidence (1 - score) reaches this
-    lock_threshold: float = 0.9  # rcr policy: a position whose best confidence reaches this is final
-    schedule: str = "linear"  # linear | cosine | power:P: how many positions stay masked after each step
-    # linear commits the same share every step; cosine (MaskGIT) commits few at first and most at the end,
-    # when the hardest tokens are left: on toolcalls it lost 5-14 points of valid JSON at 16 steps. power:P
-    # (P > 1) does the opposite: most at first, few at the end, where nothing is left to check a commit
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    randomness: float = 0.0  # blend scores with uniform noise: (1 - r) * score + r * U
-    selection: str = "topk"  # topk: remask the k worst; gumbel: sample k without replacement, p ~ score
-    blocks: int = 1  # semi-autoregressive (LLaDA): the region in this many left-to-right blocks, each its share of
-    # the steps; positions of later blocks stay masked until their block's turn
-    spread: bool = False  # commit new tokens that are the best of their masked neighbours first (no adjacent
-    # pairs); remask and lock only: threshold mode commits by confidence alone
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise UsageError("--steps must be at least 1")
-        if not 1 <= self.blocks <= self.steps:
-            raise UsageError(f"--blocks must be between 1 and --steps ({self.steps}), got {self.blocks}")
-        get_policy(self.policy)
-        schedule_fraction(self.schedule, 0.0)
-        for name, value, allowed in (("commit", self.commit, COMMITS), ("selection", self.selection, SELECTIONS)):
-            if value not in allowed:
-                raise UsageError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
-        if not 0.0 <= self.randomness <= 1.0:
-            raise UsageError("--randomness must be between 0 and 1")
-        if not 0.0 <= self.lock_threshold <= 1.0:
-            raise UsageError("--lock-threshold must be between 0 and 1")
-        if not 0.0 < self.top_p <= 1.0 or self.top_k < 0 or self.temperature < 0:
-            raise UsageError("--top-p must be in (0, 1], --top-k and --temperature at least 0")
 
 
 @dataclass
@@ -91,23 +46,6 @@ class Generation:
 
 
 # helpers
-
-
-def schedule_fraction(schedule: str, r: float) -> float:
-    """The share of the region still masked once a share r of the steps is done: linear 1 - r, cosine
-    cos(pi r / 2), power:P (1 - r)^P. A bad name is a UsageError."""
-    if schedule == "linear":
-        return 1.0 - r
-    if schedule == "cosine":
-        return math.cos(math.pi / 2 * r)
-    name, _, power = schedule.partition(":")
-    try:
-        p = float(power) if name == "power" else None
-    except ValueError:
-        p = None
-    if p is None or not math.isfinite(p) or p <= 0:
-        raise UsageError(f"unknown schedule {schedule!r}; choose from linear, cosine, power:P (P > 0, e.g. power:3)")
-    return (1.0 - r) ** p
 
 
 def masked_after(step: int, steps: int, total: torch.Tensor, schedule: str) -> torch.Tensor:
@@ -207,6 +145,8 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
     `calibration` maps critic probabilities for the `critic-calibrated` policy. `allowed_at` (b, n, v)
     bool narrows the characters each position may take (scaffold slots: digits in a number, ...).
     """
+    if cfg.steps is None:
+        raise ValueError("SampleConfig.steps is unresolved: call cfg.for_checkpoint(ckpt) first")
     cfg.validate()
     policy = get_policy(cfg.policy)
     if policy.needs_critic and not model.has_critic:

@@ -8,9 +8,9 @@ import torch
 from cdt.data import SEPARATOR
 from cdt.errors import CdtError, UsageError
 from cdt.rng import seed_for
+from cdt.settings import MASKS
 from cdt.vocab import MASK_ID, PAD_ID, Vocab
 
-MASKINGS = ("answer", "random", "span")
 
 
 def heldout_templates(corpus, n: int, masking: str = "answer", ratio: float = 0.3,
@@ -22,8 +22,8 @@ def heldout_templates(corpus, n: int, masking: str = "answer", ratio: float = 0.
     `span` masks one contiguous run of round(ratio * maskable) positions at a random start.
     Draws come from seed_for(seed, row), so a row's region does not depend on n.
     """
-    if masking not in MASKINGS:
-        raise UsageError(f"unknown masking {masking!r}; choose from {', '.join(MASKINGS)}")
+    if masking not in MASKS:
+        raise UsageError(f"unknown mask {masking!r}; choose from {', '.join(MASKS)}")
     if masking != "answer" and not 0.0 < ratio <= 1.0:
         raise UsageError("--mask-ratio must be in (0, 1]")
     batch = next(corpus.val_batches(n, n))

@@ -5,13 +5,10 @@ import json
 import math
 
 import pytest
-from typer.testing import CliRunner
 
-from cdt.cli import app
-from cdt.paired import compare, equal_cost_pairs, mcnemar
-from tests.test_cli import assert_one_line_error
+from cdt.mcnemar import compare, equal_cost_pairs, mcnemar
 
-runner = CliRunner()
+from tests.helpers import assert_one_line_error, cli
 
 
 def binom_tail_ge(k: int, m: int, q: float) -> float:
@@ -101,8 +98,8 @@ def test_pairs_are_different_policies_at_equal_steps_or_equal_passes():
 
 def test_eval_rows_file_and_paired_json_agree(tiny_run, tmp_path):
     out = tmp_path / "sub" / "rows.jsonl"
-    result = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--policies", "confidence,critic",
-                                 "--steps", "2,4", "--n", "7", "--batch-size", "3", "--rows", str(out), "--json"])
+    result = cli("eval", "--checkpoint", str(tiny_run), "--policies", "confidence,critic",
+                                 "--steps", "2,4", "--n", "7", "--batch-size", "3", "--rows", str(out), "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -137,8 +134,8 @@ def test_eval_rows_file_and_paired_json_agree(tiny_run, tmp_path):
         assert p["only_b"] == sum(b[i]["json_valid"] and not a[i]["json_valid"] for i in range(7))
         assert p["both"] == sum(a[i]["json_valid"] and b[i]["json_valid"] for i in range(7))
         assert p["only_a"] >= p["only_b"]
-    table = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--policies", "confidence,critic",
-                                "--steps", "2", "--n", "3"])
+    table = cli("eval", "--checkpoint", str(tiny_run), "--policies", "confidence,critic",
+                                "--steps", "2", "--n", "3")
     assert table.exit_code == 0 and "paired on the same 3 rows · exact match" in table.stdout
     assert "paired on the same 3 rows · JSON valid" in table.stdout
 
@@ -147,28 +144,28 @@ def test_eval_rows_never_overwrites_and_leaves_nothing_when_interrupted(tiny_run
     out = tmp_path / "rows.jsonl"
     out.write_text("keep me\n")
     args = ["eval", "--checkpoint", str(tiny_run), "--policies", "confidence", "--steps", "2", "--n", "2"]
-    assert_one_line_error(runner.invoke(app, args + ["--rows", str(out)]), 2, "exists")
+    assert_one_line_error(cli(*args + ["--rows", str(out)]), 2, "exists")
     assert out.read_text() == "keep me\n"
-    assert_one_line_error(runner.invoke(app, args + ["--rows", str(tmp_path / "x.jsonl"), "--scaffold"]), 2,
+    assert_one_line_error(cli(*args + ["--rows", str(tmp_path / "x.jsonl"), "--scaffold"]), 2,
                           "--rows is not available with --scaffold")
 
-    import cdt.sampling.evaluate as evaluate
+    import cdt.sampling.infill as infill
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluate, "generate", interrupted)  # Ctrl-C before any setting finished
+    monkeypatch.setattr(infill, "generate", interrupted)  # Ctrl-C before any setting finished
     fresh = tmp_path / "fresh.jsonl"
-    assert_one_line_error(runner.invoke(app, args + ["--rows", str(fresh)]), 1, "interrupted")
+    assert_one_line_error(cli(*args + ["--rows", str(fresh)]), 1, "interrupted")
     assert list(tmp_path.iterdir()) == [out]  # neither the file nor a partial one
 
 
 def test_eval_interrupted_reports_the_settings_it_finished(tiny_run, tmp_path, monkeypatch):
-    import cdt.sampling.evaluate as evaluate
+    import cdt.sampling.infill as infill
 
     args = ["eval", "--checkpoint", str(tiny_run), "--policies", "confidence,critic", "--steps", "2", "--n", "3"]
-    whole = json.loads(runner.invoke(app, args + ["--json"]).stdout)
-    real, calls = evaluate.generate, []
+    whole = json.loads(cli(*args + ["--json"]).stdout)
+    real, calls = infill.generate, []
 
     def ctrl_c_in_the_second_setting(*a, **k):  # --n 3 fits one batch: one call per setting
         calls.append(1)
@@ -176,9 +173,9 @@ def test_eval_interrupted_reports_the_settings_it_finished(tiny_run, tmp_path, m
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(evaluate, "generate", ctrl_c_in_the_second_setting)
+    monkeypatch.setattr(infill, "generate", ctrl_c_in_the_second_setting)
     out = tmp_path / "rows.jsonl"
-    result = runner.invoke(app, args + ["--rows", str(out)])
+    result = cli(*args + ["--rows", str(out)])
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"error: interrupted after 1 of 2 settings; stdout has their figures, "
                                      f"{out}.partial their rows")
@@ -188,26 +185,25 @@ def test_eval_interrupted_reports_the_settings_it_finished(tiny_run, tmp_path, m
     assert [(r["policy"], r["steps"], r["index"]) for r in kept] == [("confidence", 2, i) for i in range(3)]
 
     calls.clear()
-    doc = json.loads(runner.invoke(app, args + ["--json"]).stdout)
+    doc = json.loads(cli(*args + ["--json"]).stdout)
     assert (doc["interrupted"], doc["settings"], doc["finished"]) == (True, 2, 1)
     assert (whole["interrupted"], whole["finished"]) == (False, 2)
     first = {k: v for k, v in whole["rows"][0].items() if k != "seconds"}
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in doc["rows"]] == [first]  # as if uninterrupted
 
 
-def test_eval_rows_says_what_a_killed_run_left(tiny_run, tmp_path):
-    from tests.test_calibrate import _dead_pid, _left
+def test_eval_rows_says_what_a_killed_runleft_behind(tiny_run, tmp_path):
+    from tests.helpers import dead_pid, left_behind
 
     out = tmp_path / "rows.jsonl"
-    gone = _dead_pid()
-    left = _left(out, gone, '{"policy": "confidence"}\n{"poli', age=300)
-    r = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run), "--policies", "confidence", "--steps", "2",
-                            "--n", "2", "--rows", str(out)])
+    gone = dead_pid()
+    left = left_behind(out, gone, '{"policy": "confidence"}\n{"poli', age=300)
+    r = cli("eval", "--checkpoint", str(tiny_run), "--policies", "confidence", "--steps", "2",
+                            "--n", "2", "--rows", str(out))
     assert r.exit_code == 0, r.stderr
     assert f"process {gone}) left 1 line in" in r.stderr and "rows.jsonl.partial" in r.stderr
     assert (tmp_path / "rows.jsonl.partial").read_text() == '{"policy": "confidence"}\n'
     assert len(out.read_text().splitlines()) == 2 and not left.exists()
-
 
 
 def test_json_validity_is_paired_only_where_it_is_graded():

@@ -1,0 +1,80 @@
+"""How flags are declared, once: a command's settings dataclass becomes its flags (`@settings`), and
+the few plain options several commands take are `Annotated` aliases (`checkpoint: Checkpoint`).
+
+A setting such as the sampling policy is declared, helped and validated in one place (its field
+in `cdt/settings.py`) and reaches the library as one settings object. No torch here: `--help`
+stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cdt.errors import UsageError, deprecated
+from cdt.settings import DEVICE_HELP, from_flags
+
+Checkpoint = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint file, or the run directory that holds it.",
+                                          show_default=False)]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else there.")]
+Length = Annotated[int, typer.Option("--length", min=1, help="Characters to generate after the prompt (a model "
+                                     "trained with data.answer_tail takes it as a budget and ends with [NULL]).")]
+Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+
+
+def settings(cls, param: str):
+    """Give a command the flags of settings dataclass `cls` (its `flag()` fields, a nested dataclass's
+    too) in place of its parameter `param`; the command receives one `cls`, validated before it runs."""
+    flags = list(_flags(cls()))
+
+    def decorate(fn):
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                  for p in inspect.signature(fn, eval_str=True).parameters.values()]
+        at = [p.name for p in params].index(param)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            obj = from_flags(cls, **{p.name: kwargs.pop(p.name) for p in flags})
+            obj.validate()
+            return fn(*args, **kwargs, **{param: obj})
+
+        wrapper.__signature__ = inspect.Signature(params[:at] + flags + params[at + 1:])
+        return wrapper
+
+    return decorate
+
+
+def _flags(obj, panel: str | None = None, exclude: tuple = ()):
+    """A typer parameter for every flag of settings object `obj`, its default taken from `obj`."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        default = getattr(obj, f.name)
+        if "panel" in f.metadata:
+            yield from _flags(default, f.metadata["panel"], f.metadata["exclude"])
+            continue
+        if "help" not in f.metadata or f.name in exclude:
+            continue
+        kind = hints[f.name]
+        if typing.get_origin(kind) is tuple:  # a comma-separated list on the command line
+            kind, default = str, ",".join(map(str, default))
+        elif type(None) in typing.get_args(kind):
+            kind = Optional[next(a for a in typing.get_args(kind) if a is not type(None))]
+        option = typer.Option(default, f.metadata["name"] or "--" + f.name.replace("_", "-"), help=f.metadata["help"],
+                              rich_help_panel=panel, show_default=default is not None)
+        yield inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+
+
+def renamed(old_flag: str, old_value, new_flag: str, new_value, new_default=None):
+    """The value of a flag that has a deprecated spelling: the old one still works, with a warning."""
+    if old_value is None:
+        return new_value
+    if new_value != new_default:
+        raise UsageError(f"give {new_flag} or {old_flag} (its old name), not both")
+    deprecated(old_flag, new_flag)
+    return old_value

@@ -1,0 +1,95 @@
+"""The two-pass step: corrupt, generator pass, fill through `build_critic_artifacts`, critic pass.
+
+Training runs it with gradients (`TrainStep`), validation without; `one_step` shows
+held-out rows as training sees them (`cdt calibrate --mode step`, `cdt explore --mode
+step`). One function, so every view of the critic judges inputs built the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cdt.artifacts import CriticArtifacts, build_critic_artifacts
+from cdt.config import TrainConfig
+from cdt.data import Batch
+from cdt.device import autocast
+from cdt.losses import critic_bce, diffusion_nelbo
+from cdt.model import DiffusionLM
+from cdt.noise import EPS, Schedule, corrupt, get_schedule
+from cdt.rng import RowGenerators
+from cdt.vocab import PAD_ID
+
+
+@dataclass
+class StepOutput:
+    gen_loss: torch.Tensor
+    critic_loss: torch.Tensor | None
+    noisy: torch.Tensor  # (b, n)
+    masked: torch.Tensor  # (b, n) bool
+    maskable: torch.Tensor  # (b, n) bool
+    logits: torch.Tensor  # (b, n, v)
+    artifacts: CriticArtifacts | None  # of the rows the critic's pass took (all but with critic_rows)
+    critic_logits: torch.Tensor | None  # (rows, n)
+
+
+def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: Schedule, cfg: TrainConfig,
+                   region: str, generator: torch.Generator, device: torch.device,
+                   allow_null: bool = False, critic: bool = True, critic_rows: int = 0) -> StepOutput:
+    """Corrupt, generator pass, fill via build_critic_artifacts, critic pass (critic=False: the generator alone).
+
+    critic_rows > 0: the fill and the critic's pass take only that many rows of the batch, evenly
+    spaced (training's `train.critic_rows`); the generator's loss still takes every row."""
+    clean = batch.ids.to(device, non_blocking=True)
+    maskable = batch.maskable.to(device, non_blocking=True) if region == "answer" else clean != PAD_ID
+    noisy, masked = corrupt(clean, maskable, t, schedule, generator)
+    with autocast(device):
+        logits = model.generator_logits(model(noisy), noisy)
+    if cfg.loss_weighting == "flat":  # every masked token counts the same, whatever its t
+        gen_loss = diffusion_nelbo(logits, clean, masked, torch.ones_like(t), masked.sum())
+    else:
+        gen_loss = diffusion_nelbo(logits, clean, masked, schedule.weight(t), maskable.sum())
+    if not model.has_critic or not critic:
+        return StepOutput(gen_loss, None, noisy, masked, maskable, logits, None, None)
+    c_noisy, c_logits, c_clean = noisy, logits.detach(), clean
+    if 0 < critic_rows < len(clean):  # every (b / critic_rows)-th row: the critic sees every stratum of t
+        rows = torch.arange(critic_rows, device=clean.device) * len(clean) // critic_rows
+        c_noisy, c_logits, c_clean = noisy[rows], c_logits[rows], clean[rows]
+    art = build_critic_artifacts(c_noisy, c_logits, c_clean, temperature=cfg.fill_temperature,
+                                 scope=cfg.critic_scope, allow_null=allow_null, generator=generator)
+    with autocast(device):
+        critic_logits = model.critic_logits(model(art.critic_input)).float()
+    return StepOutput(gen_loss, critic_bce(critic_logits, art.critic_target, art.critic_valid), noisy, masked,
+                      maskable, logits, art, critic_logits)
+
+
+class TrainStep(torch.nn.Module):
+    """One training step's forward: `diffusion_step` and the weighted loss.
+
+    Both trunk passes run inside this one forward, so DistributedDataParallel sees one
+    forward per backward and syncs each parameter's summed gradient once."""
+
+    def __init__(self, model: DiffusionLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, t, schedule, tc, region, gen, device, allow_null, alpha, critic=True):
+        out = diffusion_step(self.model, batch, t, schedule, tc, region, gen, device, allow_null, critic,
+                             tc.critic_rows)
+        loss = out.gen_loss if out.critic_loss is None else out.gen_loss + alpha * out.critic_loss
+        return loss, out
+
+
+@torch.no_grad()
+def one_step(model: DiffusionLM, clean: torch.Tensor, region: torch.Tensor, seeds: list[int], ckpt, device):
+    """The training step's view of held-out rows: corrupt each row's region at a seeded t ~ U(0, 1),
+    one generator pass, the fill, one critic pass (no loss).
+    Returns (filled rows, critic P(wrong), critic_valid, the positions the corruption masked)."""
+    t = torch.tensor([float(np.random.default_rng(s).uniform(EPS, 1.0)) for s in seeds])  # t ~ U(0, 1) per row
+    out = diffusion_step(model, Batch(clean, region), t, get_schedule(ckpt.config.train.noise_schedule),
+                         ckpt.config.train, "answer", RowGenerators(seeds), device, ckpt.config.data.emits_null)
+    art = out.artifacts
+    probs = torch.sigmoid(out.critic_logits).cpu()
+    return art.critic_input.cpu(), probs, art.critic_valid.cpu(), art.filled.cpu()
