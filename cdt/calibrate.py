@@ -31,12 +31,13 @@ from cdt.grading import grade
 from cdt.metrics import Reliability, ReliabilityReport, auroc, average_precision
 from cdt.rng import seed_for
 from cdt.rundir import MAP_NAME, REPORT_NAME, SCORES_NAME, write_json
-from cdt.settings import CalibrateSettings
 from cdt.sampling.heldout import HeldOut, load_heldout
 from cdt.sampling.infill import infill
 from cdt.sampling.loop import final_critic_probs
 from cdt.scores import ScoreWriter
+from cdt.settings import CalibrateSettings
 from cdt.step import one_step
+
 
 @dataclass
 class CalibrationResult:

@@ -1,8 +1,9 @@
 """The `cdt` command line: flags -> a config -> one library call -> rich on a terminal, or --json.
 
 Results go to stdout, diagnostics and progress to stderr. Exit codes: 0 success, 1 runtime
-failure (one-line cause on stderr), 2 usage error. A command only parses, calls and renders;
-options several commands share are declared once, in cdt/options.py.
+failure (one-line cause on stderr), 2 usage error. A command only parses, calls and renders:
+its flags are the fields of its settings dataclass (cdt/settings.py, made flags by cdt/options.py),
+validated before any model loads, and handed to one library call.
 """
 
 import signal

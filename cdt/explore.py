@@ -22,13 +22,14 @@ from cdt.device import pick_device
 from cdt.errors import UsageError
 from cdt.metrics import frame_stats
 from cdt.rng import seed_for
-from cdt.settings import COLOURINGS, ExploreSettings
 from cdt.sampling.heldout import load_heldout
 from cdt.sampling.loop import critic_probs, generate
 from cdt.sampling.policies import POLICIES
 from cdt.sampling.template import prompt_template
+from cdt.settings import COLOURINGS, ExploreSettings
 from cdt.step import one_step
 from cdt.vocab import MASK_ID, PAD_ID
+
 
 @dataclass
 class Material:

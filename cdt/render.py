@@ -6,8 +6,8 @@ from __future__ import annotations
 from rich import box
 from rich.color import Color
 from rich.console import Console, Group
-from rich.style import Style
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 

@@ -8,10 +8,10 @@ training need no sampler state.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-import string
 
 import numpy as np
 import torch

@@ -23,10 +23,10 @@ from cdt.grading import grade
 from cdt.mcnemar import Paired, equal_cost_pairs
 from cdt.model import DiffusionLM
 from cdt.rng import seed_for
-from cdt.settings import EvalSettings
 from cdt.sampling.heldout import HeldOut, load_heldout
 from cdt.sampling.infill import infill
 from cdt.scores import ScoreWriter
+from cdt.settings import EvalSettings
 
 
 @dataclass

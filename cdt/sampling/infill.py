@@ -9,9 +9,9 @@ from typing import Iterable, Iterator
 import torch
 
 from cdt.model import DiffusionLM
-from cdt.settings import SampleConfig
 from cdt.sampling.heldout import HeldOut
 from cdt.sampling.loop import Generation, generate
+from cdt.settings import SampleConfig
 
 
 @dataclass

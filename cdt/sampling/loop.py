@@ -21,8 +21,8 @@ from cdt.device import autocast
 from cdt.errors import CdtError
 from cdt.model import DiffusionLM
 from cdt.rng import RowGenerators, seed_for
-from cdt.settings import SampleConfig, schedule_fraction
 from cdt.sampling.policies import ScoreContext, get_policy
+from cdt.settings import SampleConfig, schedule_fraction
 from cdt.vocab import MASK_ID, emittable
 
 

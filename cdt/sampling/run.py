@@ -10,9 +10,9 @@ from cdt import calibration_map, checkpoint
 from cdt.artifacts import CRITIC_POLARITY
 from cdt.device import pick_device
 from cdt.errors import CdtError
-from cdt.settings import SampleConfig
 from cdt.sampling.loop import Generation, final_critic_probs, generate
 from cdt.sampling.template import prompt_template
+from cdt.settings import SampleConfig
 from cdt.vocab import NULL_ID, Vocab
 
 

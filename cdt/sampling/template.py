@@ -12,7 +12,6 @@ from cdt.settings import MASKS
 from cdt.vocab import MASK_ID, PAD_ID, Vocab
 
 
-
 def heldout_templates(corpus, n: int, masking: str = "answer", ratio: float = 0.3,
                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first n held-out rows as (clean, template, protected); the masked region is what to infill.

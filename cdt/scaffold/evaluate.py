@@ -13,11 +13,11 @@ from cdt.data import SEPARATOR
 from cdt.grading import value_spans
 from cdt.model import DiffusionLM
 from cdt.rng import seed_for
-from cdt.settings import EvalSettings
 from cdt.sampling.heldout import HeldOut
 from cdt.sampling.infill import infill
 from cdt.scaffold.layout import allowed_rows
 from cdt.scaffold.schema import builtin, parse
+from cdt.settings import EvalSettings
 from cdt.vocab import NULL_ID
 
 

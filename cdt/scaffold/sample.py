@@ -9,10 +9,10 @@ from pathlib import Path
 from cdt import calibration_map, checkpoint
 from cdt.data import SEPARATOR
 from cdt.device import pick_device
-from cdt.settings import SampleConfig
 from cdt.sampling.loop import Generation, generate
 from cdt.scaffold.layout import allowed_rows, template
 from cdt.scaffold.schema import Schema, parse
+from cdt.settings import SampleConfig
 from cdt.vocab import Vocab
 
 
