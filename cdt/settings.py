@@ -335,7 +335,7 @@ class TrainSettings:
     """`cdt train`: what the command line says; `cdt.config.resolve_flags` turns it into a RunConfig
     (defaults < preset < --config < these flags and --set)."""
 
-    preset: str | None = flag(None, "tiny (tests, seconds), small (the default, 10-15 min on 2 CPU cores), long "
+    preset: str | None = flag(None, "tiny (tests, seconds), small (the default, 10-20 min on 2 CPU cores), long "
                                     "(~3x the steps), copy_long (long with AdamW), base (GPU), value_pairwise "
                                     "(--stage value).")
     config: Path | None = flag(None, "YAML file with model/data/train sections; overrides the preset.")

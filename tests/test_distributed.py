@@ -122,6 +122,7 @@ def test_cuda_training_in_bf16_autocast(tmp_path):
     assert result.step == 3 and result.final_eval["val_bpc"] > 0
 
 
+@pytest.mark.slow  # Muon is tested in one process, DDP with AdamW in the fast suite
 def test_muon_trains_under_torchrun(tmp_path):
     out = tmp_path / "muon"
     proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cdt",
