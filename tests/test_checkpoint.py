@@ -1,3 +1,4 @@
+import dataclasses
 import pickle
 import warnings
 
@@ -80,3 +81,28 @@ def test_other_torch_files_and_missing_paths(tmp_path):
         checkpoint.load(tmp_path / "missing")
     with pytest.raises(CdtError, match="no checkpoint at"):
         checkpoint.load(tmp_path)  # a directory without checkpoint.pt
+
+
+def test_weights_that_do_not_fit_the_config_are_one_error_naming_the_file(tmp_path):
+    cfg, vocab, model = small_model()
+    path = checkpoint.save(tmp_path / "c.pt", model=model, config=cfg, vocab=vocab, step=1)
+    ckpt = checkpoint.load(path)
+    name = next(iter(ckpt.model_state))
+    ckpt.model_state[name] = torch.zeros(3, 3)  # another shape than the config builds
+    with pytest.raises(CdtError, match=f"{path} does not match its own architecture: .*{name}"):
+        ckpt.build_model()
+    ckpt = checkpoint.load(path)
+    del ckpt.model_state[name]
+    with pytest.raises(CdtError, match=rf"missing \['{name}'\]"):
+        ckpt.build_model()
+
+
+def test_the_value_stage_adds_an_untrained_head_and_nothing_else(tmp_path):
+    cfg, vocab, model = small_model()
+    ckpt = checkpoint.load(checkpoint.save(tmp_path / "c.pt", model=model, config=cfg, vocab=vocab, step=1))
+    arch = dataclasses.replace(cfg.model, value_head=True)
+    with_head = ckpt.build_model(architecture=arch)
+    assert with_head.value_head is not None
+    assert all(torch.equal(with_head.state_dict()[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(CdtError, match="does not match"):
+        ckpt.build_model(architecture=dataclasses.replace(cfg.model, d_model=64, n_heads=2))
