@@ -110,7 +110,7 @@ def test_a_tail_model_samples_null_and_prints_only_text(tail_run, monkeypatch):
 
     monkeypatch.setattr(run_module, "generate", spy)
     result = cli("sample", "--checkpoint", str(tail_run), "--prompt", "Weather in Oslo today",
-                                 "--length", "60", "--n", "4", "--steps", "6", "--seed", "3", "--json")
+                 "--length", "60", "--n", "4", "--steps", "6", "--seed", "3", "--json")
     assert result.exit_code == 0, result.stderr
     assert seen["allow_null"] is True
     assert seen["nulls"] > 0  # this seed's draws hold some [NULL]: they are dropped from the text
@@ -121,7 +121,7 @@ def test_a_tail_model_samples_null_and_prints_only_text(tail_run, monkeypatch):
         assert len(s["critic_probs"]) == len(s["text"])  # one probability per printed character
     # the trajectory shows where the answer ended: [NULL] as ∅, one per [NULL] in the final rows
     shown = cli("sample", "--checkpoint", str(tail_run), "--prompt", "Weather in Oslo today",
-                                "--length", "60", "--n", "4", "--steps", "6", "--seed", "3", "--show-steps")
+                "--length", "60", "--n", "4", "--steps", "6", "--seed", "3", "--show-steps")
     assert shown.exit_code == 0, shown.stderr
     finals = [ln for ln in shown.stderr.splitlines() if ln.strip().startswith("step   6")]
     assert len(finals) == 4 and sum(ln.count("∅") for ln in finals) == seen["nulls"]
@@ -129,14 +129,14 @@ def test_a_tail_model_samples_null_and_prints_only_text(tail_run, monkeypatch):
 
 def test_eval_grades_a_tail_model(tail_run):
     result = cli("eval", "--checkpoint", str(tail_run), "--n", "8", "--steps", "4",
-                                 "--policies", "confidence", "--json")
+                 "--policies", "confidence", "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["answer_tail"] == 16  # scripts can tell the task from the plain one
     row = doc["rows"][0]
     assert 0.0 <= row["exact"] <= 1.0 and row["json_valid"] is not None
     table = cli("eval", "--checkpoint", str(tail_run), "--n", "8", "--steps", "4",
-                                "--policies", "confidence")
+                "--policies", "confidence")
     assert "8 held-out answers (each + 0-16 [NULL]) infilled" in table.stdout
 
 

@@ -19,6 +19,10 @@ from cdt.settings import CalibrateSettings, SampleConfig, from_flags
 from tests.helpers import dead_pid, left_behind
 
 
+def settings(**flags) -> CalibrateSettings:
+    return from_flags(CalibrateSettings, **flags)
+
+
 def run(tiny_run, tmp_path, **kw):
     cfg = from_flags(CalibrateSettings, **{"n_samples": 12, "steps": 3, "batch_size": 5, "device": "cpu", **kw})
     path = tmp_path / "scores.jsonl"
@@ -173,7 +177,7 @@ def test_interrupted_run_keeps_what_it_scored(tiny_run, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with pytest.raises(CdtError, match="4 samples scored so far"):
-        calibrate(load(tiny_run), from_flags(CalibrateSettings, n_samples=10, steps=2, batch_size=4), tmp_path / "s.jsonl", tmp_path,
+        calibrate(load(tiny_run), settings(n_samples=10, steps=2, batch_size=4), tmp_path / "s.jsonl", tmp_path,
                   on_samples=stop_after_first)
     assert not (tmp_path / "s.jsonl").exists()
     partial = (tmp_path / "s.jsonl.partial").read_text().splitlines()
@@ -186,12 +190,12 @@ def test_interrupted_run_keeps_what_it_scored(tiny_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cdt.sampling.infill, "generate", stop_at_once)
     with pytest.raises(CdtError, match="interrupted before the first sample was scored"):
-        calibrate(load(tiny_run), from_flags(CalibrateSettings, n_samples=10, steps=2, batch_size=4), tmp_path / "s.jsonl",
+        calibrate(load(tiny_run), settings(n_samples=10, steps=2, batch_size=4), tmp_path / "s.jsonl",
                   tmp_path)
     monkeypatch.undo()  # the rerun stopped before its first sample left the earlier partial file as it was
     assert (tmp_path / "s.jsonl.partial").read_text().splitlines() == partial
     assert sorted(p.name for p in tmp_path.iterdir() if "jsonl" in p.name) == ["s.jsonl.partial"]  # no .writing
-    calibrate(load(tiny_run), from_flags(CalibrateSettings, n_samples=6, steps=2, batch_size=4), tmp_path / "s.jsonl", tmp_path)
+    calibrate(load(tiny_run), settings(n_samples=6, steps=2, batch_size=4), tmp_path / "s.jsonl", tmp_path)
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 6  # a complete rerun writes the file itself
 
 

@@ -6,11 +6,9 @@ import pytest
 
 from tests.helpers import NotWeights, assert_one_line_error, cdt_process, cli, same_state
 
-run = cli
-
 
 def test_train_json_prints_one_document(tmp_path):
-    result = run("train", "--preset", "tiny", "--max-iters", "12", "--out", str(tmp_path / "r"), "--json")
+    result = cli("train", "--preset", "tiny", "--max-iters", "12", "--out", str(tmp_path / "r"), "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["step"] == 12 and doc["checkpoint"].endswith("checkpoint.pt") and doc["config"]["train"]["max_iters"] == 12
@@ -19,27 +17,27 @@ def test_train_json_prints_one_document(tmp_path):
 
 
 def test_train_human_summary_names_checkpoint_and_next_steps(tmp_path):
-    result = run("train", "--preset", "tiny", "--max-iters", "6", "--out", str(tmp_path / "r"))
+    result = cli("train", "--preset", "tiny", "--max-iters", "6", "--out", str(tmp_path / "r"))
     assert result.exit_code == 0, result.stderr
     assert "checkpoint.pt" in result.stdout and "--resume" in result.stdout
     assert "moving average, decay 0.99" in result.stdout  # which weights the figures describe
-    raw = run("train", "--preset", "tiny", "--max-iters", "6", "--out", str(tmp_path / "raw"), "--set", "train.ema=0")
+    raw = cli("train", "--preset", "tiny", "--max-iters", "6", "--out", str(tmp_path / "raw"), "--set", "train.ema=0")
     assert raw.exit_code == 0 and "moving average" not in raw.stdout
 
 
 def test_train_summary_names_what_was_graded(tmp_path):
     """toolcalls grades the answers; plain text has none, so the summary says every masked character."""
-    answers = run("train", "--preset", "tiny", "--max-iters", "6", "--out", str(tmp_path / "a"))
+    answers = cli("train", "--preset", "tiny", "--max-iters", "6", "--out", str(tmp_path / "a"))
     assert answers.exit_code == 0, answers.stderr
     assert "answer-character accuracy" in answers.stdout and "AUROC" in answers.stdout
     assert "on answer positions" in answers.stdout
     text = tmp_path / "text.txt"
     text.write_text("the quick brown fox jumps over the lazy dog\n" * 200)
-    plain = run("train", "--preset", "tiny", "--max-iters", "6", "--data", str(text), "--out", str(tmp_path / "p"))
+    plain = cli("train", "--preset", "tiny", "--max-iters", "6", "--data", str(text), "--out", str(tmp_path / "p"))
     assert plain.exit_code == 0, plain.stderr
     assert "masked-character accuracy" in plain.stdout and "on every position" in plain.stdout
     assert "answer" not in plain.stdout.split("next:")[0]
-    doc = json.loads(run("train", "--preset", "tiny", "--max-iters", "6", "--data", str(text), "--out",
+    doc = json.loads(cli("train", "--preset", "tiny", "--max-iters", "6", "--data", str(text), "--out",
                          str(tmp_path / "j"), "--json").stdout)
     assert doc["mask_region"] == "all"
 
@@ -47,7 +45,7 @@ def test_train_summary_names_what_was_graded(tmp_path):
 def test_set_and_config_file(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  max_iters: 4\n")
-    result = run("train", "--preset", "tiny", "--config", str(f), "--set", "model.critic=mlp",
+    result = cli("train", "--preset", "tiny", "--config", str(f), "--set", "model.critic=mlp",
                  "--out", str(tmp_path / "r"), "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -62,13 +60,13 @@ def test_set_and_config_file(tmp_path):
     (["--resume"], 2, "--resume needs --out"),
 ])
 def test_bad_input_gives_one_line_and_exit_code(args, code, fragment, tmp_path):
-    assert_one_line_error(run("train", "--preset", "tiny", *args), code, fragment)
+    assert_one_line_error(cli("train", "--preset", "tiny", *args), code, fragment)
 
 
 def test_non_utf8_data(tmp_path):
     f = tmp_path / "latin1.txt"
     f.write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1") * 5)
-    assert_one_line_error(run("train", "--preset", "tiny", "--data", str(f), "--out", str(tmp_path / "r")), 1,
+    assert_one_line_error(cli("train", "--preset", "tiny", "--data", str(f), "--out", str(tmp_path / "r")), 1,
                           "not valid UTF-8", str(f))
 
 
@@ -80,9 +78,9 @@ def test_resume_keeps_the_runs_own_settings(tmp_path):
 
     flags = ["--preset", "tiny", "--set", "model.copy=true", "--set", "train.lr=0.005", "--eval-interval", "100"]
     full, part = tmp_path / "full", tmp_path / "part"
-    assert run("train", *flags, "--max-iters", "8", "--out", str(full), "--json").exit_code == 0
-    assert run("train", *flags, "--max-iters", "5", "--out", str(part), "--json").exit_code == 0
-    resumed = run("train", "--out", str(part), "--resume", "--max-iters", "8", "--json")
+    assert cli("train", *flags, "--max-iters", "8", "--out", str(full), "--json").exit_code == 0
+    assert cli("train", *flags, "--max-iters", "5", "--out", str(part), "--json").exit_code == 0
+    resumed = cli("train", "--out", str(part), "--resume", "--max-iters", "8", "--json")
     assert resumed.exit_code == 0, resumed.stderr
     doc = json.loads(resumed.stdout)
     assert doc["step"] == 8 and doc["config"]["model"]["copy"] and doc["config"]["train"]["lr"] == 0.005
@@ -94,7 +92,7 @@ def test_flags_given_with_resume_change_the_runs_settings(tmp_path, tiny_run):
 
     run_dir = tmp_path / "r"
     shutil.copytree(tiny_run, run_dir)
-    result = run("train", "--out", str(run_dir), "--resume", "--max-iters", "32", "--set", "train.lr=0.0007", "--json")
+    result = cli("train", "--out", str(run_dir), "--resume", "--max-iters", "32", "--set", "train.lr=0.0007", "--json")
     assert result.exit_code == 0, result.stderr
     assert "lr: 0.0007" in (run_dir / "config.yaml").read_text()
     assert json.loads(result.stdout)["config"]["model"]["n_layers"] == 2  # the tiny run's own, not the default 4
@@ -105,15 +103,15 @@ def test_resume_with_broken_checkpoints(tmp_path, tiny_run):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes(good[: len(good) // 3])
-    assert_one_line_error(run("train", "--preset", "tiny", "--out", str(run_dir), "--resume"), 1, "truncated or corrupt")
+    assert_one_line_error(cli("train", "--preset", "tiny", "--out", str(run_dir), "--resume"), 1, "truncated or corrupt")
     import torch
     torch.save({"format": "cdt-checkpoint", "x": NotWeights()}, run_dir / "checkpoint.pt")
-    assert_one_line_error(run("train", "--preset", "tiny", "--out", str(run_dir), "--resume"), 1, "pickled Python objects")
-    assert_one_line_error(run("train", "--preset", "tiny", "--out", str(tiny_run)), 1, "already holds a run")
+    assert_one_line_error(cli("train", "--preset", "tiny", "--out", str(run_dir), "--resume"), 1, "pickled Python objects")
+    assert_one_line_error(cli("train", "--preset", "tiny", "--out", str(tiny_run)), 1, "already holds a run")
 
 
 def test_help_explains():
-    result = run("train", "--help")
+    result = cli("train", "--help")
     assert result.exit_code == 0
     for flag in ("--preset", "--config", "--data", "--out", "--max-iters", "--resume", "--json", "--set"):
         assert flag in result.stdout
@@ -123,20 +121,20 @@ def test_version_is_the_installed_packages():
     from importlib.metadata import version
 
     import cdt
-    result = run("--version")
+    result = cli("--version")
     assert result.exit_code == 0 and result.stdout == f"cdt {cdt.__version__}\n"
     assert version("cdt") == cdt.__version__  # pyproject reads it from cdt/__init__.py
-    assert "--version" in run("--help").stdout
+    assert "--version" in cli("--help").stdout
 
 
 def test_help_never_shows_a_flag_as_taking_a_value():
     """A flag takes no value: its help row must not read "--json <bool>" (typer 0.27+ prints that, so
     pyproject keeps typer below 0.27), and an argument reads as its name in capitals."""
     for command in ("train", "sample", "eval", "calibrate", "sweep-tau", "explore"):
-        shown = run(command, "--help").stdout
+        shown = cli(command, "--help").stdout
         assert "--json" in shown and "--help" in shown, command
         assert "<bool>" not in shown and "BOOLEAN" not in shown, command
-    assert "sweep-tau [OPTIONS] SCORES" in run("sweep-tau", "--help").stdout
+    assert "sweep-tau [OPTIONS] SCORES" in cli("sweep-tau", "--help").stdout
 
 
 def test_python_dash_m_as_a_subprocess(tmp_path):
@@ -159,7 +157,7 @@ def test_a_plain_pickle_is_refused_in_one_line_by_the_real_process(tmp_path):
 
 
 def test_an_out_of_range_setting_stops_train_before_anything_is_written(tmp_path):
-    result = run("train", "--preset", "tiny", "--set", "train.batch_size=0", "--out", str(tmp_path / "r"))
+    result = cli("train", "--preset", "tiny", "--set", "train.batch_size=0", "--out", str(tmp_path / "r"))
     assert_one_line_error(result, 2, "train.batch_size must be at least 1, got 0")
     assert not (tmp_path / "r").exists()
 
@@ -180,7 +178,7 @@ def test_an_out_of_range_setting_stops_train_before_anything_is_written(tmp_path
 ])
 def test_a_bad_flag_is_refused_before_the_checkpoint_is_even_read(args, fragment):
     """The checkpoint does not exist: a usage error that needed it would say so instead."""
-    assert_one_line_error(run(*args, "--checkpoint", "no/such/run"), 2, fragment)
+    assert_one_line_error(cli(*args, "--checkpoint", "no/such/run"), 2, fragment)
 
 
 def test_every_sampling_command_takes_the_same_sampler_flags():
@@ -202,6 +200,6 @@ def test_every_sampling_command_takes_the_same_sampler_flags():
 
 def test_eval_refuses_a_rows_file_that_exists_before_reading_the_checkpoint(tmp_path):
     (tmp_path / "rows.jsonl").write_text("earlier\n")
-    assert_one_line_error(run("eval", "--checkpoint", "no/such/run", "--rows", tmp_path / "rows.jsonl"), 2,
+    assert_one_line_error(cli("eval", "--checkpoint", "no/such/run", "--rows", tmp_path / "rows.jsonl"), 2,
                           "exists; --rows writes a new file")
     assert (tmp_path / "rows.jsonl").read_text() == "earlier\n"

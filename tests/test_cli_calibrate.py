@@ -12,14 +12,12 @@ import pytest
 
 from tests.helpers import assert_one_line_error, cdt_process, cli
 
-run = cli
-
 
 @pytest.fixture(scope="module")
 def calibrated(tiny_run, tmp_path_factory):
     """calibrate on the shared tiny checkpoint, scores written outside the run directory."""
     out = tmp_path_factory.mktemp("cal")
-    result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 24, "--steps", 3, "--buckets", 10,
+    result = cli("calibrate", "--checkpoint", tiny_run, "--n-samples", 24, "--steps", 3, "--buckets", 10,
                  "--out", out / "scores.jsonl", "--json")
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout), out / "scores.jsonl"
@@ -37,7 +35,7 @@ def test_calibrate_json_report(calibrated, tiny_run):
 
 def test_calibrate_scores_feed_sweep_tau(calibrated, tmp_path):
     _, scores = calibrated
-    result = run("sweep-tau", scores, "--out-dir", tmp_path / "params", "--json")
+    result = cli("sweep-tau", scores, "--out-dir", tmp_path / "params", "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     lines = [json.loads(x) for x in scores.read_text().splitlines()]
@@ -48,7 +46,7 @@ def test_calibrate_scores_feed_sweep_tau(calibrated, tmp_path):
 
 
 def test_calibrate_table_and_next_command(tiny_run, tmp_path):
-    result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 6, "--steps", 2, "--binning", "quantile",
+    result = cli("calibrate", "--checkpoint", tiny_run, "--n-samples", 6, "--steps", 2, "--binning", "quantile",
                  "--out", tmp_path / "s.jsonl", "--plot", tmp_path / "rel.png")
     assert result.exit_code == 0, result.stderr
     assert "critic reliability" in result.stdout and "ECE" in result.stdout
@@ -67,7 +65,7 @@ def test_calibrate_spread_reaches_the_generations(tiny_run, tmp_path, monkeypatc
         return cdt.sampling.loop.generate(model, ids, protected, cfg, **kw)
 
     monkeypatch.setattr(cdt.sampling.infill, "generate", spy)
-    result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--steps", 3, "--spread",
+    result = cli("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--steps", 3, "--spread",
                  "--out", tmp_path / "s.jsonl", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["settings"]["spread"] is True and seen == [True]
@@ -86,7 +84,7 @@ def test_calibrate_schedule_reaches_the_generations(tiny_run, tmp_path, monkeypa
 
     monkeypatch.setattr(cdt.sampling.infill, "generate", spy)
     for schedule in ("linear", "power:4"):
-        result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--steps", 8, "--schedule", schedule,
+        result = cli("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--steps", 8, "--schedule", schedule,
                      "--out", tmp_path / f"{schedule}.jsonl", "--json")
         assert result.exit_code == 0, result.stderr
         assert json.loads(result.stdout)["settings"]["schedule"] == schedule
@@ -98,15 +96,15 @@ def test_calibrate_again_says_what_it_replaced(tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     shutil.copy(tiny_run / "checkpoint.pt", run_dir / "checkpoint.pt")
-    first = run("calibrate", "--checkpoint", run_dir, "--n-samples", 4, "--steps", 2, "--json")
+    first = cli("calibrate", "--checkpoint", run_dir, "--n-samples", 4, "--steps", 2, "--json")
     assert first.exit_code == 0, first.stderr
     assert json.loads(first.stdout)["replaced"] == [] and "replaced" not in first.stderr
-    again = run("calibrate", "--checkpoint", run_dir, "--n-samples", 4, "--steps", 2, "--json")
+    again = cli("calibrate", "--checkpoint", run_dir, "--n-samples", 4, "--steps", 2, "--json")
     assert again.exit_code == 0, again.stderr
     names = [str(run_dir / n) for n in ("calibration_scores.jsonl", "calibration_report.json", "calibration.json")]
     assert json.loads(again.stdout)["replaced"] == names
     assert "replaced the earlier" in again.stderr and "--out PATH" in again.stderr
-    apart = run("calibrate", "--checkpoint", run_dir, "--n-samples", 4, "--steps", 2, "--out", tmp_path / "s.jsonl")
+    apart = cli("calibrate", "--checkpoint", run_dir, "--n-samples", 4, "--steps", 2, "--out", tmp_path / "s.jsonl")
     assert apart.exit_code == 0, apart.stderr
     message = apart.stderr[apart.stderr.index("replaced the earlier"):]
     assert names[0] not in message and names[1] in message and "--out PATH" not in message
@@ -115,7 +113,7 @@ def test_calibrate_again_says_what_it_replaced(tiny_run, tmp_path):
 
 def test_plot_without_matplotlib_fails_before_any_work(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    result = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--out", tmp_path / "s.jsonl",
+    result = cli("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--out", tmp_path / "s.jsonl",
                  "--plot", tmp_path / "p.png")
     assert_one_line_error(result, 1, "pip install 'cdt[plot]'")
     assert not (tmp_path / "s.jsonl").exists()
@@ -125,10 +123,10 @@ def test_calibrated_policy_warns_without_a_map(tmp_path, tiny_run):
     run_dir = tmp_path / "fresh"
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes((tiny_run / "checkpoint.pt").read_bytes())
-    result = run("sample", "--checkpoint", run_dir, "--length", 8, "--steps", 2, "--policy", "critic-calibrated")
+    result = cli("sample", "--checkpoint", run_dir, "--length", 8, "--steps", 2, "--policy", "critic-calibrated")
     assert result.exit_code == 0 and "falls back to the raw critic" in result.stderr
     assert len(result.stdout.splitlines()) == 1
-    scaffolded = run("sample", "--checkpoint", run_dir, "--schema", "set_alarm", "--prompt", "Wake me at 7",
+    scaffolded = cli("sample", "--checkpoint", run_dir, "--schema", "set_alarm", "--prompt", "Wake me at 7",
                      "--steps", 2, "--policy", "critic-calibrated")
     assert scaffolded.exit_code == 0 and "falls back to the raw critic" in scaffolded.stderr
 
@@ -137,16 +135,16 @@ def test_calibrated_policy_warns_when_the_map_came_from_another_sampler(tmp_path
     run_dir = tmp_path / "fresh"
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes((tiny_run / "checkpoint.pt").read_bytes())
-    made = run("calibrate", "--checkpoint", run_dir, "--n-samples", 4, "--steps", 2, "--out", tmp_path / "s.jsonl")
+    made = cli("calibrate", "--checkpoint", run_dir, "--n-samples", 4, "--steps", 2, "--out", tmp_path / "s.jsonl")
     assert made.exit_code == 0, made.stderr
-    same = run("sample", "--checkpoint", run_dir, "--length", 8, "--steps", 2, "--policy", "critic-calibrated")
+    same = cli("sample", "--checkpoint", run_dir, "--length", 8, "--steps", 2, "--policy", "critic-calibrated")
     assert same.exit_code == 0 and "warning" not in same.stderr
-    other = run("sample", "--checkpoint", run_dir, "--length", 8, "--steps", 3, "--policy", "critic-calibrated",
+    other = cli("sample", "--checkpoint", run_dir, "--length", 8, "--steps", 3, "--policy", "critic-calibrated",
                 "--temperature", 0, "--spread")
     assert other.exit_code == 0 and len(other.stdout.splitlines()) == 1
     assert "measured with another sampler: steps 2 (now 3), temperature 1.0 (now 0.0), spread False (now True);" \
         in other.stderr.replace("\n", " ")
-    scaffolded = run("sample", "--checkpoint", run_dir, "--schema", "set_alarm", "--prompt", "Wake me at 7",
+    scaffolded = cli("sample", "--checkpoint", run_dir, "--schema", "set_alarm", "--prompt", "Wake me at 7",
                      "--steps", 3, "--policy", "critic-calibrated")
     assert scaffolded.exit_code == 0, scaffolded.stderr
     assert scaffolded.stderr.replace("\n", " ").count("another sampler: steps 2 (now 3)") == 1
@@ -158,7 +156,7 @@ def test_calibrated_policy_warns_when_the_map_came_from_another_sampler(tmp_path
     assert len(library.samples) == 1 and library.generation.tokens.shape[0] == 1
     assert len(library.warnings) == 2 and "trained without scaffolds" in library.warnings[0]
     assert "steps 2 (now 3)" in library.warnings[1]
-    evaluated = run("eval", "--checkpoint", run_dir, "--n", 2, "--steps", 2, "--policies", "critic-calibrated",
+    evaluated = cli("eval", "--checkpoint", run_dir, "--n", 2, "--steps", 2, "--policies", "critic-calibrated",
                     "--schedule", "cosine")
     assert evaluated.exit_code == 0, evaluated.stderr
     flat = evaluated.stderr.replace("\n", " ")
@@ -173,7 +171,7 @@ def test_calibrated_policy_warns_when_the_map_came_from_another_sampler(tmp_path
     (["--schedule", "power:-2"], 2, "unknown schedule 'power:-2'"),
 ])
 def test_calibrate_bad_input(tiny_run, args, code, fragment):
-    result = run("calibrate", "--checkpoint", tiny_run, *args)
+    result = cli("calibrate", "--checkpoint", tiny_run, *args)
     if args[0] == "--n-samples":  # rejected by the flag parser itself
         assert result.exit_code == 2 and "Traceback" not in result.output and "--n-samples" in result.output
     else:
@@ -181,7 +179,7 @@ def test_calibrate_bad_input(tiny_run, args, code, fragment):
 
 
 def test_calibrate_missing_checkpoint(tmp_path):
-    assert_one_line_error(run("calibrate", "--checkpoint", tmp_path / "nope"), 1, "no checkpoint at")
+    assert_one_line_error(cli("calibrate", "--checkpoint", tmp_path / "nope"), 1, "no checkpoint at")
 
 
 def write(path, lines):
@@ -201,23 +199,23 @@ def write(path, lines):
 ])
 def test_sweep_tau_bad_files(tmp_path, lines, fragment):
     f = write(tmp_path / "s.jsonl", lines)
-    assert_one_line_error(run("sweep-tau", f, "--out-dir", tmp_path / "p"), 1, fragment)
+    assert_one_line_error(cli("sweep-tau", f, "--out-dir", tmp_path / "p"), 1, fragment)
     assert not (tmp_path / "p").exists() or not list((tmp_path / "p").iterdir())
 
 
 def test_sweep_tau_bad_flags(tmp_path):
     f = write(tmp_path / "s.jsonl", ['{"score": 0.1, "label": 0}', '{"score": 0.9, "label": 1}'])
-    assert_one_line_error(run("sweep-tau", f, "--recall-target", "0"), 2, "(0, 1]")
-    assert_one_line_error(run("sweep-tau", f, "--recall-target", "1.5"), 2, "(0, 1]")
-    assert_one_line_error(run("sweep-tau", f, "--direction", "up"), 2, "unknown direction")
-    assert_one_line_error(run("sweep-tau", f, "--tau-start", "0.5", "--tau-stop", "0.1", "--tau-step", "0.1"), 2,
+    assert_one_line_error(cli("sweep-tau", f, "--recall-target", "0"), 2, "(0, 1]")
+    assert_one_line_error(cli("sweep-tau", f, "--recall-target", "1.5"), 2, "(0, 1]")
+    assert_one_line_error(cli("sweep-tau", f, "--direction", "up"), 2, "unknown direction")
+    assert_one_line_error(cli("sweep-tau", f, "--tau-start", "0.5", "--tau-stop", "0.1", "--tau-step", "0.1"), 2,
                           "τ range")
-    assert_one_line_error(run("sweep-tau", tmp_path / "missing.jsonl"), 1, "scores file not found")
+    assert_one_line_error(cli("sweep-tau", tmp_path / "missing.jsonl"), 1, "scores file not found")
 
 
 def test_sweep_tau_single_class_warns_and_still_sweeps(tmp_path):
     f = write(tmp_path / "s.jsonl", [json.dumps({"id": i, "score": i / 10, "label": 0}) for i in range(10)])
-    result = run("sweep-tau", f, "--out-dir", tmp_path / "p", "--json")
+    result = cli("sweep-tau", f, "--out-dir", tmp_path / "p", "--json")
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
     assert doc["auroc"] is None and doc["candidates"] == 10 and "one class" in result.stderr
@@ -228,7 +226,7 @@ def test_sweep_tau_reads_stdin_and_never_overwrites(tmp_path):
     stdin = "\n".join(lines) + "\n"
     paths = set()
     for _ in range(3):  # same second, same name stem
-        result = run("sweep-tau", "-", "--out-dir", tmp_path, "--model", "m/x", "--json", input=stdin)
+        result = cli("sweep-tau", "-", "--out-dir", tmp_path, "--model", "m/x", "--json", input=stdin)
         assert result.exit_code == 0, result.stderr
         paths.add(json.loads(result.stdout)["report_path"])
     assert len(paths) == 3 and len(list(tmp_path.iterdir())) == 3
@@ -238,11 +236,11 @@ def test_sweep_tau_reads_stdin_and_never_overwrites(tmp_path):
 def test_sweep_tau_grids_and_custom_keys(tmp_path):
     lines = [json.dumps({"id": i, "risk": (i * 13 % 50) / 50, "bad": i % 4 == 0}) for i in range(50)]
     f = write(tmp_path / "s.jsonl", lines)
-    q = run("sweep-tau", f, "--score-key", "risk", "--label-key", "bad", "--grid", "quantile", "--n-tau", 5,
+    q = cli("sweep-tau", f, "--score-key", "risk", "--label-key", "bad", "--grid", "quantile", "--n-tau", 5,
             "--q-lo", 0.1, "--q-hi", 0.9, "--out-dir", tmp_path / "p", "--json")
     assert q.exit_code == 0, q.stderr
     assert json.loads(q.stdout)["candidates"] <= 5
-    r = run("sweep-tau", f, "--score-key", "risk", "--label-key", "bad", "--tau-start", 0, "--tau-stop", 1,
+    r = cli("sweep-tau", f, "--score-key", "risk", "--label-key", "bad", "--tau-start", 0, "--tau-stop", 1,
             "--tau-step", 0.25, "--out-dir", tmp_path / "p", "--json")
     doc = json.loads(r.stdout)
     assert doc["grid"] == "range" and [p["tau"] for p in doc["sweep"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -293,7 +291,7 @@ def test_a_rerun_keeps_what_a_killed_calibrate_scored(tiny_run, tmp_path):
     written = left.read_text().count("\n")
     old = time.time() - 120  # what a later run finds: untouched for over a minute
     os.utime(left, (old, old))
-    rerun = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 3, "--steps", 2, "--out", out)
+    rerun = cli("calibrate", "--checkpoint", tiny_run, "--n-samples", 3, "--steps", 2, "--out", out)
     assert rerun.exit_code == 0, rerun.stderr
     assert f"a run that was killed (process {proc.pid}) left {written} line" in rerun.stderr.replace("\n", " ")
     kept = (tmp_path / "s.jsonl.partial").read_text().splitlines()
@@ -304,18 +302,18 @@ def test_a_rerun_keeps_what_a_killed_calibrate_scored(tiny_run, tmp_path):
 
 def test_summary_says_what_each_held_out_row_had_masked(tmp_path, tiny_run):
     """toolcalls rows are prompts with their answer masked; plain-text rows have no prompt, only a masked span."""
-    prompts = run("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--steps", 2, "--out", tmp_path / "a.jsonl")
+    prompts = cli("calibrate", "--checkpoint", tiny_run, "--n-samples", 4, "--steps", 2, "--out", tmp_path / "a.jsonl")
     assert prompts.exit_code == 0, prompts.stderr
     assert "of 4 held-out prompts" in prompts.stdout
     text = tmp_path / "text.txt"
     text.write_text("the quick brown fox jumps over the lazy dog\n" * 200)
-    trained = run("train", "--preset", "tiny", "--max-iters", 6, "--data", text, "--out", tmp_path / "t")
+    trained = cli("train", "--preset", "tiny", "--max-iters", 6, "--data", text, "--out", tmp_path / "t")
     assert trained.exit_code == 0, trained.stderr
     for mask, phrase in (("span", "a span of each masked"), ("random", "random positions masked")):
-        rows = run("calibrate", "--checkpoint", tmp_path / "t", "--n-samples", 4, "--steps", 2, "--mask", mask,
+        rows = cli("calibrate", "--checkpoint", tmp_path / "t", "--n-samples", 4, "--steps", 2, "--mask", mask,
                    "--out", tmp_path / f"{mask}.jsonl")
         assert rows.exit_code == 0, rows.stderr
         assert f"of 4 held-out rows, {phrase}" in rows.stdout.replace("\n", " ") and "prompts" not in rows.stdout
-        doc = json.loads(run("calibrate", "--checkpoint", tmp_path / "t", "--n-samples", 4, "--steps", 2, "--mask",
+        doc = json.loads(cli("calibrate", "--checkpoint", tmp_path / "t", "--n-samples", 4, "--steps", 2, "--mask",
                              mask, "--out", tmp_path / f"{mask}2.jsonl", "--json").stdout)
         assert doc["masking"] == mask

@@ -61,6 +61,6 @@ def test_a_checkpoint_saved_before_critic_rows_existed_meant_every_row():
 def test_a_negative_count_is_refused_with_one_line(tmp_path):
         
     res = cli("train", "--preset", "tiny", "--out", str(tmp_path / "r"),
-                                   "--set", "train.critic_rows=-1")
+              "--set", "train.critic_rows=-1")
     assert res.exit_code == 2 and "critic_rows" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()

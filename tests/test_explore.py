@@ -22,13 +22,15 @@ from tests.helpers import assert_one_line_error, cli
 
 def explorer(run, rows=3, **kw):
     ckpt = load(run)
-    return Explorer(ckpt, load_materials(ckpt, None, 0, rows, None, 0.3, 0), from_flags(ExploreSettings, **{"steps": 4, **kw}))
+    materials = load_materials(ckpt, None, 0, rows, None, 0.3, 0)
+    return Explorer(ckpt, materials, from_flags(ExploreSettings, **{"steps": 4, **kw}))
 
 
 def test_step_frame_equals_calibrate_step_mode(tiny_run, tmp_path):
     ex = explorer(tiny_run, mode="step")
     st = ex.stats()
-    report = calibrate(load(tiny_run), from_flags(CalibrateSettings, n_samples=1, mode="step", seed=0), tmp_path / "s.jsonl", None)
+    settings = from_flags(CalibrateSettings, n_samples=1, mode="step", seed=0)
+    report = calibrate(load(tiny_run), settings, tmp_path / "s.jsonl", None)
     t = report.tokens
     assert (st["valid"], st["wrong"]) == (t.n, t.n_wrong) and st["valid"] > 0
     assert not st["done"]  # one training-style step, not a sampler that stopped
@@ -46,7 +48,8 @@ def test_step_frame_equals_calibrate_step_mode(tiny_run, tmp_path):
 def test_final_frame_is_calibrates_generation(tiny_run, tmp_path, sampler):
     ex = explorer(tiny_run, rows=2, **sampler)
     ex.move_sample(1)
-    calibrate(load(tiny_run), from_flags(CalibrateSettings, n_samples=2, steps=4, seed=0, **sampler), tmp_path / "s.jsonl", None)
+    settings = from_flags(CalibrateSettings, n_samples=2, steps=4, seed=0, **sampler)
+    calibrate(load(tiny_run), settings, tmp_path / "s.jsonl", None)
     line = json.loads((tmp_path / "s.jsonl").read_text().splitlines()[1])
     final = ex.frames[-1]
     region = ~ex.material.protected
@@ -146,18 +149,18 @@ def test_cli_non_interactive_and_json(tiny_run):
     assert [f["step"] for f in doc["frames"]] == [0, 1, 2, 3] and "span" in doc["label"]
     assert all("auroc" in f for f in doc["frames"][1:])
     g = cli("explore", "--checkpoint", str(tiny_run), "--steps", "3", "--json", "--temperature", "0",
-                            "--spread")
+            "--spread")
     assert g.exit_code == 0, g.stderr
     assert json.loads(g.stdout)["settings"] | {"temperature": 0.0, "spread": True} == json.loads(g.stdout)["settings"]
     early = cli("explore", "--checkpoint", str(tiny_run), "--steps", "8", "--json", "--schedule",
-                                "power:4")
+                "power:4")
     doc = json.loads(early.stdout)  # (1 - s/8)^4 of any region under 4,096 positions is below 1 by step 7
     assert doc["settings"]["schedule"] == "power:4" and 1 < doc["frames"][-1]["step"] < 8
     assert doc["frames"][-1]["masked_before"] > 0 and doc["frames"][-1]["remask_next"] == 0
     assert doc["frames"][-1]["done"] and not any(f["done"] for f in doc["frames"][:-1])
     last = doc["frames"][-1]["step"]
     shown = cli("explore", "--checkpoint", str(tiny_run), "--steps", "8", "--final-only",
-                                "--schedule", "power:4")
+                "--schedule", "power:4")
     assert f"step {last}/8 (done)" in shown.stdout and "nothing left masked: done early" in shown.stdout
     full = cli("explore", "--checkpoint", str(tiny_run), "--steps", "3", "--final-only")
     assert "(done)" not in full.stdout and "done early" not in full.stdout  # the last of its steps: nothing early
@@ -195,7 +198,7 @@ def test_index_near_and_past_the_end_of_the_split(tiny_run):
 
     size = len(load_heldout(load(tiny_run), 10_000, clip=True))
     last = cli("explore", "--checkpoint", str(tiny_run), "--index", str(size - 1), "--rows", "32",
-                               "--steps", "2", "--final-only")
+               "--steps", "2", "--final-only")
     assert last.exit_code == 0, last.stderr  # fewer than --rows rows remain: browse those
     assert f"held-out row {size - 1} " in last.stdout
     assert_one_line_error(cli("explore", "--checkpoint", str(tiny_run), "--index", str(size)), 2,

@@ -72,7 +72,7 @@ def test_bad_masking(corpus, masking, ratio, fragment):
 def test_eval_random_and_span_on_toolcalls(tiny_run):
     for mask in ("random", "span"):
         r = cli("eval", "--checkpoint", str(tiny_run), "--policies", "confidence", "--steps", "2",
-                                "--n", "4", "--mask", mask, "--mask-ratio", "0.5", "--json")
+                "--n", "4", "--mask", mask, "--mask-ratio", "0.5", "--json")
         assert r.exit_code == 0, r.stderr
         doc = json.loads(r.stdout)
         assert doc["mask"] == mask and doc["mask_ratio"] == 0.5
@@ -96,7 +96,7 @@ def text_run(tmp_path_factory):
 
 def test_eval_on_a_text_checkpoint_defaults_to_spans(text_run):
     r = cli("eval", "--checkpoint", str(text_run), "--policies", "confidence,critic",
-                            "--steps", "4", "--n", "6", "--json")
+            "--steps", "4", "--n", "6", "--json")
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["mask"] == "span"
@@ -104,7 +104,7 @@ def test_eval_on_a_text_checkpoint_defaults_to_spans(text_run):
     assert doc["paired_json_valid"] is None and len(doc["paired"]) == 1  # text: exact match only
     assert all(0 <= row["char_acc"] <= 1 for row in doc["rows"])
     table = cli("eval", "--checkpoint", str(text_run), "--policies", "confidence", "--steps", "2",
-                                "--n", "3")
+                "--n", "3")
     assert table.exit_code == 0 and "span regions" in table.stdout and "JSON" not in table.stdout
 
 

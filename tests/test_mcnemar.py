@@ -99,7 +99,7 @@ def test_pairs_are_different_policies_at_equal_steps_or_equal_passes():
 def test_eval_rows_file_and_paired_json_agree(tiny_run, tmp_path):
     out = tmp_path / "sub" / "rows.jsonl"
     result = cli("eval", "--checkpoint", str(tiny_run), "--policies", "confidence,critic",
-                                 "--steps", "2,4", "--n", "7", "--batch-size", "3", "--rows", str(out), "--json")
+                 "--steps", "2,4", "--n", "7", "--batch-size", "3", "--rows", str(out), "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -135,7 +135,7 @@ def test_eval_rows_file_and_paired_json_agree(tiny_run, tmp_path):
         assert p["both"] == sum(a[i]["json_valid"] and b[i]["json_valid"] for i in range(7))
         assert p["only_a"] >= p["only_b"]
     table = cli("eval", "--checkpoint", str(tiny_run), "--policies", "confidence,critic",
-                                "--steps", "2", "--n", "3")
+                "--steps", "2", "--n", "3")
     assert table.exit_code == 0 and "paired on the same 3 rows · exact match" in table.stdout
     assert "paired on the same 3 rows · JSON valid" in table.stdout
 
@@ -199,7 +199,7 @@ def test_eval_rows_says_what_a_killed_runleft_behind(tiny_run, tmp_path):
     gone = dead_pid()
     left = left_behind(out, gone, '{"policy": "confidence"}\n{"poli', age=300)
     r = cli("eval", "--checkpoint", str(tiny_run), "--policies", "confidence", "--steps", "2",
-                            "--n", "2", "--rows", str(out))
+            "--n", "2", "--rows", str(out))
     assert r.exit_code == 0, r.stderr
     assert f"process {gone}) left 1 line in" in r.stderr and "rows.jsonl.partial" in r.stderr
     assert (tmp_path / "rows.jsonl.partial").read_text() == '{"policy": "confidence"}\n'

@@ -184,7 +184,7 @@ def test_a_checkpoint_older_than_the_muon_default_loads_and_resumes_as_it_was_tr
 def test_the_optimizer_flag_from_the_command_line(tmp_path):
     out = tmp_path / "run"
     result = cli("train", "--preset", "tiny", "--optimizer", "muon", "--max-iters", "6",
-                                 "--out", str(out), "--json")
+                 "--out", str(out), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["config"]["train"]["optimizer"] == "muon"
     assert state_kind(checkpoint.load(out).optimizer_state) == "muon"

@@ -129,7 +129,7 @@ def test_scaffold_training_rows_mask_only_slots():
 def scaffold_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("scaffold") / "run"
     result = cli("train", "--preset", "tiny", "--scaffold", "--max-iters", "20", "--out", str(out),
-                                 "--json")
+                 "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["config"]["data"]["scaffold"] is True and doc["config"]["model"]["block_size"] == 288
@@ -139,13 +139,13 @@ def scaffold_run(tmp_path_factory):
 
 def test_cli_sample_schema_and_prompts_file(scaffold_run, tmp_path):
     one = cli("sample", "--checkpoint", str(scaffold_run), "--schema", "set_alarm", "--prompt",
-                              "Wake me at 6 am", "--steps", "3", "--policy", "rcr")
+              "Wake me at 6 am", "--steps", "3", "--policy", "rcr")
     assert one.exit_code == 0, one.stderr
     assert one.stdout.startswith('{"name": "set_alarm", "arguments": {"time": ')
     f = tmp_path / "requests.txt"
     f.write_text("Wake me at 6 am\n\nAlarm at 9 pm called run\n")
     many = cli("sample", "--checkpoint", str(scaffold_run), "--schema", "set_alarm",
-                               "--prompts-file", str(f), "--steps", "2")
+               "--prompts-file", str(f), "--steps", "2")
     lines = [json.loads(x) for x in many.stdout.splitlines()]
     assert [x["prompt"] for x in lines] == ["Wake me at 6 am", "Alarm at 9 pm called run"]
     for x in lines:
@@ -153,7 +153,7 @@ def test_cli_sample_schema_and_prompts_file(scaffold_run, tmp_path):
         for e in x["errors"]:
             assert e in many.stderr  # each invalid value is reported on stderr too
     js = cli("sample", "--checkpoint", str(scaffold_run), "--schema", "set_alarm", "--prompt", "x",
-                             "--steps", "2", "--json")
+             "--steps", "2", "--json")
     assert json.loads(js.stdout)["schema"] == "set_alarm"
 
 
@@ -183,7 +183,7 @@ def test_cli_sample_schema_bad_input(scaffold_run, tmp_path):
 
 def test_cli_eval_scaffold(scaffold_run, tiny_run):
     r = cli("eval", "--checkpoint", str(scaffold_run), "--scaffold", "--policies",
-                            "rcr,confidence,critic", "--steps", "2", "--n", "6", "--json")
+            "rcr,confidence,critic", "--steps", "2", "--n", "6", "--json")
     assert r.exit_code == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
     assert {x["policy"] for x in rows} == {"rcr", "confidence", "critic"}
@@ -191,7 +191,7 @@ def test_cli_eval_scaffold(scaffold_run, tiny_run):
         assert x["structure"] == 1.0
         assert 0 <= x["call_exact"] <= x["field_exact"] <= 1 and 0 <= x["repetition"] <= 1
     table = cli("eval", "--checkpoint", str(scaffold_run), "--scaffold", "--policies", "rcr",
-                                "--steps", "2", "--n", "3")
+                "--steps", "2", "--n", "3")
     assert "structure kept in 100.0%" in table.stdout
     assert_one_line_error(cli("eval", "--checkpoint", str(tiny_run), "--scaffold", "--n", "2"), 1,
                           "train with cdt train --scaffold")

@@ -69,7 +69,7 @@ def samples_file(tmp_path_factory):
 
 def stage(tiny_run, samples_file, out, *extra):
     return cli("train", "--stage", "value", "--samples", str(samples_file), "--init", str(tiny_run),
-                               "--out", str(out), "--max-iters", "30", "--eval-interval", "10", "--json", *extra)
+               "--out", str(out), "--max-iters", "30", "--eval-interval", "10", "--json", *extra)
 
 
 def test_stage_trains_the_head_and_leaves_the_frozen_trunk_bit_identical(tiny_run, samples_file, tmp_path):
@@ -137,13 +137,13 @@ def test_pointwise_and_unfrozen_trunk(tiny_run, samples_file, tmp_path):
 def test_value_head_scores_through_calibrate(tiny_run, samples_file, tmp_path):
     assert stage(tiny_run, samples_file, tmp_path / "v").exit_code == 0
     r = cli("calibrate", "--checkpoint", str(tmp_path / "v"), "--n-samples", "6", "--steps", "2",
-                            "--score-source", "value-head", "--out", str(tmp_path / "s.jsonl"), "--json")
+            "--score-source", "value-head", "--out", str(tmp_path / "s.jsonl"), "--json")
     assert r.exit_code == 0, r.stderr
     lines = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert all(x["score"] == x["value"] and "score_critic" in x for x in lines)
     assert json.loads(r.stdout)["passes"]["value"] == 1
     assert_one_line_error(cli("calibrate", "--checkpoint", str(tiny_run), "--n-samples", "2",
-                                              "--score-source", "value-head"), 1, "needs a checkpoint with a value head")
+                              "--score-source", "value-head"), 1, "needs a checkpoint with a value head")
 
 
 def test_stage_bad_input(tiny_run, samples_file, tmp_path):
@@ -157,16 +157,16 @@ def test_stage_bad_input(tiny_run, samples_file, tmp_path):
     bad.write_text('{"group": 1, "label": 0}\n')
     assert_one_line_error(stage(tiny_run, bad, tmp_path / "b"), 1, "line 1: needs group, label, text and context")
     assert_one_line_error(cli("train", "--stage", "value", "--samples", str(samples_file),
-                                              "--init", str(tiny_run), "--out", str(tiny_run)), 1, "already holds")
+                              "--init", str(tiny_run), "--out", str(tiny_run)), 1, "already holds")
     assert_one_line_error(cli("train", "--stage", "judge"), 2, "unknown stage")
     # a flag of the other stage is refused, not silently dropped, and nothing is written
     assert_one_line_error(stage(tiny_run, samples_file, tmp_path / "o", "--optimizer", "adamw", "--compile"), 2,
                           "--optimizer, --compile: not used by --stage value")
     assert_one_line_error(cli("train", "--preset", "tiny", "--out", str(tmp_path / "g"),
-                                              "--samples", str(samples_file)), 2,
+                              "--samples", str(samples_file)), 2,
                           "--samples: not used by --stage generator; leave it out")
     assert_one_line_error(cli("train", "--preset", "tiny", "--out", str(tmp_path / "g"),
-                                              "--train-trunk"), 2,
+                              "--train-trunk"), 2,
                           "--train-trunk: not used by --stage generator; leave it out")
     assert_one_line_error(stage(tiny_run, samples_file, tmp_path / "o", "--freeze-trunk", "--train-trunk"), 2,
                           "give at most one of --freeze-trunk and --train-trunk")
