@@ -111,7 +111,8 @@ def _train_value_stage(cfg, out: Path, json_out: bool) -> None:
 def sample(
     checkpoint: opts.Checkpoint,
     prompt: str = typer.Option("", help="Protected text; for toolcalls models, the request."),
-    length: opts.Length = 96,
+    length: int = typer.Option(96, min=1, help="Characters to generate after the prompt (a model trained with "
+                               "data.answer_tail takes it as a budget and ends with [NULL])."),
     n: int = typer.Option(1, "--n", min=1, help="Rows generated in one batch (each with its own seeded draws)."),
     sampler: SampleConfig = None,
     schema: Optional[str] = typer.Option(None, help="Fill the value slots of a built-in toolcalls tool's scaffold "

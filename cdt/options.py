@@ -23,8 +23,6 @@ from cdt.settings import DEVICE_HELP, from_flags
 Checkpoint = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint file, or the run directory that holds it.",
                                           show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else there.")]
-Length = Annotated[int, typer.Option("--length", min=1, help="Characters to generate after the prompt (a model "
-                                     "trained with data.answer_tail takes it as a budget and ends with [NULL]).")]
 Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 
 

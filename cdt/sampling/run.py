@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -85,8 +86,6 @@ def sample_each(source: str | Path | checkpoint.Checkpoint, prompts: list[str], 
 
 def read_requests(source: str) -> list[str]:
     """The non-blank lines of a prompts file ('-' = stdin), one request each."""
-    import sys
-
     if source == "-":
         text = sys.stdin.read()
     else:
