@@ -13,7 +13,6 @@ to the scores file, and no trajectory is kept.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -126,12 +125,11 @@ def sample_scores(probs: np.ndarray, top: int) -> dict:
 
 
 def _batches(cfg: CalibrateSettings):
-    """[(held-out rows, [(row, draw)])] in order: K draws per prompt, N samples in all, computed batch by
-    batch (a huge N costs no memory before its first batch)."""
+    """Each batch's samples as [(prompt, draw)], in order: K draws per prompt, N samples in all, computed
+    batch by batch (a huge N costs no memory before its first batch)."""
     k = cfg.samples_per_prompt
     for lo in range(0, cfg.n_samples, cfg.batch_size):
-        chunk = [(i // k, i % k) for i in range(lo, min(lo + cfg.batch_size, cfg.n_samples))]
-        yield torch.tensor([p for p, _ in chunk]), chunk
+        yield [(i // k, i % k) for i in range(lo, min(lo + cfg.batch_size, cfg.n_samples))]
 
 
 def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_dir: Path | None,
@@ -159,15 +157,16 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
     writer = ScoreWriter(scores_path)
     warnings += [writer.recovered] if writer.recovered else []
     model_name = ckpt.path.parent.name
-    chunks, feed = itertools.tee(_batches(cfg))  # each batch's (prompt, draw), beside what it yields
-    seeded = ((rows, [seed_for(seed, p, d) for p, d in chunk]) for rows, chunk in feed)
+    seeded = ((torch.tensor([p for p, _ in chunk]), [seed_for(seed, p, d) for p, d in chunk])
+              for chunk in _batches(cfg))
     if cfg.mode == "generate":
         outputs = (_generated(model, done) for done in infill(model, held, seeded, scfg, calibration=calibration,
                                                               allow_null=ckpt.config.data.emits_null, trim=False))
     else:
         outputs = (_stepped(model, held, rows, seeds, ckpt, dev) for rows, seeds in seeded)
     try:
-        for n_done, ((_, chunk), (part, tokens, probs, region, spent)) in enumerate(zip(chunks, outputs)):
+        # the batches are a function of the settings alone: walked again, they name each batch's samples
+        for n_done, (chunk, (part, tokens, probs, region, spent)) in enumerate(zip(_batches(cfg), outputs)):
             for k, v in spent.items():
                 passes[k] += v
             wrong = (tokens != part.clean) & region

@@ -8,7 +8,6 @@ stays fast.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import typing
@@ -18,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from cdt.errors import UsageError, deprecated
-from cdt.settings import DEVICE_HELP, from_flags
+from cdt.settings import DEVICE_HELP, from_flags, leaf_fields
 
 Checkpoint = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint file, or the run directory that holds it.",
                                           show_default=False)]
@@ -48,17 +47,11 @@ def settings(cls, param: str):
     return decorate
 
 
-def _flags(obj, panel: str | None = None, exclude: tuple = ()):
+def _flags(obj):
     """A typer parameter for every flag of settings object `obj`, its default taken from `obj`."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        default = getattr(obj, f.name)
-        if "panel" in f.metadata:
-            yield from _flags(default, f.metadata["panel"], f.metadata["exclude"])
+    for f, kind, default, panel in leaf_fields(obj):
+        if "help" not in f.metadata:
             continue
-        if "help" not in f.metadata or f.name in exclude:
-            continue
-        kind = hints[f.name]
         if typing.get_origin(kind) is tuple:  # a comma-separated list on the command line
             kind, default = str, ",".join(map(str, default))
         elif type(None) in typing.get_args(kind):

@@ -82,17 +82,22 @@ def split_list(value: str, cast, flag_name: str) -> list:
     return items
 
 
-def flag_dict(obj, exclude: tuple[str, ...] = ()) -> dict:
-    """A settings object as its flags read, flat: a nested dataclass's fields beside the others (but
-    those the outer one sets itself)."""
-    out = {}
+def leaf_fields(obj, panel: str | None = None, exclude: tuple[str, ...] = ()):
+    """(field, its type, value, panel) for every field of settings object `obj`, a nested dataclass's
+    fields in its place (but those the outer one sets itself): the one walk that the flags, the flat
+    dicts and the parsing of flag values share."""
+    hints = typing.get_type_hints(type(obj))
     for f in fields(obj):
         value = getattr(obj, f.name)
         if "panel" in f.metadata:
-            out |= flag_dict(value, f.metadata["exclude"])
+            yield from leaf_fields(value, f.metadata["panel"], f.metadata["exclude"])
         elif f.name not in exclude:
-            out[f.name] = value
-    return out
+            yield f, hints[f.name], value, panel
+
+
+def flag_dict(obj, exclude: tuple[str, ...] = ()) -> dict:
+    """A settings object as its flags read, flat: a nested dataclass's fields beside the others."""
+    return {f.name: value for f, _, value, _ in leaf_fields(obj, exclude=exclude)}
 
 
 def _choice(flag_name: str, value, allowed) -> None:
