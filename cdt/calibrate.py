@@ -29,7 +29,7 @@ from cdt.errors import CdtError
 from cdt.grading import grade
 from cdt.metrics import Reliability, ReliabilityReport, auroc, average_precision
 from cdt.rng import seed_for
-from cdt.rundir import MAP_NAME, REPORT_NAME, SCORES_NAME, write_json
+from cdt.rundir import MAP_NAME, REPORT_NAME, SCORES_NAME, OutputLock, check_output, write_json
 from cdt.sampling.heldout import HeldOut, load_heldout
 from cdt.sampling.infill import infill
 from cdt.sampling.loop import final_critic_probs
@@ -65,26 +65,32 @@ class CalibrationResult:
 
 
 def run(source: str | Path | Checkpoint, cfg: CalibrateSettings, out: Path | None = None, plot: Path | None = None,
-        on_samples=None) -> CalibrationResult:
+        on_samples=None, overwrite: bool = False) -> CalibrationResult:
     """`cdt calibrate`: the scores file (`out`, default RUN/calibration_scores.jsonl), the run's report
-    and calibration map, and the reliability diagram with `plot`. Files a finished run replaces are named
-    in a warning; an interrupted run replaces none of them."""
+    and calibration map, and the reliability diagram with `plot`. Every output is checked before the
+    model loads: an explicit `out` or `plot` that exists is refused unless `overwrite`; the default scores
+    file, report and map are replaced, and a warning names what a finished run replaced (an interrupted run
+    replaces none of them). A second run writing the same files meanwhile is refused."""
     cfg.validate()
     if plot is not None:
         from cdt.plot import require_matplotlib
 
-        require_matplotlib()
+        require_matplotlib(plot)
+        check_output(plot, "--plot", overwrite=overwrite)
     ckpt = checkpoint.load(source)
     run_dir = ckpt.path.parent
-    scores_path = out or run_dir / SCORES_NAME
+    scores_path = Path(out or run_dir / SCORES_NAME)
+    check_output(scores_path, "--out", overwrite=overwrite if out else None)
+    check_output(run_dir / REPORT_NAME, "--checkpoint")  # the run's report and map
     earlier = earlier_outputs(run_dir, scores_path)
-    result = calibrate(ckpt, cfg, scores_path, run_dir, on_samples=on_samples)
-    result.report_path = str(run_dir / REPORT_NAME)
-    result.plot = None if plot is None else str(plot)
-    written = [p for p in (result.scores_path, result.report_path, result.map_path) if p]
-    result.replaced = [p for p in written if p in earlier]
-    result.warnings += [note] if (note := replaced_note(earlier, written)) else []
-    write_json(Path(result.report_path), result.to_json())
+    with OutputLock(scores_path, "--out"), OutputLock(run_dir / REPORT_NAME, None):
+        result = calibrate(ckpt, cfg, scores_path, run_dir, on_samples=on_samples)
+        result.report_path = str(run_dir / REPORT_NAME)
+        result.plot = None if plot is None else str(plot)
+        written = [p for p in (result.scores_path, result.report_path, result.map_path) if p]
+        result.replaced = [p for p in written if p in earlier]
+        result.warnings += [note] if (note := replaced_note(earlier, written, out is None)) else []
+        write_json(Path(result.report_path), result.to_json())
     if plot is not None:
         from cdt.plot import reliability_diagram
 
@@ -99,14 +105,14 @@ def earlier_outputs(run_dir: Path, scores_path: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in paths if p.is_file()}
 
 
-def replaced_note(earlier: dict[str, float], written: list[str]) -> str | None:
+def replaced_note(earlier: dict[str, float], written: list[str], default_out: bool = True) -> str | None:
     """One line naming the earlier files this run replaced (None when it replaced nothing); `written`
-    starts with the scores file."""
+    starts with the scores file, which went to its default place when `default_out`."""
     gone = [p for p in written if p in earlier]
     if not gone:
         return None
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(min(earlier[p] for p in gone)))
-    hint = "; --out PATH writes the scores elsewhere" if written[0] in gone else ""
+    hint = "; --out PATH writes the scores elsewhere" if written[0] in gone and default_out else ""
     return (f"replaced the earlier {', '.join(gone)} (written {when}): the run's report and map always hold "
             f"its latest calibration{hint}")
 
@@ -137,14 +143,14 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
     """Run pass 1 and write the scores file (and, with run_dir, the calibration map)."""
     cfg.validate()
     t0 = time.perf_counter()
+    n_prompts = math.ceil(cfg.n_samples / cfg.samples_per_prompt)
+    held = load_heldout(ckpt, n_prompts, cfg.mask, cfg.mask_ratio, cfg.sampler.seed)  # enough rows? before the model
     dev = pick_device(cfg.device)
     model = ckpt.build_model(dev)
     if not model.has_critic:
         raise CdtError("this checkpoint was trained without a critic: there is nothing to calibrate")
     if cfg.score_source == "value-head" and model.value_head is None:
         raise CdtError("--score-source value-head needs a checkpoint with a value head (cdt train --stage value)")
-    n_prompts = math.ceil(cfg.n_samples / cfg.samples_per_prompt)
-    held = load_heldout(ckpt, n_prompts, cfg.mask, cfg.mask_ratio, cfg.sampler.seed)
     scfg, seed = cfg.sampler.for_checkpoint(ckpt), cfg.sampler.seed
     warnings = []
     calibration = None

@@ -22,6 +22,7 @@ from cdt.rundir import CHECKPOINT_NAME, atomic_write
 from cdt.vocab import Vocab
 
 FORMAT, VERSION = "cdt-checkpoint", 1
+ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of every file torch.save writes
 
 
 @dataclass
@@ -43,18 +44,20 @@ class Checkpoint:
         architecture: this checkpoint's model with a value head it lacks (`cdt train --stage value`);
         only that head starts untrained."""
         arch = architecture or self.config.model
-        model = DiffusionLM(arch)
         state = self.train_model_state if raw and self.train_model_state is not None else self.model_state
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # a tensor of another shape than the config says
-            cause = str(e).strip().splitlines()[-1]
-            raise CdtError(f"{self.path} does not match its own architecture: {cause}") from None
-        new_head = ("value_head.",) if architecture is not None and arch.value_head else ()
-        missing = [k for k in missing if not k.startswith(new_head)] if new_head else missing
-        if missing or unexpected:
-            raise CdtError(f"{self.path} does not match its own architecture (missing {missing}, "
-                           f"unexpected {unexpected})")
+        with torch.device("meta"):  # the architecture's shapes, without allocating: a config may be tampered with
+            expected = {k: v.shape for k, v in DiffusionLM(arch).state_dict().items()}
+        new_head = "value_head." if architecture is not None and arch.value_head else None  # starts untrained
+        missing = [k for k in expected if k not in state and not (new_head and k.startswith(new_head))]
+        unexpected = [k for k in state if k not in expected]
+        wrong = [f"{k} is {tuple(state[k].shape)}, the config says {tuple(expected[k])}"
+                 for k in expected if k in state and state[k].shape != expected[k]]
+        if missing or unexpected or wrong:
+            parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + (
+                [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []) + wrong[:2]
+            raise CdtError(f"{self.path} does not match its own architecture: {'; '.join(parts)}")
+        model = DiffusionLM(arch)
+        model.load_state_dict(state, strict=new_head is None)
         return model.to(device).eval()
 
 
@@ -92,13 +95,19 @@ def load(path: str | Path | Checkpoint) -> Checkpoint:
     if isinstance(path, Checkpoint):
         return path
     p = checkpoint_path(path)
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head != ZIP_MAGIC:  # torch.save writes a zip; anything else is refused before torch reads a byte
+        if head[:1] == b"\x80":  # a plain pickle (protocol 2+)
+            raise CdtError(f"refusing to load {p}: it holds pickled Python objects, not plain weights")
+        raise CdtError(f"{p} is not a cdt checkpoint (not a file torch.save wrote)")
     try:
         with warnings.catch_warnings():  # torch warns about a plain pickle's protocol before refusing it
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CdtError(f"refusing to load {p}: it holds pickled Python objects, not plain weights") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # a damaged zip or pickle stream: torch raises many kinds
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CdtError(f"cannot read checkpoint {p} (truncated or corrupt?): {cause}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -108,8 +117,17 @@ def load(path: str | Path | Checkpoint) -> Checkpoint:
     try:
         config = RunConfig.from_dict(state["config"])
         vocab = Vocab.from_dict(state["vocab"])
-        return Checkpoint(path=p, config=config, vocab=vocab, model_state=state["model"], step=int(state["step"]),
-                          optimizer_state=state.get("optimizer"), train_model_state=state.get("train_model"),
-                          extra=state.get("extra") or {})
-    except (KeyError, TypeError, CdtError) as e:
-        raise CdtError(f"{p} is an incomplete cdt checkpoint ({e})") from None
+        step = state["step"]
+        weights = state["model"]
+    except KeyError as e:
+        raise CdtError(f"{p} is an incomplete cdt checkpoint: it has no {e}") from None
+    except (TypeError, ValueError, AttributeError, CdtError) as e:
+        raise CdtError(f"{p} is a damaged cdt checkpoint: {e}") from None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CdtError(f"{p} is a damaged cdt checkpoint: its step is {step!r}, not a count")
+    for name, part in (("model", weights), ("train_model", state.get("train_model"))):
+        if part is not None and not (isinstance(part, dict) and all(isinstance(v, torch.Tensor) for v in part.values())):
+            raise CdtError(f"{p} is a damaged cdt checkpoint: its {name!r} entry is not a set of named tensors")
+    return Checkpoint(path=p, config=config, vocab=vocab, model_state=weights, step=step,
+                      optimizer_state=state.get("optimizer"), train_model_state=state.get("train_model"),
+                      extra=state.get("extra") if isinstance(state.get("extra"), dict) else {})

@@ -14,11 +14,12 @@ from typing import List, Optional
 import typer
 
 from cdt import options as opts
-from cdt.console import emit_json, err_console, fail, friendly_errors, out_console, warn, write_lines
+from cdt.console import OneLineUsage, emit_json, err_console, fail, friendly_errors, out_console, warn, write_lines
 from cdt.errors import UsageError
 from cdt.settings import CalibrateSettings, EvalSettings, ExploreSettings, SampleConfig, SweepSettings, TrainSettings
 
-app = typer.Typer(help="Masked diffusion language models with a learned token critic.", no_args_is_help=True,
+app = typer.Typer(cls=OneLineUsage, help="Masked diffusion language models with a learned token critic.",
+                  no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown")
 
 
@@ -179,6 +180,7 @@ def eval_cmd(
     settings: EvalSettings = None,
     rows_out: Optional[Path] = typer.Option(None, "--rows", help="Also write every held-out row's outcome under "
                                             "every setting to this new JSON Lines file."),
+    overwrite: opts.Overwrite = False,
     json_out: opts.Json = False,
 ):
     """Compare remasking policies by infilling held-out validation rows.
@@ -193,7 +195,7 @@ def eval_cmd(
     from cdt.sampling.evaluate import evaluate
 
     with ProgressBar(err_console, "eval", settings.n * len(settings.policies) * len(settings.steps)) as bar:
-        report = evaluate(checkpoint, settings, rows_out, on_batch=bar.advance)
+        report = evaluate(checkpoint, settings, rows_out, on_batch=bar.advance, overwrite=overwrite)
     for w in report.warnings:
         warn(w)
     emit_json(report.to_json()) if json_out else show_eval(out_console, report)
@@ -210,7 +212,9 @@ def calibrate(
     settings: CalibrateSettings = None,
     out: Optional[Path] = typer.Option(None, "--out", help="Scores file (JSON lines) [default: "
                                        "RUN/calibration_scores.jsonl]."),
-    plot: Optional[Path] = typer.Option(None, help="Draw the reliability diagram to this PNG (needs matplotlib)."),
+    plot: Optional[Path] = typer.Option(None, help="Draw the reliability diagram to this .png, .pdf or .svg (needs "
+                                        "matplotlib)."),
+    overwrite: opts.Overwrite = False,
     json_out: opts.Json = False,
 ):
     """Measure how far the critic can be trusted: one generation per held-out sample.
@@ -224,7 +228,7 @@ def calibrate(
     from cdt.render import ProgressBar, show_calibration
 
     with ProgressBar(err_console, "calibrate", settings.n_samples) as bar:
-        result = run(checkpoint, settings, out, plot, on_samples=bar.advance)
+        result = run(checkpoint, settings, out, plot, on_samples=bar.advance, overwrite=overwrite)
     for w in result.warnings:
         warn(w)
     emit_json(result.to_json()) if json_out else show_calibration(out_console, result)

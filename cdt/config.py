@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from cdt.errors import UsageError, deprecated
+from cdt.errors import UsageError, deprecated, warning
+from cdt.settings import DEVICES, SEED_MAX
 
 
 @dataclass
@@ -135,8 +137,10 @@ class RunConfig:
         """A saved config; keys it predates take the value they had then, not today's default."""
         cfg = cls()
         apply(cfg, EARLIER_DEFAULTS, source="cdt's earlier defaults")
+        if not isinstance(d, dict):
+            raise UsageError(f"the saved config is {type(d).__name__}, not a mapping of sections")
         apply(cfg, d, source=CHECKPOINT_SOURCE)
-        return cfg
+        return check(cfg)
 
 
 # Defaults that changed: what a checkpoint saved before its key existed was trained with.
@@ -159,7 +163,7 @@ CHOICES = {
     "train.noise_schedule": ("loglinear", "linear", "cosine"),
     "train.loss_weighting": ("nelbo", "flat"),
     "train.critic_scope": ("masked", "masked+context"),
-    "train.device": ("auto", "cpu", "cuda"),
+    "train.device": DEVICES,
     "value_stage.loss": ("pairwise", "pointwise"),
 }
 
@@ -178,6 +182,7 @@ RANGES = {  # numeric keys a value can be out of range for; checked wherever a v
     **{f"model.{k}": _COUNT for k in ("d_model", "n_layers", "n_heads", "mlp_ratio", "ngram_buckets")},
     "model.ngram": ((lambda v: v == 0 or 2 <= v <= 8), "0 (off) or 2 to 8"),
     "model.word_buckets": _NONNEG,
+    **{f"{k}.seed": ((lambda v: 0 <= v <= SEED_MAX), f"in [0, {SEED_MAX}]") for k in ("data", "train", "value_stage")},
     "model.block_size": _at_least(2),
     **{f"model.{k}": _SHARE for k in ("dropout", "critic_dropout", "value_dropout")},
     "data.n_records": _at_least(10),
@@ -251,6 +256,8 @@ def _coerce(key: str, value, hint):
         value = float(value)
     if base in (int, float) and isinstance(value, bool) or not isinstance(value, base):
         raise UsageError(f"{key} must be {base.__name__}, got {value!r}")
+    if base is float and not math.isfinite(value):
+        raise UsageError(f"{key} must be a finite number, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise UsageError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
     if key in RANGES and not RANGES[key][0](value):
@@ -318,7 +325,24 @@ def resolve(preset: str | None = None, config_file: Path | None = None, override
         apply(cfg, o, COMMAND_LINE)
     if cfg.data.scaffold and not any("block_size" in o.get("model", {}) for o in overrides):
         cfg.model.block_size = max(cfg.model.block_size, SCAFFOLD_BLOCK_SIZE)  # the flag alone must be enough
+    fit_critic_phase(cfg.train)
     return check(cfg)
+
+
+CRITIC_PHASE = (0.625, 0.7)  # the small preset's warm-up (steps 1750-1950 of 2800) as shares of the run
+
+
+def fit_critic_phase(t: TrainConfig) -> None:
+    """A run too short to reach the critic's warm-up would never train the critic (its loss weight is
+    train.critic_alpha_start, 0 by default, until then): the warm-up then takes the same shares of this
+    run as the small preset's of its own, and a warning says so."""
+    if t.critic_alpha_start > 0 or t.critic_warmup_start < t.max_iters:
+        return
+    start, end = int(CRITIC_PHASE[0] * t.max_iters), int(CRITIC_PHASE[1] * t.max_iters)
+    warning(f"train.critic_warmup_start ({t.critic_warmup_start}) is not before the run's last step "
+            f"({t.max_iters}), so the critic would never train; its warm-up moves to steps {start}-{end} "
+            "(set train.critic_warmup_start and train.critic_warmup_end to choose)")
+    t.critic_warmup_start, t.critic_warmup_end = start, end
 
 
 def to_yaml(cfg: RunConfig) -> str:

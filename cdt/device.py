@@ -10,11 +10,14 @@ from contextlib import nullcontext
 import torch
 
 from cdt.errors import CdtError
+from cdt.settings import check_device
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CdtError("--device cuda was asked for, but CUDA is not available")
+    """The torch device `--device NAME` means (auto: CUDA when there is one); an unknown name is a usage error."""
+    check_device(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CdtError(f"--device {name} was asked for, but CUDA is not available")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

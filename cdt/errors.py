@@ -16,8 +16,13 @@ class UsageError(CdtError):
         super().__init__(message, exit_code=2)
 
 
-def deprecated(old: str, new: str) -> None:
-    """One line on stderr for an old spelling that still works, naming the one to use instead."""
+def warning(text: str) -> None:
+    """One line on stderr about a setting cdt adjusted or will stop accepting; the run goes on."""
     import sys
 
-    print(f"warning: {old} is deprecated and will be removed; use {new}", file=sys.stderr)
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def deprecated(old: str, new: str) -> None:
+    """One line on stderr for an old spelling that still works, naming the one to use instead."""
+    warning(f"{old} is deprecated and will be removed; use {new}")

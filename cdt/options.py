@@ -23,6 +23,8 @@ Checkpoint = Annotated[Path, typer.Option("--checkpoint", help="Checkpoint file,
                                           show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else there.")]
 Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace output files named by flags that already "
+                                         "exist (otherwise such a file is refused before any work).")]
 
 
 def settings(cls, param: str):

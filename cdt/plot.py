@@ -1,17 +1,23 @@
-"""The reliability diagram as a PNG (matplotlib is an optional extra: pip install 'cdt[plot]')."""
+"""The reliability diagram as a PNG, PDF or SVG (matplotlib is an optional extra: pip install 'cdt[plot]')."""
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
 
-from cdt.errors import CdtError
+from cdt.errors import CdtError, UsageError
 
 HINT = "--plot needs matplotlib, an optional extra: pip install 'cdt[plot]' (or pip install matplotlib)"
 
 
-def require_matplotlib() -> None:
-    """Fail before any long work when the plot cannot be drawn."""
+FORMATS = ("png", "pdf", "svg")  # the formats matplotlib writes with any backend
+
+
+def require_matplotlib(path: Path | None = None) -> None:
+    """Fail before any long work when the plot cannot be drawn: no matplotlib, or a format it does not write."""
+    if path is not None and Path(path).suffix.lower().lstrip(".") not in FORMATS:
+        raise UsageError(f"--plot {path}: the diagram is written as {', '.join('.' + f for f in FORMATS)}; "
+                         "name the file with one of these")
     try:
         importlib.import_module("matplotlib")
     except ImportError:

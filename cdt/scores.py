@@ -54,6 +54,8 @@ def read_scores(source: str | Path, score_key: str = "score", label_key: str = "
         lines = sys.stdin.read().splitlines()
     else:
         path = Path(source)
+        if path.is_dir():
+            raise CdtError(f"the scores file {path} is a directory; give the file (e.g. {path / 'calibration_scores.jsonl'})")
         if not path.is_file():
             raise CdtError(f"scores file not found: {path}")
         try:
@@ -61,6 +63,7 @@ def read_scores(source: str | Path, score_key: str = "score", label_key: str = "
         except UnicodeDecodeError:
             raise CdtError(f"scores file is not UTF-8 text: {path}") from None
     scores, labels, ids, texts, model = [], [], [], [], None
+    first_line = {}  # id -> the line that gave it
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -75,7 +78,11 @@ def read_scores(source: str | Path, score_key: str = "score", label_key: str = "
                 raise CdtError(f"{where} line {lineno}: missing key {key!r} (keys: {', '.join(obj) or 'none'})")
         scores.append(_score(obj[score_key], lineno, score_key, where))
         labels.append(_label(obj[label_key], lineno, label_key, where))
-        ids.append(obj.get("id", lineno))
+        ident = obj.get("id", lineno)
+        if first_line.setdefault(json.dumps(ident), lineno) != lineno:
+            raise CdtError(f"{where} line {lineno}: id {ident!r} repeats line {first_line[json.dumps(ident)]}'s "
+                           "(each sample once; were two scores files joined?)")
+        ids.append(ident)
         texts.append(obj.get("text"))
         if model is None and isinstance(obj.get("model"), str):
             model = obj["model"]

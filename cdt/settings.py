@@ -31,6 +31,9 @@ DIRECTIONS = ("ge", "le", "auto")
 GRIDS = ("exact", "quantile", "range")
 EXPLORE_MODES = ("generate", "step")
 COLOURINGS = ("critic", "confidence", "correctness")
+DEVICES = ("auto", "cpu", "cuda")  # cuda:N names one GPU
+SEED_MAX = 2**32 - 1  # every seed is in [0, SEED_MAX]
+MAX_TAUS = 100_000  # the most thresholds a quantile or range grid may hold
 
 
 def flag(default, help: str, *, name: str | None = None):
@@ -100,6 +103,35 @@ def flag_dict(obj, exclude: tuple[str, ...] = ()) -> dict:
     return {f.name: value for f, _, value, _ in leaf_fields(obj, exclude=exclude)}
 
 
+def check_finite(obj) -> None:
+    """Every number a settings object holds is finite: NaN or infinity is no setting (one line names the flag)."""
+    for f, _, value, _ in leaf_fields(obj):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{f.metadata.get('name') or '--' + f.name.replace('_', '-')} must be a finite number, "
+                             f"got {value}")
+
+
+def check_device(name: str, flag_name: str = "--device") -> None:
+    if name not in DEVICES and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise UsageError(f"unknown {flag_name} {name!r}; choose from {', '.join(DEVICES)} (or cuda:N)")
+
+
+def check_seed(seed: int, flag_name: str = "--seed") -> None:
+    if not 0 <= seed <= SEED_MAX:
+        raise UsageError(f"{flag_name} must be between 0 and {SEED_MAX} (2^32 - 1), got {seed}")
+
+
+def tau_range_count(start: float | None, stop: float | None, step: float | None) -> int:
+    """The thresholds of the range grid start..stop by step, checked: none missing, step > 0, at most MAX_TAUS."""
+    if None in (start, stop, step) or step <= 0 or stop < start:
+        raise UsageError("a τ range needs --tau-start <= --tau-stop and --tau-step > 0")
+    count = int(math.floor((stop - start) / step + 1e-9)) + 1
+    if count > MAX_TAUS:
+        raise UsageError(f"--tau-step {step:g} makes {count:,} thresholds over [{start:g}, {stop:g}]; at most "
+                         f"{MAX_TAUS:,}: raise --tau-step (--grid exact already tries every distinct score)")
+    return count
+
+
 def _choice(flag_name: str, value, allowed) -> None:
     if value not in allowed:
         raise UsageError(f"unknown {flag_name} {value!r}; choose from {', '.join(allowed)}")
@@ -148,6 +180,7 @@ class SampleConfig:
     def validate(self) -> None:
         """Every rule a flag can break; steps=None (the checkpoint's default) is checked again by
         `for_checkpoint`."""
+        check_finite(self)
         if self.steps is not None:
             _at_least(1, steps=self.steps)
         if self.blocks < 1 or (self.steps is not None and self.blocks > self.steps):
@@ -159,7 +192,7 @@ class SampleConfig:
         _share(threshold=self.threshold, lock_threshold=self.lock_threshold, randomness=self.randomness)
         if not 0.0 < self.top_p <= 1.0 or self.top_k < 0 or self.temperature < 0:
             raise UsageError("--top-p must be in (0, 1], --top-k and --temperature at least 0")
-        _at_least(0, seed=self.seed)
+        check_seed(self.seed)
 
     def for_checkpoint(self, ckpt) -> SampleConfig:
         """This config with what it leaves to the checkpoint filled in (steps: its `sample.steps`), validated."""
@@ -218,6 +251,8 @@ class EvalSettings:
     device: str = flag("auto", DEVICE_HELP)
 
     def validate(self) -> None:
+        check_finite(self)
+        check_device(self.device)
         if not self.policies or not self.steps:
             raise UsageError("--policies and --steps each need at least one value")
         _at_least(1, steps=min(self.steps), n=self.n, batch_size=self.batch_size)
@@ -255,6 +290,8 @@ class CalibrateSettings:
     device: str = flag("auto", DEVICE_HELP)
 
     def validate(self) -> None:
+        check_finite(self)
+        check_device(self.device)
         self.sampler.validate()
         _at_least(1, n_samples=self.n_samples, samples_per_prompt=self.samples_per_prompt, buckets=self.buckets,
                   top=self.top, batch_size=self.batch_size)
@@ -290,12 +327,19 @@ class SweepSettings:
     out_dir: Path = flag(Path("calibrated_params"), "Where the report goes; earlier reports are never overwritten.")
 
     def validate(self) -> None:
+        check_finite(self)
         if not 0.0 < self.recall_target <= 1.0:
             raise UsageError(f"--recall-target must be in (0, 1], got {self.recall_target}")
         _choice("direction", self.direction, DIRECTIONS)
         _choice("grid", self.grid, GRIDS)
         _at_least(1, n_tau=self.n_tau)
         _at_least(0, examples=self.examples)
+        if self.n_tau > MAX_TAUS:
+            raise UsageError(f"--n-tau must be at most {MAX_TAUS:,}, got {self.n_tau:,}")
+        if not 0.0 <= self.q_lo <= self.q_hi <= 1.0:
+            raise UsageError("--q-lo and --q-hi must satisfy 0 <= q-lo <= q-hi <= 1")
+        if self.chosen_grid == "range":
+            tau_range_count(self.tau_start, self.tau_stop, self.tau_step)
 
     @property
     def chosen_grid(self) -> str:
@@ -322,6 +366,8 @@ class ExploreSettings:
     remask_pct: int = 30  # the share the `r` key masks again
 
     def validate(self) -> None:
+        check_finite(self)
+        check_device(self.device)
         self.sampler.validate()
         _at_least(0, index=self.index)
         _at_least(1, n=self.n, length=self.length)
@@ -375,7 +421,12 @@ class TrainSettings:
             self.stage = "value"
 
     def validate(self) -> None:
+        check_finite(self)
         _choice("stage", self.stage, ("generator", "value"))
+        if self.device is not None:
+            check_device(self.device)
+        if self.seed is not None:
+            check_seed(self.seed)
         if self.freeze_trunk and self.train_trunk:
             raise UsageError("give at most one of --freeze-trunk and --train-trunk")
         other = (("optimizer", "data", "compile", "scaffold", "resume") if self.stage == "value" else

@@ -20,7 +20,7 @@ from sklearn.metrics import average_precision_score
 
 from cdt.errors import UsageError
 from cdt.metrics import auroc
-from cdt.settings import DIRECTIONS, SweepSettings
+from cdt.settings import DIRECTIONS, MAX_TAUS, SweepSettings, tau_range_count
 
 TIE_BREAK = "highest precision with recall >= target; then highest recall; then the stricter τ"
 
@@ -37,9 +37,11 @@ class SweepReport:
 def sweep_tau(source: str, cfg: SweepSettings) -> SweepReport:
     """Read a scores file ('-' = stdin), sweep τ, write the report under `cfg.out_dir` (never over an
     earlier one) and return it."""
+    from cdt.rundir import check_output
     from cdt.scores import read_scores, write_report
 
     cfg.validate()
+    check_output(cfg.out_dir, "--out-dir", directory=True)
     grid = cfg.chosen_grid
     data = read_scores(source, cfg.score_key, cfg.label_key)
     taus = candidate_taus(data.scores, grid, cfg.n_tau, cfg.q_lo, cfg.q_hi, cfg.tau_start, cfg.tau_stop, cfg.tau_step)
@@ -160,14 +162,11 @@ def candidate_taus(scores: np.ndarray, grid: str, n_tau: int = 40, q_lo: float =
     if grid == "exact":
         return None
     if grid == "quantile":
-        if not 0.0 <= q_lo <= q_hi <= 1.0 or n_tau < 1:
-            raise UsageError("--q-lo and --q-hi must satisfy 0 <= q-lo <= q-hi <= 1, and --n-tau >= 1")
+        if not 0.0 <= q_lo <= q_hi <= 1.0 or not 1 <= n_tau <= MAX_TAUS:
+            raise UsageError(f"--q-lo and --q-hi must satisfy 0 <= q-lo <= q-hi <= 1, and --n-tau be in [1, {MAX_TAUS}]")
         return np.quantile(scores, np.linspace(q_lo, q_hi, n_tau))
     if grid == "range":
-        if None in (tau_start, tau_stop, tau_step) or tau_step <= 0 or tau_stop < tau_start:
-            raise UsageError("a τ range needs --tau-start <= --tau-stop and --tau-step > 0")
-        count = int(math.floor((tau_stop - tau_start) / tau_step + 1e-9)) + 1
-        return tau_start + tau_step * np.arange(count)
+        return tau_start + tau_step * np.arange(tau_range_count(tau_start, tau_stop, tau_step))
     raise UsageError(f"unknown grid {grid!r}; choose from exact, quantile, range")
 
 

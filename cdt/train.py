@@ -33,7 +33,8 @@ from cdt.model import DiffusionLM
 from cdt.noise import get_schedule, sample_t
 from cdt.optim import make_optimizer, set_learning_rates, state_kind
 from cdt.rng import seed_for
-from cdt.rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MetricsLog, Reporter, StopRequest, write_text
+from cdt.rundir import (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MetricsLog, OutputLock, Reporter, StopRequest,
+                        check_output, write_text)
 from cdt.step import TrainStep, diffusion_step
 from cdt.vocab import MASK_ID, PAD_ID
 
@@ -165,6 +166,20 @@ class TrainResult:
     next_commands: list[str] = field(default_factory=list)  # what to try with this run, as shell lines
 
 
+class NonFiniteLoss(CdtError):
+    """The loss turned NaN or infinite: the weights have diverged, so that state is never saved. The message
+    says what the run kept and what to run next."""
+
+    def __init__(self, value: float, step: int, rank: int, tc, saved: int, out: Path):
+        rates = [("train.lr", tc.lr)] + ([("train.muon_lr", tc.muon_lr)] if tc.optimizer == "muon" else [])
+        now = ", ".join(f"{k} {v:g}" for k, v in rates)
+        lower = " ".join(f"--set {k}={v / 10:g}" for k, v in rates)
+        kept = (f"{out} keeps the checkpoint of step {saved}; continue it with lower rates: cdt train --out {out} "
+                f"--resume {lower}" if saved else
+                f"nothing was saved; run the same command again with lower rates, adding {lower}")
+        super().__init__(f"loss became {value} at step {step}{f' on rank {rank}' if rank else ''} ({now}); {kept}")
+
+
 def _check_resume(ckpt: checkpoint.Checkpoint, cfg: RunConfig, corpus: Corpus) -> None:
     if ckpt.vocab != corpus.vocab:
         raise CdtError(f"cannot resume {ckpt.path}: it was trained with another vocabulary "
@@ -181,9 +196,15 @@ def _check_resume(ckpt: checkpoint.Checkpoint, cfg: RunConfig, corpus: Corpus) -
 
 def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter | None = None,
           stop: StopRequest | None = None) -> TrainResult:
-    """Train into run directory `out`; `stop` lets a caller end the run early (it saves first)."""
-    reporter = reporter or Reporter()
+    """Train into run directory `out`; `stop` lets a caller end the run early (it saves first). `out` is
+    checked before any work, and held for the run: a second run into it meanwhile is refused."""
     dist = dist_info()
+    check_output(out, "--out", directory=True)
+    with OutputLock(out, "--out") if dist.is_main else contextlib.nullcontext():
+        return _train(cfg, Path(out), dist, resume, reporter or Reporter(), stop)
+
+
+def _train(cfg: RunConfig, out: Path, dist, resume: bool, reporter: Reporter, stop: StopRequest | None) -> TrainResult:
     if cfg.train.grad_accum < 1:
         raise UsageError("train.grad_accum must be at least 1")
     device = distributed.setup(dist, pick_device(cfg.train.device))
@@ -191,6 +212,10 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     if not resume and ckpt_path.exists():
         raise CdtError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     ckpt = checkpoint.load(out) if resume else None  # raises when there is nothing to resume
+    if ckpt is not None and ckpt.optimizer_state is None:
+        what = "a value-stage run (cdt train --stage value)" if ckpt.config.model.value_head else "weights alone"
+        raise CdtError(f"cannot resume {ckpt.path}: it holds {what}, without the optimizer state a generator run "
+                       "continues from; train into a new --out instead")
     corpus = load_corpus(cfg.data.source, cfg.model.block_size, cfg.data.n_records, cfg.data.seed, cfg.data.scaffold,
                          cfg.data.answer_tail)
     cfg.model.vocab_size = len(corpus.vocab)
@@ -283,8 +308,7 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
                         loss, out_step = step_module(batch, t, schedule, tc, region, gen, device, cfg.data.emits_null,
                                                      alpha, critic_pass)
                     if not math.isfinite(loss_value := float(loss.detach())):
-                        raise CdtError(f"loss became {loss_value} at step {step + 1} on rank {dist.rank}; "
-                                       "lower --lr or check the data")
+                        raise NonFiniteLoss(loss_value, step + 1, dist.rank, tc, saved, out)
                     (loss / tc.grad_accum).backward()
                 n += int((batch.ids != PAD_ID).sum())
             if tc.grad_clip > 0:
@@ -314,6 +338,8 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
                 save(step, last_eval)
                 saved = step
         finished = True
+    except NonFiniteLoss:
+        raise  # the weights have diverged: nothing of this state is saved
     except Exception:
         # nothing lost on a crash: parameters and optimizer still hold the last completed step.
         # (A second Ctrl-C is a KeyboardInterrupt that may land mid-update: that state is not saved.)
@@ -329,18 +355,20 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, reporter: Reporter
     result = TrainResult(run_dir=out, checkpoint=ckpt_path, step=step, max_iters=tc.max_iters, resumed_from=start,
                          interrupted=stop.signal_name, elapsed_s=elapsed, tokens_per_s=tokens / max(elapsed, 1e-9),
                          params=model.num_params(), data=corpus.info, final_eval=last_eval,
-                         mask_region=region, next_commands=next_commands(out, cfg, tc.max_iters))
+                         mask_region=region, next_commands=next_commands(out, cfg, tc.max_iters, len(corpus.val)))
     reporter.on_end(result)
     return result
 
 
-def next_commands(out: Path, cfg: RunConfig, max_iters: int) -> list[str]:
-    """What to try with a finished run, as shell lines with a comment each."""
+def next_commands(out: Path, cfg: RunConfig, max_iters: int, held_out: int) -> list[str]:
+    """What to try with a finished run, as shell lines with a comment each; `held_out`: the validation rows
+    the run's corpus holds, which bounds the counts these commands ask for."""
     train_on = (f"cdt train --out {out} --resume --max-iters {max_iters * 2}   "
                 "# train on: the rate schedule is re-spread over the new total")
-    calibrate = f"cdt calibrate --checkpoint {out} --n-samples 200   # can the critic's P(wrong) be trusted?"
+    calibrate = (f"cdt calibrate --checkpoint {out} --n-samples {min(200, held_out)}   "
+                 "# can the critic's P(wrong) be trusted?")
     if cfg.data.source != "toolcalls":
         return [f"cdt sample --checkpoint {out} --length 64", calibrate, train_on]
     length = len(EXAMPLE_ANSWER) + cfg.data.answer_tail // 2  # a tail model takes a budget: [NULL] ends it
-    return [f"cdt eval --checkpoint {out} --n 128   # compare remasking policies on held-out answers", calibrate,
+    return [f"cdt eval --checkpoint {out} --n {min(128, held_out)}   # compare remasking policies on held-out answers", calibrate,
             f"cdt sample --checkpoint {out} --prompt {EXAMPLE_PROMPT!r} --length {length} --policy critic", train_on]

@@ -27,7 +27,8 @@ from cdt.losses import pairwise_loss, pointwise_loss
 from cdt.metrics import pairwise_accuracy
 from cdt.model import DiffusionLM
 from cdt.rng import seed_for
-from cdt.rundir import CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MetricsLog, StopRequest, write_text
+from cdt.rundir import (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MetricsLog, OutputLock, StopRequest, check_output,
+                        write_text)
 from cdt.value_pairs import Sample, build_pairs, load_samples, mixed_groups, split_groups
 from cdt.vocab import PAD_ID
 
@@ -65,14 +66,20 @@ def encode(samples: list[Sample], vocab, block_size: int) -> tuple[torch.Tensor,
 
 
 def train_value_stage(cfg: RunConfig, out: Path, on_eval=None, on_step=None) -> StageResult:
+    """The value head trained into a new run directory `out` (checked first, and held for the run)."""
     st = cfg.value_stage
     if not st.samples or not st.init:
         raise UsageError("--stage value needs --samples FILE (from cdt calibrate) and --init CHECKPOINT")
+    check_output(out, "--out", directory=True)
+    with OutputLock(out, "--out"):
+        return _train_value_stage(cfg, st, Path(out), on_eval, on_step)
+
+
+def _train_value_stage(cfg: RunConfig, st, out: Path, on_eval, on_step) -> StageResult:
     t0 = time.perf_counter()
     init = checkpoint.load(st.init)
     if (out / CHECKPOINT_NAME).exists():
-        raise CdtError(f"{out} already holds a checkpoint; the critic stage writes a new run: choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+        raise CdtError(f"{out} already holds a checkpoint; the value stage writes a new run: choose another --out")
     samples = load_samples(Path(st.samples))
     train_g, val_g = split_groups([s.group for s in samples], st.val_share, st.seed)
     pairs = {"train": build_pairs(samples, train_g, st.n_pairs, st.seed),
@@ -86,6 +93,7 @@ def train_value_stage(cfg: RunConfig, out: Path, on_eval=None, on_step=None) -> 
         raise CdtError(f"no training prompt in {st.samples} has both a right and a wrong answer; draw more per "
                        "prompt (--samples-per-prompt) or shorter regions (--mask span --mask-ratio 0.1)")
     device = pick_device(cfg.train.device)
+    out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be good
     run_cfg = copy.deepcopy(init.config)  # the initial model with a value head (kept if it already has one)
     run_cfg.model.value_head, run_cfg.model.value_dropout = True, cfg.model.value_dropout
     run_cfg.value_stage = st

@@ -168,7 +168,7 @@ def test_an_out_of_range_setting_stops_train_before_anything_is_written(tmp_path
     (["sample", "--prompt", "hi", "--prompts-file", "-"], "--prompt or --prompts-file, not both"),
     (["sample", "--schema", "get_weather", "--schema-file", "s.json"], "exactly one of --schema"),
     (["sample", "--blocks", "5", "--steps", "4"], "--blocks must be between 1 and --steps (4)"),
-    (["sample", "--seed", "-1"], "--seed must be at least 0"),
+    (["sample", "--seed", "-1"], "--seed must be between 0 and 4294967295"),
     (["eval", "--rows", "r.jsonl", "--scaffold"], "--rows is not available with --scaffold"),
     (["eval", "--scaffold", "--mask", "span"], "cannot be combined with --mask random/span"),
     (["eval", "--steps", "8,x"], "--steps expects a comma-separated list"),
@@ -201,5 +201,5 @@ def test_every_sampling_command_takes_the_same_sampler_flags():
 def test_eval_refuses_a_rows_file_that_exists_before_reading_the_checkpoint(tmp_path):
     (tmp_path / "rows.jsonl").write_text("earlier\n")
     assert_one_line_error(cli("eval", "--checkpoint", "no/such/run", "--rows", tmp_path / "rows.jsonl"), 2,
-                          "exists; --rows writes a new file")
+                          "exists; give a new path, or add --overwrite")
     assert (tmp_path / "rows.jsonl").read_text() == "earlier\n"

@@ -18,13 +18,14 @@ import torch
 from cdt import calibration_map, checkpoint
 from cdt.checkpoint import Checkpoint
 from cdt.device import pick_device
-from cdt.errors import CdtError, UsageError
+from cdt.errors import UsageError
 from cdt.grading import grade
 from cdt.mcnemar import Paired, equal_cost_pairs
 from cdt.model import DiffusionLM
 from cdt.rng import seed_for
 from cdt.sampling.heldout import HeldOut, load_heldout
 from cdt.sampling.infill import infill
+from cdt.rundir import OutputLock, check_output
 from cdt.scores import ScoreWriter
 from cdt.settings import EvalSettings
 
@@ -108,7 +109,7 @@ class EvalReport:
 
 
 def evaluate(source: str | Path | Checkpoint, settings: EvalSettings, rows_out: Path | None = None,
-             on_batch=None) -> EvalReport:
+             on_batch=None, overwrite: bool = False) -> EvalReport:
     """Every policy at every step count on the same held-out rows, then the paired comparisons. Ctrl-C
     keeps the settings finished so far (`interrupted`); before the first, it is a KeyboardInterrupt."""
     settings.validate()
@@ -116,7 +117,7 @@ def evaluate(source: str | Path | Checkpoint, settings: EvalSettings, rows_out: 
     if rows_out is not None and settings.scaffold:
         raise UsageError("--rows is not available with --scaffold")
     warnings = []
-    with outcome_file(rows_out, note=warnings.append) as save_rows:  # a path that cannot be written fails first
+    with outcome_file(rows_out, note=warnings.append, overwrite=overwrite) as save_rows:  # a path that cannot be written fails first
         ckpt = checkpoint.load(source)
         held = load_heldout(ckpt, settings.n, "answer" if settings.scaffold else settings.mask, settings.mask_ratio,
                             sampler.seed, scaffold=True if settings.scaffold else None)
@@ -174,37 +175,35 @@ def finished_settings(settings: Iterable) -> tuple[list, bool]:
 
 
 @contextmanager
-def outcome_file(path: Path | None, note=None):
+def outcome_file(path: Path | None, note=None, overwrite: bool = False):
     """`--rows`: yields save(rows, complete=True), which writes one JSON line per held-out row and setting
     and returns the path written. The file is opened first, so a path that cannot be written fails before
     the evaluation runs. It appears under its name only once complete; the finished settings of an
     interrupted run stay in `<name>.partial`, and an error, or Ctrl-C before any setting finished, leaves
-    nothing behind. `note` gets the line saying what a hard-killed earlier run left, if anything."""
+    nothing behind. `note` gets the line saying what a hard-killed earlier run left, if anything. An
+    existing file is refused unless `overwrite`; a second run writing the same file meanwhile is refused."""
     if path is None:
         yield lambda rows, complete=True: None
         return
-    if path.exists():
-        raise UsageError(f"{path} exists; --rows writes a new file (choose another name or delete it)")
-    try:
+    check_output(path, "--rows", overwrite=overwrite)
+    with OutputLock(path, "--rows"):
         writer = ScoreWriter(path)
-    except OSError as e:
-        raise CdtError(f"cannot write {path}: {e.strerror}") from None
-    if writer.recovered and note is not None:
-        note(writer.recovered)
+        if writer.recovered and note is not None:
+            note(writer.recovered)
+        kept: list[Path] = []
 
-    def save(rows: list[EvalRow], complete: bool = True) -> Path:
-        for r in rows:
-            for o in r.outcomes:
-                writer.write({"policy": r.policy, "steps": r.steps, **asdict(o)})
-        kept.append(writer.close(complete=complete))
-        return kept[-1]
+        def save(rows: list[EvalRow], complete: bool = True) -> Path:
+            for r in rows:
+                for o in r.outcomes:
+                    writer.write({"policy": r.policy, "steps": r.steps, **asdict(o)})
+            kept.append(writer.close(complete=complete))
+            return kept[-1]
 
-    kept: list[Path] = []
-    try:
-        yield save
-    finally:
-        if not kept:  # not saved: nothing half-written stays, and an earlier run's .partial is left alone
-            writer.close(complete=False)
+        try:
+            yield save
+        finally:
+            if not kept:  # not saved: nothing half-written stays, and an earlier run's .partial is left alone
+                writer.close(complete=False)
 
 
 def _outcome(vocab, held: HeldOut, part: HeldOut, j: int, i: int, row: torch.Tensor) -> RowOutcome:

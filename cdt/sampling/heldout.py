@@ -95,10 +95,10 @@ def load_heldout(ckpt: Checkpoint, n: int, masking: str | None = None, ratio: fl
         raise
     if corpus.vocab != ckpt.vocab:
         raise CdtError(f"the corpus {data.source} no longer matches this checkpoint's vocabulary")
-    available = len(corpus.val) if not corpus.val.window else n
+    available = len(corpus.val)  # records, or distinct window starts in a text split
     n = min(n, available) if clip else n
     if n > available:
-        raise UsageError(f"asked for {n} held-out rows; the validation split has {available}")
+        raise UsageError(f"asked for {n:,} held-out rows; the validation split has {available:,}")
     clean, template, protected = heldout_templates(corpus, n, masking, ratio, seed)
     records = corpus.records[:n] if corpus.records else None
     return HeldOut(clean, template, protected, records, masking, scaffold)
