@@ -71,7 +71,8 @@ def _train_generator(cfg, out: Path, resume: bool, json_out: bool) -> None:
     from dataclasses import asdict
 
     from cdt.distributed import dist_info
-    from cdt.render import TrainProgress, train_summary
+    from cdt.progress import TrainProgress
+    from cdt.render import train_summary
     from cdt.train import train as run_train
 
     main_rank = dist_info().is_main  # under torchrun only rank 0 reports
@@ -91,7 +92,8 @@ def _train_generator(cfg, out: Path, resume: bool, json_out: bool) -> None:
 def _train_value_stage(cfg, out: Path, json_out: bool) -> None:
     from dataclasses import asdict
 
-    from cdt.render import ProgressBar, stage_line, stage_summary
+    from cdt.progress import ProgressBar
+    from cdt.render import stage_line, stage_summary
     from cdt.value_stage import train_value_stage
 
     with ProgressBar(err_console, "value stage", cfg.value_stage.max_iters, status=True, enabled=not json_out) as bar:
@@ -133,7 +135,8 @@ def sample(
     --json gives the raw text and each character's critic P(wrong): higher = more likely wrong.
     """
     from cdt import scaffold
-    from cdt.render import ProgressBar, one_line, slot_trajectory, trajectory
+    from cdt.progress import ProgressBar
+    from cdt.render import one_line, slot_trajectory, trajectory
     from cdt.sampling.run import read_requests, sample_each
     from cdt.scaffold.sample import sample_schema
 
@@ -191,7 +194,8 @@ def eval_cmd(
     steps or equal passes are then compared row by row on exact match and, for toolcalls,
     on JSON validity (McNemar's test).
     """
-    from cdt.render import ProgressBar, show_eval
+    from cdt.progress import ProgressBar
+    from cdt.render import show_eval
     from cdt.sampling.evaluate import evaluate
 
     with ProgressBar(err_console, "eval", settings.n * len(settings.policies) * len(settings.steps)) as bar:
@@ -225,7 +229,8 @@ def calibrate(
     Critic probabilities: higher = more likely wrong.
     """
     from cdt.calibrate import run
-    from cdt.render import ProgressBar, show_calibration
+    from cdt.progress import ProgressBar
+    from cdt.render import show_calibration
 
     with ProgressBar(err_console, "calibrate", settings.n_samples) as bar:
         result = run(checkpoint, settings, out, plot, on_samples=bar.advance, overwrite=overwrite)

@@ -6,41 +6,11 @@ from __future__ import annotations
 from rich import box
 from rich.color import Color
 from rich.console import Console, Group
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from cdt.rundir import Reporter
 from cdt.vocab import MASK_ID, NULL_ID, PAD_ID
-
-
-class ProgressBar:
-    """A bar for long work on a terminal, nothing in a pipe (or with enabled=False); lines printed
-    through it appear above the bar."""
-
-    def __init__(self, console: Console, label: str, total: int, status: bool = False, enabled: bool = True):
-        columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn()]
-        columns += [TextColumn("{task.fields[status]}")] if status else [TimeRemainingColumn()]
-        self.progress = Progress(*columns, console=console, transient=not status,
-                                 disable=not (enabled and console.is_terminal))
-        self.task = self.progress.add_task(label, total=total, status="")
-
-    def __enter__(self) -> ProgressBar:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.stop()
-
-    def advance(self, k: int = 1) -> None:
-        self.progress.advance(self.task, k)
-
-    def update(self, completed: int, status: str = "") -> None:
-        self.progress.update(self.task, completed=completed, status=status)
-
-    def print(self, renderable) -> None:
-        self.progress.console.print(renderable, highlight=False, soft_wrap=True)
 
 
 def _pct(x) -> str:
@@ -61,53 +31,6 @@ def eval_line(r: dict, region: str = "answer") -> str:
             + (f" · value acc {_pct(r['value_acc'])}" if r.get("value_acc") is not None else "")
             + (f" · critic AUROC {_num(r.get('critic_auroc'))} (masked only {_num(r.get('critic_auroc_masked'))})"
                if "critic_auroc" in r else ""))
-
-
-class TrainProgress(Reporter):
-    """A progress bar with live loss and throughput on a terminal; silent otherwise."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.enabled = console.is_terminal
-        self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False, disable=not self.enabled,
-        )
-        self.task = None
-        self.region = "answer"
-
-    def on_start(self, info: dict) -> None:
-        self.region = info["region"]
-        if not self.enabled:
-            return
-        d = info["data"]
-        split = f"{d['train']} train / {d['val']} validation records, overlap {d['overlap']}" if "train" in d else \
-            f"{d['train_chars']} train / {d['val_chars']} validation characters"
-        scale = (f" · {info['world_size']} processes x batch {info['global_batch'] // info['world_size'] // info['grad_accum']}"
-                 f" x {info['grad_accum']} accumulation = global batch {info['global_batch']}"
-                 if info.get("world_size", 1) > 1 or info.get("grad_accum", 1) > 1 else "")
-        self.console.print(f"[dim]run {info['run_dir']} · {info['device']} · {info['params'] / 1e6:.2f}M parameters · "
-                           f"{split} · masking: {info['region']}{scale}[/dim]", highlight=False)
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=info["max_iters"], completed=info["start"], status="")
-
-    def on_log(self, r: dict) -> None:
-        if self.task is None:
-            return
-        status = f"loss {r['loss']:.3f} · lr {r['lr']:.1e} · {r['tokens_per_s']:,.0f} tok/s"
-        self.progress.update(self.task, completed=r["step"], status=status)
-
-    def on_eval(self, r: dict) -> None:
-        if self.task is not None:
-            self.progress.console.print(eval_line(r, self.region), highlight=False)
-
-    def on_message(self, text: str) -> None:
-        self.console.print(Text("warning: " + text, style="yellow"))
-
-    def on_end(self, result) -> None:
-        if self.task is not None:
-            self.progress.update(self.task, completed=result.step)
-            self.progress.stop()
 
 
 def train_summary(result, ema: float = 0.0) -> Text:
@@ -433,8 +356,16 @@ def frame_stats_table(st: dict) -> Table:
     return table
 
 
-def frame_view(ex, plain: bool, width: int = 80, interactive: bool = False) -> Group:
-    """Everything one frame shows: header, heatmap, legend, statistics, and (interactive) the key help."""
+MIN_TERMINAL = (60, 12)  # columns x lines the interactive explorer needs for a heatmap row and its key help
+
+
+def frame_view(ex, plain: bool, width: int = 80, interactive: bool = False, height: int | None = None) -> Group:
+    """Everything one frame shows: header, heatmap, legend, statistics, and (interactive) the key help. The
+    interactive view puts the key help and any message under the header, where a short terminal keeps them,
+    and in a terminal smaller than MIN_TERMINAL says so instead."""
+    if interactive and (width < MIN_TERMINAL[0] or (height or MIN_TERMINAL[1]) < MIN_TERMINAL[1]):
+        return Group(Text(f"terminal too small ({width}x{height}): cdt explore needs {MIN_TERMINAL[0]}x"
+                          f"{MIN_TERMINAL[1]} · q quits", style="reverse"))
     f = ex.current()
     st = ex.stats(f)
     s, sampler = ex.settings, ex.settings.sampler
@@ -442,12 +373,10 @@ def frame_view(ex, plain: bool, width: int = 80, interactive: bool = False) -> G
     header = Text(f"{st['label']} · step {f.step}/{sampler.steps}{done} · policy {sampler.policy} · "
                   f"randomness {sampler.randomness:g} · "
                   f"colour: {s.colouring}" + (" · mode step" if s.mode == "step" else ""), style="bold")
-    parts = [header, frame_heatmap(ex, f, plain, width), frame_legend(ex, plain), frame_stats_table(st)]
-    if ex.message:
-        parts.append(Text(ex.message, style="yellow"))
-    if interactive:
-        parts.append(Text(HELP.format(pct=s.remask_pct), style="reverse"))
-    return Group(*parts)
+    notes = [Text(HELP.format(pct=s.remask_pct), style="reverse")] if interactive else []
+    notes += [Text(ex.message, style="yellow")] if ex.message else []
+    body = [frame_heatmap(ex, f, plain, width), frame_legend(ex, plain), frame_stats_table(st)]
+    return Group(header, *notes, *body) if interactive else Group(header, *body, *notes)
 
 
 def slot_trajectory(gen, starts: list[int], vocab, plain: bool) -> Text:

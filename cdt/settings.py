@@ -200,6 +200,14 @@ class SampleConfig:
         cfg.validate()
         return cfg
 
+    def capped(self, positions: int) -> tuple[SampleConfig, str | None]:
+        """This config with at most one step per position to fill (more steps only repeat passes), and the
+        notice saying so when it cut them."""
+        if self.steps is None or self.steps <= positions:
+            return self, None
+        return (replace(self, steps=positions, blocks=min(self.blocks, positions)),
+                f"--steps {self.steps} is more than the {positions} positions to fill; running {positions} steps")
+
     def to_dict(self) -> dict:
         return flag_dict(self)
 

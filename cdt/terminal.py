@@ -45,7 +45,9 @@ def run_interactive(ex: Explorer, console: Console) -> None:
         tty.setcbreak(fd)
         with Live(console=console, screen=True, auto_refresh=False) as live:
             while True:
-                live.update(frame_view(ex, plain=False, width=console.width, interactive=True), refresh=True)
+                # NO_COLOR: the plain view's decile line carries the heatmap that colour would
+                live.update(frame_view(ex, plain=console.no_color, width=console.width, interactive=True,
+                                       height=console.height), refresh=True)
                 data = os.read(fd, 32).decode("utf-8", errors="ignore")
                 if not data:  # end of input
                     return

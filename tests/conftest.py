@@ -11,6 +11,14 @@ from tests.helpers import tiny_config
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def crash_dir(tmp_path_factory) -> Path:
+    """Where the last-resort handler keeps tracebacks during the tests (never the user's ~/.cache)."""
+    path = tmp_path_factory.mktemp("crashes")
+    os.environ["CDT_CRASH_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     """(config, 300-record toolcalls corpus, untrained tiny model) for tests that call a training step."""

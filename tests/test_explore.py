@@ -110,9 +110,10 @@ def test_critic_calibrated_uses_the_map_and_says_when_it_is_missing(tiny_run, tm
     assert "another sampler: temperature 1.0 (now 0.0)" in greedy.message
 
 
-def render(ex, plain, width=100):
+def render(ex, plain, width=100, interactive=None, height=None):
     console = Console(record=True, width=width, force_terminal=not plain, color_system=None if plain else "truecolor")
-    console.print(frame_view(ex, plain=plain, width=width, interactive=not plain))
+    interactive = not plain if interactive is None else interactive
+    console.print(frame_view(ex, plain=plain, width=width, interactive=interactive, height=height))
     return console.export_text(styles=not plain)
 
 
@@ -133,11 +134,15 @@ def test_rendered_frame_has_legend_stats_and_markers(tiny_run):
     assert marks.count("^") + marks.count("!") == int(f.remask_next[keep].sum())
 
 
-def test_narrow_terminal_wraps(tiny_run):
+def test_narrow_terminal_wraps_and_a_small_one_is_named_in_interactive_mode(tiny_run):
     ex = explorer(tiny_run)
     ex.frame = 2
     for plain in (True, False):
-        assert "step" in render(ex, plain=plain, width=24)
+        assert "step" in render(ex, plain=plain, width=24, interactive=False)
+    assert "terminal too small (30x8): cdt explore needs 60x12 · q quits" in " ".join(
+        render(ex, plain=True, width=30, interactive=True, height=8).split())
+    big = render(ex, plain=True, width=80, interactive=True, height=24)
+    assert big.index("q quit") < big.index("legend:")  # the key help above the heatmap: a short terminal keeps it
 
 
 def test_cli_non_interactive_and_json(tiny_run):

@@ -52,7 +52,7 @@ def sample_each(source: str | Path | checkpoint.Checkpoint, prompts: list[str], 
     alone gives it (same seeds, same rows). Every prompt is checked (vocabulary, block size) before the first
     is generated; an error names the prompt by its number when there are several."""
     ckpt = checkpoint.load(source)
-    cfg = cfg.for_checkpoint(ckpt)
+    cfg, notice = cfg.for_checkpoint(ckpt).capped(length)
     separator = ckpt.extra.get("mask_region") == "answer"  # trained as request + separator + answer
     templates = []
     for i, prompt in enumerate(prompts):
@@ -64,6 +64,7 @@ def sample_each(source: str | Path | checkpoint.Checkpoint, prompts: list[str], 
             raise
     model = ckpt.build_model(pick_device(device))
     calibration, warning = calibration_map.for_sampler(ckpt.path.parent, cfg)
+    warnings = [w for w in (notice, warning) if w]
     for prompt, (ids, protected) in zip(prompts, templates):
         gen = generate(model, ids, protected, cfg, record=record, calibration=calibration,
                        allow_null=ckpt.config.data.emits_null)  # a tail model ends its answer with [NULL]
@@ -79,7 +80,7 @@ def sample_each(source: str | Path | checkpoint.Checkpoint, prompts: list[str], 
                                                      zip(probs[:, start:end], gen.tokens[:, start:end])],
             generation=gen,
             report_passes=extra,
-            warnings=[warning] if warning else [],
+            warnings=warnings,
             vocab=ckpt.vocab,
         )
 

@@ -41,6 +41,10 @@ def render(schema: Schema, vocab: Vocab, values: dict | None = None) -> tuple[li
         slots.extend([False] * len(s))
 
     text('{"name": ' + json.dumps(schema.tool, ensure_ascii=False) + ', "arguments": {')
+    for f in schema.fields:  # an enum value the vocabulary cannot write could never fill its slot
+        if f.type == "enum" and (bad := vocab.unknown("".join(f.enum))):
+            raise CdtError(f"the enum of {f.name!r} holds characters outside the model's vocabulary: "
+                           f"{', '.join(map(repr, bad[:10]))}")
     for i, f in enumerate(schema.fields):
         text(("" if i == 0 else ", ") + json.dumps(f.name, ensure_ascii=False) + ": " + ('"' if f.quoted_by_scaffold else ""))
         if values is None:

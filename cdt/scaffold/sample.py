@@ -49,10 +49,11 @@ def sample_schema(source: str | Path | checkpoint.Checkpoint, schema: Schema, pr
                   device: str = "auto", record: bool = False) -> ScaffoldResult:
     """One scaffolded call per prompt, in one batch, each validated against the schema."""
     ckpt = checkpoint.load(source)
-    cfg = cfg.for_checkpoint(ckpt)
     separator = SEPARATOR if ckpt.extra.get("mask_region") == "answer" else ""
     ids, protected = template(schema, ckpt.vocab, prompts, separator, ckpt.config.model.block_size)
-    warnings = [] if ckpt.config.data.scaffold else [
+    cfg, notice = cfg.for_checkpoint(ckpt).capped(sum(f.slot for f in schema.fields))
+    warnings = [notice] if notice else []
+    warnings += [] if ckpt.config.data.scaffold else [
         f"{ckpt.path} was trained without scaffolds: it has not learned the slot layout or to end a value with "
         "[NULL], so expect filled-up slots; train one with cdt train --scaffold"]
     model = ckpt.build_model(pick_device(device))

@@ -71,12 +71,19 @@ def from_json_schema(path: Path) -> Schema:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CdtError(f"schema file not found: {path}") from None
+    except OSError as e:
+        raise CdtError(f"cannot read schema file {path}: {e.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CdtError(f"schema file {path} is not valid JSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("type") != "object" or not isinstance(doc.get("properties"), dict) \
             or not doc["properties"]:
         raise CdtError(f"schema file {path} must be an object schema: {{\"type\": \"object\", \"properties\": {{...}}}}")
     required = doc.get("required", list(doc["properties"]))
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise CdtError(f"schema file {path}: required must be a list of property names")
+    if unknown := [r for r in required if r not in doc["properties"]]:
+        raise CdtError(f"schema file {path}: required names {', '.join(map(repr, unknown))}, which "
+                       f"{'is not a property' if len(unknown) == 1 else 'are not properties'}")
     fields = []
     for name, prop in doc["properties"].items():
         if not isinstance(prop, dict):
@@ -91,10 +98,11 @@ def from_json_schema(path: Path) -> Schema:
             if kind not in DEFAULT_BUDGET:
                 raise CdtError(f"schema file {path}: property {name!r} has type {kind!r}; "
                                f"supported: string, integer, number, boolean, or an enum")
-        budget = prop.get("maxLength", 0) if kind == "string" else 0
-        if not isinstance(budget, int) or budget < 0:
-            raise CdtError(f"schema file {path}: property {name!r} has an invalid maxLength {budget!r}")
-        fields.append(Field(name, kind, enum, name not in required, budget))
+        budget = prop.get("maxLength") if kind == "string" else None
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise CdtError(f"schema file {path}: property {name!r} has maxLength {budget!r}; a slot needs a whole "
+                           "number of characters, at least 1")
+        fields.append(Field(name, kind, enum, name not in required, budget or 0))
     return Schema(str(doc.get("title") or Path(path).stem), tuple(fields))
 
 
