@@ -30,8 +30,10 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    """Print `error: message` on stderr; raise what this returns to exit with `code`."""
-    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    """Print `error: message` on stderr, always one line (a newline in it is shown as \\n); raise what this
+    returns to exit with `code`."""
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")
+    err_console.print(f"[bold red]error:[/bold red] {escape(one_line)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -53,13 +55,18 @@ def friendly_errors(fn):
         except Exception as e:
             if os.environ.get("CDT_DEBUG"):
                 raise
-            saved = save_traceback()
-            cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise fail(f"internal error {type(e).__name__}{': ' + cause if cause else ''} (a bug in cdt; "
-                       f"{'the traceback is in ' + str(saved) if saved else 'CDT_DEBUG=1 shows the traceback'})",
-                       1) from None
+            raise internal_error(e) from None
 
     return wrapper
+
+
+def internal_error(e: Exception) -> typer.Exit:
+    """The last resort for an exception nobody expected: one line naming it and the file that keeps its
+    traceback for a bug report; raise what this returns to exit with 1."""
+    saved = save_traceback()
+    cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return fail(f"internal error {type(e).__name__}{': ' + cause if cause else ''} (a bug in cdt; "
+                f"{'the traceback is in ' + str(saved) if saved else 'CDT_DEBUG=1 shows the traceback'})", 1)
 
 
 def os_error_line(e: OSError) -> str:
@@ -108,6 +115,10 @@ class OneLineUsage(TyperGroup):
         except typer.Abort:
             fail("aborted", 1)
             sys.exit(1)
+        except Exception as e:  # raised while parsing, before a command's own handler (friendly_errors) runs
+            if os.environ.get("CDT_DEBUG"):
+                raise
+            sys.exit(internal_error(e).exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)  # an int: the code of a typer.Exit the command raised
 
 

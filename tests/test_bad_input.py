@@ -84,14 +84,16 @@ def test_outputs_of_the_wrong_kind_or_unwritable_are_refused_before_the_run(tiny
                           "is a directory; give a file path")
     assert_one_line_error(cli("train", "--preset", "tiny", "--out", tmp_path / "afile"), 2,
                           "is a file; give a directory")
-    assert_one_line_error(cli("sweep-tau", run / "calibration_scores.jsonl", "--out-dir", tmp_path / "afile"), 2,
-                          "is a file; give a directory")
+    assert_one_line_error(cli("sweep-tau", NO_RUN, "--out-dir", tmp_path / "afile"), 2, "is a file; give a directory")
     assert_one_line_error(cli("calibrate", "--checkpoint", run, "--out", tmp_path / "afile" / "scores.jsonl"), 2,
                           "afile is a file, not a directory")
     locked = unwritable(tmp_path)
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text("".join(json.dumps({"id": i, "score": i / 4, "label": i % 2}) + "\n" for i in range(4)))
     for args in (["calibrate", "--checkpoint", run, "--n-samples", 2, "--out", locked / "s.jsonl"],
                  ["train", "--preset", "tiny", "--out", locked / "run"],
-                 ["eval", "--checkpoint", run, "--rows", locked / "rows.jsonl"]):
+                 ["eval", "--checkpoint", run, "--rows", locked / "rows.jsonl"],
+                 ["sweep-tau", scores, "--out-dir", locked / "reports"]):
         assert_one_line_error(cli(*args), 2, f"cannot write in {locked}")
     assert (tmp_path / "afile").read_text() == "mine\n" and not list((tmp_path / "adir").iterdir())
     assert not (run / "calibration_scores.jsonl").exists()  # nothing ran
@@ -333,6 +335,7 @@ def test_progress_off_a_terminal_is_plain_lines(tiny_run, tmp_path, monkeypatch)
     assert "elapsed" in lines[0] and "\x1b" not in result.stderr
 
 
+@pytest.mark.slow  # a training process of its own; test_progress_off_a_terminal_is_plain_lines checks in-process
 def test_train_through_a_pipe_shows_its_progress_without_ansi_codes(tmp_path):
     proc = cdt_process("train", "--preset", "tiny", "--out", tmp_path / "run")
     assert proc.returncode == 0, proc.stderr

@@ -215,49 +215,86 @@ def test_split_keys():
     assert split_keys("\x1b") == ["\x1b"]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pseudo-terminal test uses Linux pty")
-def test_interactive_mode_in_a_pseudo_terminal(tiny_run):
-    import fcntl
-    import pty
-    import struct
-    import termios
+class PseudoTerminal:
+    """`cdt ARGS` on a pseudo-terminal of `lines` x `columns`; `read_until` waits for text on the screen."""
 
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: cdt explore on a terminal
-        os.environ.update(TERM="xterm-256color", COLUMNS="100", LINES="40")
-        os.execv(sys.executable, [sys.executable, "-m", "cdt", "explore", "--checkpoint", str(tiny_run), "--steps", "3"])
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
-    screen = b""
+    def __init__(self, args, lines=40, columns=100, env=None):
+        import fcntl
+        import pty
+        import struct
+        import termios
 
-    def read_until(fragment: str, timeout: float = 60.0) -> str:
-        nonlocal screen
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: cdt on a terminal
+            os.environ.update(TERM="xterm-256color", COLUMNS=str(columns), LINES=str(lines), **(env or {}))
+            os.execv(sys.executable, [sys.executable, "-m", "cdt", *map(str, args)])
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+        self.screen = b""
+
+    def text(self) -> str:
+        return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", self.screen.decode("utf-8", "replace"))
+
+    def read_until(self, fragment: str, timeout: float = 60.0, pattern: str | None = None) -> str:
+        """The screen once it shows `fragment` (and, given, a line matching regular expression `pattern`)."""
         for _ in range(int(timeout / 0.2)):  # polls of at most 0.2 s each
-            text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", screen.decode("utf-8", "replace"))
-            if fragment in text:
-                return text
-            if select.select([fd], [], [], 0.2)[0]:
+            if fragment in self.text() and (pattern is None or re.search(pattern, self.text(), re.M)):
+                return self.text()
+            if select.select([self.fd], [], [], 0.2)[0]:
                 try:
-                    screen += os.read(fd, 65536)
+                    self.screen += os.read(self.fd, 65536)
                 except OSError:
                     break
         raise AssertionError(f"{fragment!r} never appeared on the screen")
 
-    read_until("step 0/3")
-    os.write(fd, b"\x1b[C")  # right arrow: next step
-    read_until("step 1/3")
-    os.write(fd, b"c")  # colouring: confidence
-    read_until("colour: confidence")
-    os.write(fd, b"q")
-    for _ in range(300):  # drain until the child closes the terminal (polls of at most 0.2 s)
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            screen += chunk
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert "q quit" in screen.decode("utf-8", "replace")  # the help line was shown
-    assert b"\x1b[?1049l" in screen  # left the alternate screen: the terminal is restored
+    def quit(self) -> int:
+        """Press q, read until the child closes the terminal, and return its exit code."""
+        os.write(self.fd, b"q")
+        for _ in range(300):  # polls of at most 0.2 s
+            if select.select([self.fd], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                self.screen += chunk
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pseudo-terminal test uses Linux pty")
+
+
+@linux_only
+def test_interactive_mode_in_a_pseudo_terminal(tiny_run):
+    term = PseudoTerminal(["explore", "--checkpoint", tiny_run, "--steps", "3"])
+    term.read_until("step 0/3")
+    os.write(term.fd, b"\x1b[C")  # right arrow: next step
+    term.read_until("step 1/3")
+    os.write(term.fd, b"c")  # colouring: confidence
+    term.read_until("colour: confidence")
+    assert term.quit() == 0
+    assert "q quit" in term.text()  # the help line was shown
+    assert b"\x1b[?1049l" in term.screen  # left the alternate screen: the terminal is restored
+
+
+@linux_only
+def test_interactive_mode_without_colour_keeps_the_heatmap_as_deciles_and_warns_of_a_missing_map(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes((tiny_run / "checkpoint.pt").read_bytes())  # no calibration map here
+    term = PseudoTerminal(["explore", "--checkpoint", run, "--steps", "3"], env={"NO_COLOR": "1"})
+    term.read_until("step 0/3")
+    os.write(term.fd, b"n")
+    term.read_until("step 1/3", pattern=r"^critic +[0-9 ]*[0-9]")  # the decile line carries the critic's heatmap
+    os.write(term.fd, b"p")  # policy: critic -> critic-calibrated
+    term.read_until("no calibration map in")
+    assert term.quit() == 0
+
+
+@pytest.mark.slow  # a process of its own; frame_view's own test checks the same in-process
+@linux_only
+def test_interactive_mode_in_a_small_terminal_says_so(tiny_run):
+    term = PseudoTerminal(["explore", "--checkpoint", tiny_run, "--steps", "3"], lines=8, columns=30)
+    assert "needs 60x12" in " ".join(term.read_until("too small").split())
+    assert term.quit() == 0
