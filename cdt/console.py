@@ -14,11 +14,10 @@ import time
 import traceback
 from pathlib import Path
 
-
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from cdt.errors import CdtError
 
@@ -53,8 +52,6 @@ def friendly_errors(fn):
         except OSError as e:  # a file the OS refused: a disk full, a permission, a path of the wrong kind
             raise fail(os_error_line(e), 1) from None
         except Exception as e:
-            if os.environ.get("CDT_DEBUG"):
-                raise
             raise internal_error(e) from None
 
     return wrapper
@@ -62,7 +59,9 @@ def friendly_errors(fn):
 
 def internal_error(e: Exception) -> typer.Exit:
     """The last resort for an exception nobody expected: one line naming it and the file that keeps its
-    traceback for a bug report; raise what this returns to exit with 1."""
+    traceback for a bug report; raise what this returns to exit with 1. With CDT_DEBUG set, `e` is raised."""
+    if os.environ.get("CDT_DEBUG"):
+        raise e
     saved = save_traceback()
     cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return fail(f"internal error {type(e).__name__}{': ' + cause if cause else ''} (a bug in cdt; "
@@ -116,8 +115,6 @@ class OneLineUsage(TyperGroup):
             fail("aborted", 1)
             sys.exit(1)
         except Exception as e:  # raised while parsing, before a command's own handler (friendly_errors) runs
-            if os.environ.get("CDT_DEBUG"):
-                raise
             sys.exit(internal_error(e).exit_code)
         sys.exit(rv if isinstance(rv, int) else 0)  # an int: the code of a typer.Exit the command raised
 
