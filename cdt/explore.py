@@ -60,7 +60,9 @@ def open_explorer(source: str | Path | Checkpoint, settings: ExploreSettings) ->
     settings.sampler = settings.sampler.for_checkpoint(ckpt)
     s = settings
     materials = load_materials(ckpt, s.prompt, s.length, s.n, s.mask, s.mask_ratio, s.sampler.seed, s.index)
-    return Explorer(ckpt, materials, settings, sample=min(s.index, len(materials) - 1))
+    # every step is a frame kept in memory: no more steps than the longest region has positions to fill
+    s.sampler, notice = s.sampler.capped(max(int((m.template == MASK_ID).sum()) for m in materials))
+    return Explorer(ckpt, materials, settings, sample=min(s.index, len(materials) - 1), message=notice or "")
 
 
 def load_materials(ckpt: Checkpoint, prompt: str | None, length: int, rows: int, mask: str | None,

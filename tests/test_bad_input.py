@@ -18,6 +18,7 @@ import torch
 from cdt import checkpoint
 from cdt.config import resolve
 from cdt.rundir import OutputLock
+from cdt.vocab import MASK_ID
 from tests.helpers import assert_one_line_error, cdt_process, cli, evals
 
 NO_RUN = "no/such/run"  # a checkpoint that is never read: the flag must be refused first
@@ -121,6 +122,16 @@ def test_steps_beyond_the_positions_to_fill_are_capped_with_a_notice(tiny_run):
     assert result.stderr.strip() == "warning: --steps 100000 is more than the 10 positions to fill; running 10 steps"
     doc = json.loads(result.stdout)
     assert doc["config"]["steps"] == 10 and doc["passes"]["generator"] <= 10
+
+
+def test_explore_keeps_no_more_frames_than_positions_to_fill(tiny_run):
+    from cdt.explore import open_explorer
+    from cdt.settings import ExploreSettings, SampleConfig
+
+    ex = open_explorer(tiny_run, ExploreSettings(n=2, sampler=SampleConfig(policy="critic", steps=10**5)))
+    most = max(int((m.template == MASK_ID).sum()) for m in ex.materials)
+    assert ex.settings.sampler.steps == most < 300 and len(ex.frames) <= most + 1
+    assert ex.message == f"--steps 100000 is more than the {most} positions to fill; running {most} steps"
 
 
 # checkpoints that are not what they claim
