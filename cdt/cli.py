@@ -120,7 +120,8 @@ def sample(
     sampler: SampleConfig = None,
     schema: Optional[str] = typer.Option(None, help="Fill the value slots of a built-in toolcalls tool's scaffold "
                                          "(e.g. get_weather); Python writes the JSON structure."),
-    schema_file: Optional[Path] = typer.Option(None, help="Like --schema, from a JSON Schema file (an object schema)."),
+    schema_file: Optional[Path] = typer.Option(None, help="Like --schema, from a file: a JSON Schema object, an "
+                                               "OpenAI-style tool, or a JSON list of tools (BFCL's form too)."),
     budget: List[str] = typer.Option([], help="Slot size, FIELD=N or N for every field (scaffolds; repeatable)."),
     prompts_file: Optional[str] = typer.Option(None, help="One request per line ('-' = stdin), each generated as "
                                                "--prompt would be; prints one JSON line per row (per request with "
@@ -145,8 +146,11 @@ def sample(
     prompts = read_requests(prompts_file) if prompts_file else [prompt]
     plain = not err_console.is_terminal
     if schema or schema_file:
-        result = sample_schema(checkpoint, scaffold.load(schema, schema_file, budget), prompts, sampler, device,
-                               record=show_steps)
+        notes: list[str] = []
+        tools = scaffold.load(schema, schema_file, budget, notes)
+        for note in notes:  # schema constraints a slot cannot express: said once, before the run
+            warn(note)
+        result = sample_schema(checkpoint, tools, prompts, sampler, device, record=show_steps)
         for w in result.warnings + [f"row {i}: {e}" for i, s in enumerate(result.samples) for e in s.errors]:
             warn(w)
         if prompts_file:

@@ -186,17 +186,19 @@ def test_resume_refuses_a_run_without_optimizer_state(tiny_run, tmp_path):
 # schemas
 
 
-@pytest.mark.parametrize("doc, fragment", [
-    ({"type": "object", "properties": {"size": {"enum": ["Größe", "klein"]}}}, "outside the model's vocabulary: 'ö'"),
-    ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "b"]},
+@pytest.mark.parametrize("doc, code, fragment", [
+    ({"name": "t", "type": "object", "properties": {"size": {"enum": ["Größe", "klein"]}}}, 1,
+     "outside the model's vocabulary: 'ö'"),
+    ({"name": "t", "type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "b"]}, 2,
      "required names 'b', which is not a property"),
-    ({"type": "object", "properties": {"a": {"type": "string", "maxLength": 0}}}, "has maxLength 0"),
-    ({"type": "object", "properties": {"a": {"type": "string", "maxLength": True}}}, "has maxLength True"),
+    ({"name": "t", "type": "object", "properties": {"a": {"type": "string", "maxLength": 0}}}, 2, "has maxLength 0"),
+    ({"name": "t", "type": "object", "properties": {"a": {"type": "string", "maxLength": True}}}, 2,
+     "has maxLength True"),
 ])
-def test_an_unusable_schema_is_one_line(tiny_run, tmp_path, doc, fragment):
+def test_an_unusable_schema_is_one_line(tiny_run, tmp_path, doc, code, fragment):
     path = tmp_path / "tool.json"
     path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
-    assert_one_line_error(cli("sample", "--checkpoint", tiny_run, "--schema-file", path), 1, fragment)
+    assert_one_line_error(cli("sample", "--checkpoint", tiny_run, "--schema-file", path), code, fragment)
 
 
 # the last resort

@@ -27,18 +27,17 @@ class Infilled:
 
 
 def infill(model: DiffusionLM, held: HeldOut, batches: Iterable[tuple[torch.Tensor, list[int]]], cfg: SampleConfig,
-           *, calibration=None, allow_null: bool = False, allowed_at: torch.Tensor | None = None,
-           trim: bool = True, on_batch=None) -> Iterator[Infilled]:
+           *, calibration=None, allow_null: bool = False, constraint=None, trim: bool = True,
+           on_batch=None) -> Iterator[Infilled]:
     """Generate each batch of (held-out row indices, one seed per row): the rows' masked regions are
-    filled, everything else stays. `allowed_at` (rows of `held`, L, v) bool: what each position may hold
-    (scaffold slots). trim: cut each batch to its longest row, which saves the padding's compute but lets
+    filled, everything else stays. `constraint`: a `SlotConstraint` over the rows of `held` (scaffold
+    slots). trim: cut each batch to its longest row, which saves the padding's compute but lets
     the last bits of a float depend on the batch; calibrate keeps the full width, so its scores are the
     same bit for bit whatever the batch size. `on_batch(k)` after each batch of k rows."""
     for rows, seeds in batches:
         part = held.take(rows, trim)
-        narrowed = None if allowed_at is None else allowed_at[rows, : part.template.shape[1]]
         gen = generate(model, part.template, part.protected, cfg, row_seeds=seeds, calibration=calibration,
-                       allow_null=allow_null, allowed_at=narrowed)
+                       allow_null=allow_null, constraint=None if constraint is None else constraint.take(rows))
         yield Infilled(rows, part, gen)
         if on_batch:
             on_batch(len(rows))

@@ -137,13 +137,14 @@ def pick_worst(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, 
 @torch.no_grad()
 def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg: SampleConfig,
              row_seeds: list[int] | None = None, record: bool = False, allow_null: bool = False,
-             calibration=None, allowed_at: torch.Tensor | None = None) -> Generation:
+             calibration=None, constraint=None) -> Generation:
     """Fill the [MASK] positions of `ids` (b, n); `protected` (b, n) positions never change.
 
     Row i draws its randomness from `row_seeds[i]` (default: seed_for(cfg.seed, i)), so the same
     seed gives the same rows and a row does not depend on what else is in its batch.
-    `calibration` maps critic probabilities for the `critic-calibrated` policy. `allowed_at` (b, n, v)
-    bool narrows the characters each position may take (scaffold slots: digits in a number, ...).
+    `calibration` maps critic probabilities for the `critic-calibrated` policy. `constraint(x, logits,
+    filled, uniforms)` rewrites each step's fill (scaffold slots: `cdt.scaffold.layout.SlotConstraint`
+    keeps every slot in its type's language); uniforms are one draw per position, None at temperature 0.
     """
     if cfg.steps is None:
         raise ValueError("SampleConfig.steps is unresolved: call cfg.for_checkpoint(ckpt) first")
@@ -159,8 +160,6 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
     editable = (x == MASK_ID) & ~protected.to(device)  # the region this call may write
     block = _block_index(editable, cfg.blocks)  # each region position's block (all 0 without --blocks)
     allowed = emittable(model.cfg.vocab_size, allow_null, device)
-    if allowed_at is not None:
-        allowed = allowed & allowed_at.to(device)  # (b, n, v)
     memory = torch.zeros(b, n, device=device)  # confidence-like scores are kept from the step that sampled
     passes = {"generator": 0, "critic": 0}
     cache_in, cache_logits, critic_probs, history = None, None, None, []
@@ -178,6 +177,9 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
         art = build_critic_artifacts(x, logits, temperature=1.0 if cfg.temperature > 0 else 0.0,
                                      allow_null=allow_null, generator=gens)
         filled = art.critic_input
+        if constraint is not None:
+            uniforms = gens.uniform((n,), torch.float64).to(device) if cfg.temperature > 0 else None
+            filled = constraint(x, logits, filled, uniforms)
         critic_logits = None
         if policy.needs_critic:
             with autocast(device):

@@ -15,7 +15,7 @@ from cdt.model import DiffusionLM
 from cdt.rng import seed_for
 from cdt.sampling.heldout import HeldOut
 from cdt.sampling.infill import infill
-from cdt.scaffold.layout import allowed_rows
+from cdt.scaffold.layout import SlotConstraint
 from cdt.scaffold.schema import builtin, parse
 from cdt.settings import EvalSettings
 from cdt.vocab import NULL_ID
@@ -27,7 +27,8 @@ class ScaffoldEvalRow:
     steps: int
     passes: float
     structure: float  # share of rows whose non-slot positions are untouched (1.0 by construction)
-    json_valid: float  # share of calls that parse
+    json_valid: float  # share of calls that parse (1.0 by construction)
+    schema_valid: float  # share of calls whose every field validates against the schema (1.0 by construction)
     type_valid: float  # share of fields whose value has the schema's type (enum member, integer, ...)
     field_exact: float  # share of fields equal to the reference
     call_exact: float  # share of calls with every field right
@@ -45,14 +46,14 @@ def iter_scaffold(model: DiffusionLM, ckpt: Checkpoint, held: HeldOut, settings:
     spans = [value_spans(r, vocab, scaffold=True)[1] for r in held.records]
     schemas = [builtin(r.tool) for r in held.records]
     heads = [len(vocab.encode(r.prompt + SEPARATOR)) for r in held.records]  # where each answer starts
-    allowed = allowed_rows(schemas, heads, held.template.shape[1], vocab)  # what each slot may hold
+    constraint = SlotConstraint.of(list(zip(schemas, heads)), vocab)  # each slot in its type's language
     for cfg in settings.settings():
-        n = dict.fromkeys(("structure", "json", "types", "fields", "field_ok", "calls", "pred_null", "ref_null",
+        n = dict.fromkeys(("structure", "json", "valid", "types", "fields", "field_ok", "calls", "pred_null", "ref_null",
                            "both_null", "values", "diversity", "chars", "repeats"), 0)
         passes = batches = 0
         t0 = time.perf_counter()
         plan = [(rows, [seed_for(cfg.seed, int(i)) for i in rows]) for rows in held.by_length(settings.batch_size)]
-        for done in infill(model, held, plan, cfg, calibration=maps[cfg.policy], allow_null=True, allowed_at=allowed,
+        for done in infill(model, held, plan, cfg, calibration=maps[cfg.policy], allow_null=True, constraint=constraint,
                            on_batch=on_batch):
             passes += done.passes
             batches += 1
@@ -62,6 +63,7 @@ def iter_scaffold(model: DiffusionLM, ckpt: Checkpoint, held: HeldOut, settings:
                 n["structure"] += bool(torch.equal(row[prot[j]], ref[prot[j]]))
                 parsed = parse(schemas[i], vocab.decode(row[heads[i]:]))
                 n["json"] += parsed.call is not None
+                n["valid"] += parsed.valid
                 bad = {e.split("'")[1] for e in parsed.errors if e.startswith("field '")}
                 all_ok = True
                 for f, (a, b) in zip(schemas[i].fields, spans[i]):
@@ -83,7 +85,7 @@ def iter_scaffold(model: DiffusionLM, ckpt: Checkpoint, held: HeldOut, settings:
                 n["calls"] += all_ok
         m = len(held)
         yield ScaffoldEvalRow(
-            cfg.policy, cfg.steps, passes / batches, n["structure"] / m, n["json"] / m,
+            cfg.policy, cfg.steps, passes / batches, n["structure"] / m, n["json"] / m, n["valid"] / m,
             n["types"] / max(n["fields"], 1), n["field_ok"] / max(n["fields"], 1), n["calls"] / m,
             n["both_null"] / n["pred_null"] if n["pred_null"] else None,
             n["both_null"] / n["ref_null"] if n["ref_null"] else None,

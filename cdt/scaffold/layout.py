@@ -1,13 +1,13 @@
 """The scaffold layout: a call's JSON text with every value a fixed-size slot, and what each slot may hold.
 
 For a tool `{"name": T, "arguments": {k: v, ...}}` the scaffold writes braces, keys,
-commas, the tool name and, for string and enum arguments, the quotes; every value is a
-*slot* of `budget` positions. A value shorter than its slot is followed by `[NULL]`,
-which decoding drops.
+commas, the tool name and, for string and enum-of-strings arguments, the quotes; an object
+argument's keys too (its fields are scaffolded in place); every other value is a *slot* of
+`budget` positions. A value shorter than its slot is followed by `[NULL]`, which decoding drops.
 
-An optional string or enum argument is quoted by the scaffold too; a slot left all
-`[NULL]` then means `null` (the request did not mention it), so no generated character
-can break the quotes. Optional numbers and booleans hold their JSON text, `null` included.
+An optional quoted argument left all `[NULL]` means `null`; any other optional slot may hold
+`null`. Each slot is generated under its type's language (`languages.py`), so every call
+parses and validates whatever the model, the temperature or the policy (`SlotConstraint`).
 
 The same layout is used to train (`cdt train --scaffold`: answers rendered with their
 values, slots padded with `[NULL]`) and to generate (slots masked), so the model fills
@@ -16,13 +16,13 @@ at inference exactly what it learned to fill.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 
-from cdt.errors import CdtError
-from cdt.scaffold.schema import Field, Schema, builtin
+from cdt.errors import CdtError, UsageError
+from cdt.scaffold.automaton import compile_language, fill
+from cdt.scaffold.languages import slot_language
+from cdt.scaffold.schema import Field, Schema, builtin, json_text
 from cdt.vocab import MASK_ID, NULL_ID, PAD_ID, Vocab
 
 
@@ -40,38 +40,71 @@ def render(schema: Schema, vocab: Vocab, values: dict | None = None) -> tuple[li
         ids.extend(vocab.encode(s))
         slots.extend([False] * len(s))
 
-    text('{"name": ' + json.dumps(schema.tool, ensure_ascii=False) + ', "arguments": {')
-    for f in schema.fields:  # an enum value the vocabulary cannot write could never fill its slot
-        if f.type == "enum" and (bad := vocab.unknown("".join(f.enum))):
-            raise CdtError(f"the enum of {f.name!r} holds characters outside the model's vocabulary: "
-                           f"{', '.join(map(repr, bad[:10]))}")
-    for i, f in enumerate(schema.fields):
-        text(("" if i == 0 else ", ") + json.dumps(f.name, ensure_ascii=False) + ": " + ('"' if f.quoted_by_scaffold else ""))
-        if values is None:
-            ids.extend([MASK_ID] * f.slot)
-        else:
-            content = f.slot_text(values[f.name])
-            if len(content) > f.slot:
-                raise CdtError(f"value {content!r} of {f.name!r} does not fit its slot of {f.slot} positions")
-            ids.extend(vocab.encode(content) + [NULL_ID] * (f.slot - len(content)))
-        slots.extend([True] * f.slot)
-        if f.quoted_by_scaffold:
-            text('"')
+    def fields(fs, vals) -> None:
+        for i, f in enumerate(fs):
+            text(("" if i == 0 else ", ") + json_text(f.name) + ": ")
+            value = None if vals is None else vals.get(f.name)
+            if f.type == "object":
+                text("{")
+                fields(f.fields, None if vals is None else (value or {}))
+                text("}")
+                continue
+            text('"' if f.quoted_by_scaffold else "")
+            if vals is None:
+                ids.extend([MASK_ID] * f.slot)
+            else:
+                content = f.slot_text(value)
+                if len(content) > f.slot:
+                    raise CdtError(f"value {content!r} of {f.name!r} does not fit its slot of {f.slot} positions")
+                ids.extend(vocab.encode(content) + [NULL_ID] * (f.slot - len(content)))
+            slots.extend([True] * f.slot)
+            text('"' if f.quoted_by_scaffold else "")
+
+    text('{"name": ' + json_text(schema.tool) + ', "arguments": {')
+    fields(schema.fields, values)
     text("}}")
     return ids, slots
 
 
-def template(schema: Schema, vocab: Vocab, prompts: list[str], separator: str, block_size: int):
+def slot_fields(schema: Schema) -> list[Field]:
+    """The fields that have a slot, in the order `render` lays the slots out (objects' fields in place)."""
+    return [g for f in schema.fields for g in (slot_fields(Schema("", f.fields)) if f.type == "object" else [f])]
+
+
+def check_fits(schema: Schema, vocab: Vocab) -> None:
+    """Every slot can hold a value of its type within its budget, in characters the vocabulary has; a
+    one-line error names the field and what to change."""
+    vocab.encode(schema.tool)
+    for f in slot_fields(schema):
+        if f.type == "enum" and (bad := vocab.unknown("".join(f.slot_text(v) for v in f.enum))):
+            raise CdtError(f"the enum of {f.name!r} holds characters outside the model's vocabulary: "
+                           f"{', '.join(map(repr, bad[:10]))}")
+        table = compile_language(slot_language(f), vocab)
+        if table.shortest >= 10**9:
+            raise UsageError(f"{schema.tool}: no value of {f.name!r} can be written in this model's characters")
+        if table.shortest > f.slot:
+            raise UsageError(f"{schema.tool}: the slot of {f.name!r} has {f.slot} positions and its shortest "
+                             f"value needs {table.shortest}; raise it with --budget {f.name}={table.shortest}")
+
+
+def template(schema: Schema | list[Schema], vocab: Vocab, prompts: list[str], separator: str, block_size: int):
     """(ids, protected) rows: each prompt + separator (protected), then the scaffold with masked slots,
-    right-padded with [PAD] to the longest row."""
-    body, slots = render(schema, vocab)
+    right-padded with [PAD] to the longest row. `schema`: one for every row, or a list with one per row."""
+    schemas = schema if isinstance(schema, list) else [schema] * len(prompts)
+    bodies = {}
+    for s in schemas:
+        if s.tool not in bodies:
+            check_fits(s, vocab)
+            bodies[s.tool] = render(s, vocab)
     rows = []
-    for p in prompts:
+    for p, s in zip(prompts, schemas):
         head = vocab.encode(p + separator)
+        body, slots = bodies[s.tool]
         if len(head) + len(body) > block_size:
-            raise CdtError(f"prompt ({len(head)} characters) plus the {schema.tool} scaffold ({len(body)}) exceeds "
-                           f"the model's block size {block_size}")
-        rows.append((head + body, [True] * len(head) + [not s for s in slots]))
+            raise UsageError(f"prompt ({len(head)} characters) plus the {s.tool} scaffold ({len(body)}) exceeds "
+                             f"the model's block size {block_size}; shorten the request or lower slot budgets "
+                             "(--budget FIELD=N)")
+        rows.append((head + body, [True] * len(head) + [not x for x in slots]))
     width = max(len(r[0]) for r in rows)
     ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     protected = torch.ones((len(rows), width), dtype=torch.bool)
@@ -81,64 +114,61 @@ def template(schema: Schema, vocab: Vocab, prompts: list[str], separator: str, b
     return ids, protected
 
 
-def slot_characters(f: Field) -> set[str] | None:
-    """The characters a slot may hold (besides [NULL], and never [NULL] first unless the value may be
-    absent); None = any but a quote, a backslash or a newline.
+class SlotConstraint:
+    """Keeps every slot of scaffolded rows in its type's language while they are generated: called on each
+    step's fill, it refills every slot that still has masked positions with the most probable (temperature
+    0) or a sampled completion its automaton accepts, keeping the positions already committed. So what a
+    slot holds always stays completable, and the final row holds a valid value in every slot.
+    `slots[i]`: [(where the slot starts, its field)] of row i (`of` builds them from schemas)."""
 
-    Keeps a generated value from breaking the JSON around it: no stray quote inside a string
-    the scaffold quotes, only digits in an integer. (It cannot make `1-2` a number: that is
-    left to the model and reported by `parse`.)"""
-    if f.type == "enum":
-        chars = set("".join(f.enum))
-    elif f.type == "integer":
-        chars = set("-0123456789")
-    elif f.type == "number":
-        chars = set("-.0123456789")
-    elif f.type == "boolean":
-        chars = set("truefals")
-    else:
-        chars = None
-    if f.optional and chars is not None and not f.quoted_by_scaffold:
-        chars |= set("nul")
-    return chars
+    def __init__(self, slots: list[list[tuple[int, Field]]], vocab: Vocab):
+        self.slots, self.vocab = slots, vocab
+        self.groups: dict[int, tuple] = {}  # id(table) -> (table, [(row, slot start, slot size)])
+        for i, row in enumerate(slots):
+            for start, f in row:
+                table = compile_language(slot_language(f), vocab)
+                self.groups.setdefault(id(table), (table, []))[1].append((i, start, f.slot))
 
+    @classmethod
+    def of(cls, rows: list[tuple[Schema, int]], vocab: Vocab) -> SlotConstraint:
+        """The constraint of rows whose scaffold of schema s begins at `start`: [(s, start)] per row."""
+        layouts = {}
+        for schema, _ in rows:
+            if schema.tool not in layouts:
+                check_fits(schema, vocab)
+                _, slots = render(schema, vocab)
+                starts = [j for j, x in enumerate(slots) if x and (j == 0 or not slots[j - 1])]
+                layouts[schema.tool] = list(zip(starts, slot_fields(schema)))
+        return cls([[(start + j, f) for j, f in layouts[schema.tool]] for schema, start in rows], vocab)
 
-def slot_masks(schema: Schema, vocab: Vocab) -> torch.Tensor:
-    """(len(body), v) bool: what each position of the rendered scaffold may hold."""
-    v = len(vocab)
-    rows = []
-    for f in schema.fields:
-        chars = slot_characters(f)
-        if chars is None:
-            m = torch.ones(v, dtype=torch.bool)
-            banned = {'"', "\\", "\n"}
-            for c in banned:
-                if vocab.id_of(c) is not None:
-                    m[vocab.id_of(c)] = False
-        else:
-            m = torch.zeros(v, dtype=torch.bool)
-            m[[vocab.id_of(c) for c in chars if vocab.id_of(c) is not None]] = True
-        m[[MASK_ID, PAD_ID]] = False
-        m[NULL_ID] = True
-        slot = m.expand(f.slot, v).clone()
-        if not (f.optional and f.quoted_by_scaffold):  # only an optional quoted value may be empty (null)
-            slot[0, NULL_ID] = False  # an empty number or boolean would leave `"key": ,`
-        rows.append(slot)
-    body, slots = render(schema, vocab)
-    out = torch.ones(len(body), v, dtype=torch.bool)
-    out[torch.tensor(slots)] = torch.cat(rows)
-    return out
+    def take(self, rows: torch.Tensor) -> SlotConstraint:
+        """The constraint of rows `rows` (indices into this one's rows), in that order."""
+        return SlotConstraint([self.slots[int(i)] for i in rows], self.vocab)
 
-
-def allowed_rows(schemas: list[Schema], starts: list[int], width: int, vocab: Vocab) -> torch.Tensor:
-    """(b, width, v) bool for rows whose scaffold begins at `starts[i]` (everything else unrestricted)."""
-    out = torch.ones(len(schemas), width, len(vocab), dtype=torch.bool)
-    for i, (schema, start) in enumerate(zip(schemas, starts)):
-        m = slot_masks(schema, vocab)
-        out[i, start : start + len(m)] = m
-    return out
-
-
+    def __call__(self, x: torch.Tensor, logits: torch.Tensor, filled: torch.Tensor,
+                 uniforms: torch.Tensor | None) -> torch.Tensor:
+        """`filled` with every open slot refilled. x: the rows entering the step; logits (b, n, v) as the
+        sampler filtered them (-inf: refused, used only where nothing else fits); uniforms (b, n): one draw
+        per position to sample with, or None for the most probable completion."""
+        out = filled.clone()
+        n = x.shape[1]
+        for table, places in self.groups.values():  # one decoder call per language: slots of every size
+            row, start, size = (torch.tensor(c, device=x.device) for c in zip(*places))
+            width = int(size.max())
+            pos = start[:, None] + torch.arange(width, device=x.device)
+            pad = pos >= (start + size)[:, None]  # past a shorter slot's end: [NULL], which keeps it as it ends
+            pos = pos.clamp_max(n - 1)
+            current = x[row[:, None], pos].masked_fill(pad, NULL_ID)
+            open_ = (current == MASK_ID).any(dim=1)
+            if not open_.any():
+                continue
+            row, pos, pad, current = row[open_], pos[open_], pad[open_], current[open_]
+            fixed = torch.where(current == MASK_ID, -1, current)
+            slot_logits = logits[row[:, None], pos]
+            logp = torch.where(torch.isfinite(slot_logits), slot_logits, -1e4).log_softmax(-1)
+            u = None if uniforms is None else uniforms[row[:, None], pos]
+            out[row[:, None], pos] = torch.where(pad, out[row[:, None], pos], fill(logp, fixed, table, u))
+        return out
 
 
 # training rows

@@ -4,14 +4,19 @@ schema comes from (a built-in toolcalls tool or a JSON Schema file), and how a f
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cdt.data.toolcalls import TOOLS
 from cdt.errors import CdtError, UsageError
 
-TYPES = ("string", "integer", "number", "boolean", "enum")
-DEFAULT_BUDGET = {"string": 16, "integer": 4, "number": 8, "boolean": 5}
+TYPES = ("string", "integer", "number", "boolean", "enum", "array", "object", "any")
+DEFAULT_BUDGET = {"string": 16, "integer": 4, "number": 8, "boolean": 5, "any": 18}
+ARRAY_ITEMS = 3  # items an array slot has room for when the schema sets no maxItems
+FORMATS = {"date": 10, "time": 8, "date-time": 19}  # the formats a slot language expresses, and their lengths
+ENUMERABLE = 256  # integer ranges up to this many values become an exact slot language
 # built-in tools: raw characters of the longest value in the corpus, plus slack
 BUILTIN_BUDGETS = {
     ("get_weather", "city"): 14, ("set_alarm", "time"): 5, ("set_alarm", "label"): 14,
@@ -20,32 +25,74 @@ BUILTIN_BUDGETS = {
     ("schedule_meeting", "date"): 10, ("send_message", "to"): 12, ("send_message", "text"): 18,
     ("search_flights", "from"): 14, ("search_flights", "to"): 14, ("search_flights", "date"): 10,
 }
+# JSON Schema keywords a slot language honours; any other constraint is reported once and ignored
+HONOURED = {"type", "properties", "required", "enum", "items", "maxLength", "minimum", "maximum", "format",
+            "minItems", "maxItems", "description", "title", "name", "default", "additionalProperties", "$schema",
+            "examples", "const"}
 
 
 @dataclass(frozen=True)
 class Field:
     name: str
-    type: str  # string | integer | number | boolean | enum
-    enum: tuple[str, ...] = ()
+    type: str  # one of TYPES
+    enum: tuple = ()  # enum: the allowed JSON values
     optional: bool = False
-    budget: int = 0  # raw value characters; 0 = the type's default
+    budget: int = 0  # slot positions (a quoted slot: raw value characters); 0 = the type's default
+    items: Field | None = None  # array: the items' schema
+    fields: tuple[Field, ...] = ()  # object: its properties, scaffolded in place
+    minimum: float | None = None
+    maximum: float | None = None
+    format: str | None = None  # string: date, time or date-time
+    min_items: int = 0
+    max_items: int | None = None
 
     @property
     def quoted_by_scaffold(self) -> bool:
-        return self.type in ("string", "enum")
+        """The scaffold writes the quotes: a string, or an enum of strings; the slot holds the escaped text."""
+        return self.type == "string" or (self.type == "enum" and all(isinstance(v, str) for v in self.enum))
 
     @property
     def slot(self) -> int:
-        """Positions of the slot: the value budget (room for `null` in an optional unquoted slot)."""
-        base = self.budget or (max(map(len, self.enum)) if self.type == "enum" else DEFAULT_BUDGET[self.type])
+        """Positions of the slot: the budget, or the longest value the type can need (room for `null` in
+        an optional unquoted slot). An object is no slot: its fields are scaffolded in place."""
+        base = self.budget or _default_budget(self)
         return max(base, 4) if self.optional and not self.quoted_by_scaffold else base
 
     def slot_text(self, value) -> str:
         """What the slot holds for `value` (before [NULL] padding); nothing for an absent quoted value."""
         if value is None and self.quoted_by_scaffold:
             return ""
-        text = json.dumps(value, ensure_ascii=False)
+        text = json_text(value)
         return text[1:-1] if self.quoted_by_scaffold else text
+
+
+def json_text(value) -> str:
+    """A value as the scaffold writes JSON: `, ` and `: ` separators, characters unescaped."""
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def _default_budget(f: Field) -> int:
+    if f.type == "enum":
+        return max(len(f.slot_text(v)) for v in f.enum)
+    if f.type == "string" and f.format in FORMATS:
+        return FORMATS[f.format]
+    if f.type == "integer" and f.minimum is not None and f.maximum is not None:
+        return max(len(str(int(f.minimum))), len(str(int(f.maximum))))
+    if f.type == "array":
+        n = f.max_items if f.max_items is not None else max(ARRAY_ITEMS, f.min_items)
+        return 2 + n * _json_width(f.items) + 2 * max(n - 1, 0)
+    if f.type == "object":
+        return _json_width(f)
+    return DEFAULT_BUDGET[f.type]
+
+
+def _json_width(f: Field) -> int:
+    """Characters the JSON text of a value of `f` can take (quotes included), for slots that hold one."""
+    if f.type == "object":
+        inner = [len(json_text(g.name)) + 2 + _json_width(g) for g in f.fields]
+        return 2 + sum(inner) + 2 * max(len(inner) - 1, 0)
+    width = f.slot + 2 if f.quoted_by_scaffold else f.slot
+    return max(width, 4) if f.optional else width
 
 
 @dataclass(frozen=True)
@@ -65,8 +112,18 @@ def builtin(tool: str) -> Schema:
 
 
 def from_json_schema(path: Path) -> Schema:
-    """An object JSON Schema: `properties` with `type` (string/integer/number/boolean) or `enum`,
-    `required`, optional `maxLength` (a string's budget); the tool name from `title` or the file name."""
+    """The one tool of a schema file (see `tools_from_file`); several tools are an error here."""
+    tools = tools_from_file(path)
+    if len(tools) > 1:
+        raise UsageError(f"{path} defines {len(tools)} tools; this needs one")
+    return tools[0]
+
+
+def tools_from_file(path: Path, notes: list[str] | None = None) -> list[Schema]:
+    """The tools of a file: a JSON Schema object (its name from `name` or `title`), an OpenAI-style tool
+    `{"type": "function", "function": {"name", "parameters"}}`, a `{"name", "parameters"}` function (BFCL's
+    form, with its `dict`, `float`, `tuple` and `any` types), or a JSON list of any of these. Constraints a
+    slot cannot express are ignored, each named once in `notes`."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -75,35 +132,108 @@ def from_json_schema(path: Path) -> Schema:
         raise CdtError(f"cannot read schema file {path}: {e.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CdtError(f"schema file {path} is not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("type") != "object" or not isinstance(doc.get("properties"), dict) \
-            or not doc["properties"]:
-        raise CdtError(f"schema file {path} must be an object schema: {{\"type\": \"object\", \"properties\": {{...}}}}")
-    required = doc.get("required", list(doc["properties"]))
+    items = doc if isinstance(doc, list) else [doc]
+    if not items:
+        raise UsageError(f"schema file {path} holds an empty list of tools")
+    tools = [_tool(item, f"{path}" + (f" tool {i + 1}" if isinstance(doc, list) else ""), notes)
+             for i, item in enumerate(items)]
+    names = [t.tool for t in tools]
+    if len(set(names)) < len(names):
+        raise UsageError(f"schema file {path} names a tool twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    return tools
+
+
+def _tool(doc, where: str, notes: list[str] | None) -> Schema:
+    if isinstance(doc, dict) and doc.get("type") == "function" and isinstance(doc.get("function"), dict):
+        doc = doc["function"]  # OpenAI: {"type": "function", "function": {...}}
+    if not isinstance(doc, dict):
+        raise UsageError(f"{where} must be a JSON Schema object, a tool or a list of tools")
+    if "parameters" in doc:  # a function: {"name", "description", "parameters"}
+        name, params = doc.get("name"), doc["parameters"]
+    else:
+        name, params = doc.get("name") or doc.get("title"), doc
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"{where} has no tool name: give the schema a \"name\" (or \"title\")")
+    if not isinstance(params, dict) or _kind(params) != "object" or not isinstance(params.get("properties", {}), dict):
+        raise UsageError(f"{where}: the parameters of {name!r} must be an object schema: "
+                         "{\"type\": \"object\", \"properties\": {...}}")
+    return Schema(name, _properties(params, f"{where} ({name})", [] if notes is None else notes))
+
+
+def _kind(prop: dict):
+    """The JSON type a property names (BFCL's dict, float and tuple read as object, number and array)."""
+    kind = prop.get("type")
+    if isinstance(kind, list):  # ["string", "null"]: a nullable value
+        kinds = [k for k in kind if k != "null"]
+        kind = kinds[0] if len(kinds) == 1 else "any"
+    return {"dict": "object", "float": "number", "tuple": "array"}.get(kind, kind)
+
+
+def _properties(schema: dict, where: str, notes: list[str]) -> tuple[Field, ...]:
+    props = schema.get("properties") or {}
+    required = schema.get("required", list(props))
     if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
-        raise CdtError(f"schema file {path}: required must be a list of property names")
-    if unknown := [r for r in required if r not in doc["properties"]]:
-        raise CdtError(f"schema file {path}: required names {', '.join(map(repr, unknown))}, which "
-                       f"{'is not a property' if len(unknown) == 1 else 'are not properties'}")
-    fields = []
-    for name, prop in doc["properties"].items():
-        if not isinstance(prop, dict):
-            raise CdtError(f"schema file {path}: property {name!r} must be an object")
-        if "enum" in prop:
-            values = prop["enum"]
-            if not values or not all(isinstance(v, str) for v in values):
-                raise CdtError(f"schema file {path}: property {name!r} needs a non-empty enum of strings")
-            kind, enum = "enum", tuple(values)
-        else:
-            kind, enum = prop.get("type"), ()
-            if kind not in DEFAULT_BUDGET:
-                raise CdtError(f"schema file {path}: property {name!r} has type {kind!r}; "
-                               f"supported: string, integer, number, boolean, or an enum")
-        budget = prop.get("maxLength") if kind == "string" else None
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise CdtError(f"schema file {path}: property {name!r} has maxLength {budget!r}; a slot needs a whole "
-                           "number of characters, at least 1")
-        fields.append(Field(name, kind, enum, name not in required, budget or 0))
-    return Schema(str(doc.get("title") or Path(path).stem), tuple(fields))
+        raise UsageError(f"{where}: required must be a list of property names")
+    if unknown := [r for r in required if r not in props]:
+        raise UsageError(f"{where}: required names {', '.join(map(repr, unknown))}, which "
+                         f"{'is not a property' if len(unknown) == 1 else 'are not properties'}")
+    return tuple(_field(name, prop, name not in required, f"{where} property {name!r}", notes)
+                 for name, prop in props.items())
+
+
+def _field(name: str, prop, optional: bool, where: str, notes: list[str]) -> Field:
+    if not isinstance(prop, dict):
+        raise UsageError(f"{where} must be an object")
+    for unsupported in ("$ref", "oneOf", "anyOf", "allOf", "not", "patternProperties"):
+        if unsupported in prop:
+            raise UsageError(f"{where} uses {unsupported}, which a scaffold cannot lay out; give it a plain type")
+    ignored = sorted(set(prop) - HONOURED)
+    if ignored:
+        notes.append(f"{where}: {', '.join(ignored)} ignored (a slot cannot express it)")
+    nullable = isinstance(prop.get("type"), list) and "null" in prop["type"]
+    optional = optional or nullable
+    if "enum" in prop or "const" in prop:
+        values = prop["enum"] if "enum" in prop else [prop["const"]]
+        if not isinstance(values, list) or not values:
+            raise UsageError(f"{where} needs a non-empty enum")
+        return Field(name, "enum", tuple(values), optional)
+    kind = _kind(prop)
+    if kind is None:
+        kind = "any"  # no type: any JSON scalar
+    if kind not in TYPES or kind == "enum":
+        raise UsageError(f"{where} has type {prop.get('type')!r}; supported: string, integer, number, boolean, "
+                         "array, object (dict), any, or an enum")
+    budget = 0
+    if kind == "string" and prop.get("maxLength") is not None:
+        budget = prop["maxLength"]
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise UsageError(f"{where} has maxLength {budget!r}; a slot needs a whole number of characters, at "
+                             "least 1")
+    fmt = prop.get("format") if kind == "string" else None
+    if fmt is not None and fmt not in FORMATS:
+        notes.append(f"{where}: format {fmt!r} ignored (a slot expresses {', '.join(FORMATS)})")
+        fmt = None
+    lo, hi = (_number(prop, k, where) for k in ("minimum", "maximum")) if kind in ("integer", "number") else (None, None)
+    if lo is not None and hi is not None and lo > hi:
+        raise UsageError(f"{where}: its minimum {lo} is above its maximum {hi}")
+    if kind == "array":
+        items = prop.get("items", {})
+        if isinstance(items, list):  # a tuple's item schemas: their common form is any
+            items = {}
+        item = _field("item", items, False, f"{where} items", notes)
+        lo_n, hi_n = prop.get("minItems", 0), prop.get("maxItems")
+        return Field(name, "array", (), optional, items=item, min_items=lo_n if isinstance(lo_n, int) else 0,
+                     max_items=hi_n if isinstance(hi_n, int) and not isinstance(hi_n, bool) else None)
+    if kind == "object":
+        return Field(name, "object", (), optional, fields=_properties(prop, where, notes))
+    return Field(name, kind, (), optional, budget, minimum=lo, maximum=hi, format=fmt)
+
+
+def _number(prop: dict, key: str, where: str):
+    v = prop.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+        raise UsageError(f"{where} has {key} {v!r}; it must be a number")
+    return v
 
 
 def with_budgets(schema: Schema, overrides: dict[str, int]) -> Schema:
@@ -111,18 +241,16 @@ def with_budgets(schema: Schema, overrides: dict[str, int]) -> Schema:
     fields = []
     for f in schema.fields:
         b = overrides.get(f.name, overrides.get("*"))
-        if b is None:  # not overridden
+        if b is None or f.type == "object":  # not overridden; an object's fields have their own slots
             fields.append(f)
             continue
         if b < 1:
             raise UsageError(f"budget for {f.name!r} must be at least 1")
-        if f.type == "enum" and b < max(map(len, f.enum)):
+        if f.type == "enum" and b < _default_budget(f):
+            longest = max(f.enum, key=lambda v: len(f.slot_text(v)))
             raise UsageError(f"budget {b} for {f.name!r} is too small for its enum value "
-                             f"{max(f.enum, key=len)!r} ({max(map(len, f.enum))} characters)")
-        fields.append(Field(f.name, f.type, f.enum, f.optional, b))
-    unknown = set(overrides) - {f.name for f in schema.fields} - {"*"}
-    if unknown:
-        raise UsageError(f"--budget names unknown fields: {', '.join(sorted(unknown))}")
+                             f"{longest!r} ({_default_budget(f)} characters)")
+        fields.append(replace(f, budget=b))
     return Schema(schema.tool, tuple(fields))
 
 
@@ -138,11 +266,18 @@ def parse_budgets(items: list[str]) -> dict[str, int]:
     return out
 
 
-def load(name: str | None = None, path: Path | None = None, budgets: list[str] = ()) -> Schema:
-    """The schema of `--schema NAME` (a built-in tool) or `--schema-file PATH`, with `--budget` applied."""
+def load(name: str | None = None, path: Path | None = None, budgets: list[str] = (),
+         notes: list[str] | None = None) -> list[Schema]:
+    """The tools of `--schema NAME` (a built-in tool) or `--schema-file PATH` (one or several), with `--budget`
+    applied; `notes` gets a line per schema constraint a slot cannot express."""
     if bool(name) == bool(path):
         raise UsageError("give exactly one of --schema NAME or --schema-file FILE")
-    return with_budgets(builtin(name) if name else from_json_schema(path), parse_budgets(list(budgets)))
+    tools = [builtin(name)] if name else tools_from_file(path, notes)
+    overrides = parse_budgets(list(budgets))
+    unknown = set(overrides) - {f.name for t in tools for f in t.fields} - {"*"}
+    if unknown:
+        raise UsageError(f"--budget names unknown fields: {', '.join(sorted(unknown))}")
+    return [with_budgets(t, overrides) for t in tools]
 
 
 # reading the result
@@ -158,17 +293,50 @@ class Parsed:
         return self.call is not None and not self.errors
 
 
-def _type_ok(f: Field, v) -> bool:
+DATE = r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+TIME = r"([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?"
+FORMAT_RE = {"date": DATE, "time": TIME, "date-time": f"{DATE}T{TIME}"}
+
+
+def problems(f: Field, v, where: str) -> list[str]:
+    """What is wrong with value `v` for field `f` (nothing: it validates); `where` names it."""
     if v is None:
-        return f.optional
-    return {"string": lambda: isinstance(v, str) and v != "", "integer": lambda: type(v) is int,
-            "number": lambda: type(v) in (int, float), "boolean": lambda: type(v) is bool,
-            "enum": lambda: v in f.enum}[f.type]()
+        return [] if f.optional else [f"{where}: generated null, expected {_wanted(f)}"]
+    bad = [f"{where}: generated {json_text(v)}, expected {_wanted(f)}"]
+    if f.type == "object":
+        if not isinstance(v, dict):
+            return bad
+        out = [f"{where}.{g.name}: missing" for g in f.fields if g.name not in v and not g.optional]
+        return out + [e for g in f.fields if g.name in v for e in problems(g, v[g.name], f"{where}.{g.name}")]
+    if f.type == "array":
+        if not isinstance(v, list) or len(v) < f.min_items or (f.max_items is not None and len(v) > f.max_items):
+            return bad
+        return [e for i, item in enumerate(v) for e in problems(f.items, item, f"{where}[{i}]")]
+    ok = {"string": lambda: isinstance(v, str) and v != "" and (
+              f.format is None or re.fullmatch(FORMAT_RE[f.format], v) is not None),
+          "integer": lambda: type(v) is int and _within(f, v),
+          "number": lambda: type(v) in (int, float) and _within(f, v),
+          "boolean": lambda: type(v) is bool,
+          "enum": lambda: json_text(v) in {json_text(e) for e in f.enum},
+          "any": lambda: isinstance(v, (str, int, float, bool))}[f.type]()
+    return [] if ok else bad
 
 
-def parse(schema: Schema, text: str) -> Parsed:
-    """json.loads the generated call and check every field's type, enum and presence; never raises.
-    An empty optional string/enum slot reads as null."""
+def _within(f: Field, v) -> bool:
+    return (f.minimum is None or v >= f.minimum) and (f.maximum is None or v <= f.maximum)
+
+
+def _wanted(f: Field) -> str:
+    want = (f"one of {', '.join(str(v) if isinstance(v, str) else json_text(v) for v in f.enum)}"
+            if f.type == "enum" else f"a {f.type}")
+    return want + (" or null" if f.optional else "")
+
+
+def parse(schema: Schema | list[Schema], text: str) -> Parsed:
+    """json.loads the generated call and check every field's type, enum and presence, nested ones too;
+    never raises. With several tools, the call's name picks the schema. An empty optional string or enum
+    slot reads as null."""
+    tools = [schema] if isinstance(schema, Schema) else list(schema)
     try:
         call = json.loads(text)
     except json.JSONDecodeError as e:
@@ -176,16 +344,53 @@ def parse(schema: Schema, text: str) -> Parsed:
     args = call.get("arguments") if isinstance(call, dict) else None
     if not isinstance(args, dict):
         return Parsed(None, [f"no arguments object in {text!r}"])
+    chosen = next((t for t in tools if t.tool == call.get("name")), None)
+    if chosen is None:
+        return Parsed(call, [f"tool {call.get('name')!r} is not one of {', '.join(t.tool for t in tools)}"])
+    _nulls(chosen.fields, args)
     errors = []
-    for f in schema.fields:
+    for f in chosen.fields:
         if f.name not in args:
             errors.append(f"field {f.name!r}: missing")
-            continue
-        v = args[f.name]
-        if v == "" and f.optional and f.quoted_by_scaffold:  # an empty optional slot means null
-            v = args[f.name] = None
-        if not _type_ok(f, v):
-            want = f"one of {', '.join(f.enum)}" if f.type == "enum" else f"a {f.type}"
-            want += " or null" if f.optional else ""
-            errors.append(f"field {f.name!r}: generated {json.dumps(v, ensure_ascii=False)}, expected {want}")
+        else:
+            errors += problems(f, args[f.name], f"field {f.name!r}")
     return Parsed(call, errors)
+
+
+def _nulls(fields, args: dict) -> None:
+    """An empty optional quoted slot means null (in nested objects too)."""
+    for f in fields:
+        if f.name in args and args[f.name] == "" and f.optional and f.quoted_by_scaffold:
+            args[f.name] = None
+        elif f.type == "object" and isinstance(args.get(f.name), dict):
+            _nulls(f.fields, args[f.name])
+
+
+def json_schema(schema: Schema) -> dict:
+    """The JSON Schema a filled call of `schema` satisfies ({"name", "arguments"}), for a validator."""
+    return {"type": "object", "required": ["name", "arguments"],
+            "properties": {"name": {"const": schema.tool}, "arguments": _object_schema(schema.fields)}}
+
+
+def _object_schema(fields) -> dict:
+    return {"type": "object", "properties": {f.name: _value_schema(f) for f in fields},
+            "required": [f.name for f in fields]}
+
+
+def _value_schema(f: Field) -> dict:
+    if f.type == "object":
+        out = _object_schema(f.fields)
+    elif f.type == "array":
+        out = {"type": "array", "items": _value_schema(f.items), "minItems": f.min_items}
+        out |= {"maxItems": f.max_items} if f.max_items is not None else {}
+    elif f.type == "enum":
+        out = {"enum": list(f.enum)}
+    elif f.type == "any":
+        out = {"type": ["string", "number", "boolean"]}
+    else:
+        out = {"type": f.type} | ({"minLength": 1} if f.type == "string" else {})
+        out |= {k: getattr(f, k) for k in ("minimum", "maximum") if getattr(f, k) is not None}
+        out |= {"pattern": f"^{FORMAT_RE[f.format]}$"} if f.format else {}
+    if f.optional and f.type != "object":
+        out = {"anyOf": [out, {"type": "null"}]}
+    return out
