@@ -406,13 +406,13 @@ def scaffold_table(rows, n: int, cut: str = "") -> Table:
     def pct(x):
         return "-" if x is None else f"{100 * x:.0f}%"
 
-    for col in ("pass", "policy", "T", "parse", "valid", "types", "fields", "calls", "∅ P", "∅ R", "div", "rep", "s"):
+    for col in ("pass", "policy", "T", "JSON", "valid", "types", "fields", "calls", "∅ P", "∅ R", "div", "rep", "s"):
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     for r in sorted(rows, key=lambda r: (r.passes, r.policy)):
         table.add_row(f"{r.passes:.0f}", r.policy, str(r.steps), pct(r.json_valid), pct(r.schema_valid), pct(r.type_valid),
                       pct(r.field_exact), pct(r.call_exact), pct(r.null_precision), pct(r.null_recall),
                       f"{r.diversity:.2f}", pct(r.repetition), f"{r.seconds:.0f}")
-    table.caption = ("parse/valid: calls that parse / that validate against the schema · ∅ P/R: [NULL] "
+    table.caption = ("JSON/valid: calls that parse / that validate against the schema · ∅ P/R: [NULL] "
                      "precision/recall over slot positions · div: distinct/total characters per "
                      "value · rep: characters repeating the previous one" + (f"\n{cut}" if cut else ""))
     table.caption_justify = "left"

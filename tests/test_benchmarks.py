@@ -80,3 +80,16 @@ def test_calibrate_scaling_prints_its_figures():
     assert [r["n"] for r in doc["runs"]] == [4, 12] and doc["n_ratio"] == 3
     assert all(r["seconds"] > 0 and r["peak_rss_mib"] > 0 for r in doc["runs"])
     print(json.dumps(doc, indent=2))
+
+
+@pytest.mark.slow
+def test_scaffold_constraint_prints_its_figures():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaffold_constraint.py"), "--preset", "tiny",
+                           "--rows", "8", "--steps", "4", "--temperature", "1.0"], capture_output=True, text=True,
+                          timeout=600, check=True)
+    doc = json.loads(proc.stdout)
+    for part in ("builtin_tools", "typed_tool"):
+        assert doc[part]["valid_calls"] == doc[part]["rows"] == 8  # every call validates
+        assert 0 < doc[part]["seconds_inside_constraint"] < doc[part]["seconds_with_constraint"]
+    print(json.dumps(doc, indent=2))
+

@@ -278,6 +278,7 @@ def test_interactive_mode_in_a_pseudo_terminal(tiny_run):
     assert b"\x1b[?1049l" in term.screen  # left the alternate screen: the terminal is restored
 
 
+@pytest.mark.slow  # a process of its own; frame_view's plain mode is tested in-process
 @linux_only
 def test_interactive_mode_without_colour_keeps_the_heatmap_as_deciles_and_warns_of_a_missing_map(tiny_run, tmp_path):
     run = tmp_path / "run"

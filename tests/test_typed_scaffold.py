@@ -131,16 +131,25 @@ def check_every_call(model, tools, cfg: SampleConfig, rows: int = 2):
             jsonschema.validate(parsed.call, scaffold.json_schema(t))
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(st.lists(st.one_of(tool("book"), tool("ping")), min_size=1, max_size=2, unique_by=lambda t: t["name"]),
-       st.sampled_from(POLICY_NAMES), st.sampled_from([0.0, 1.5]), st.sampled_from(["remask", "lock", "threshold"]))
-def test_any_schema_any_policy_any_temperature_gives_valid_calls(model, tmp_path_factory, tools, policy, temperature,
-                                                                   commit):
+CALLS = (st.lists(st.one_of(tool("book"), tool("ping")), min_size=1, max_size=2, unique_by=lambda t: t["name"]),
+         st.sampled_from(POLICY_NAMES), st.sampled_from([0.0, 1.5]), st.sampled_from(["remask", "lock", "threshold"]))
+
+
+def any_schema_gives_valid_calls(model, tmp_path_factory, tools, policy, temperature, commit):
     path = tmp_path_factory.mktemp("schema") / "tools.json"
     path.write_text(json.dumps([{"type": "function", "function": t} for t in tools]))
     loaded = scaffold.load(None, path)
     check_every_call(model, loaded, SampleConfig(steps=4, policy=policy, temperature=temperature, commit=commit,
                                                  seed=len(tools)))
+
+
+def property_test(examples: int):
+    return settings(max_examples=examples, deadline=None, derandomize=True,
+                    suppress_health_check=list(HealthCheck))(given(*CALLS)(any_schema_gives_valid_calls))
+
+
+test_any_schema_any_policy_any_temperature_gives_valid_calls = property_test(25)
+test_many_more_schemas_give_valid_calls = pytest.mark.slow(property_test(300))
 
 
 RICH = {"name": "book_table", "parameters": {"type": "dict", "properties": {

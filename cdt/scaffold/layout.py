@@ -71,10 +71,19 @@ def slot_fields(schema: Schema) -> list[Field]:
     return [g for f in schema.fields for g in (slot_fields(Schema("", f.fields)) if f.type == "object" else [f])]
 
 
+def _all_fields(fields):
+    for f in fields:
+        yield f
+        yield from _all_fields(f.fields)
+
+
 def check_fits(schema: Schema, vocab: Vocab) -> None:
     """Every slot can hold a value of its type within its budget, in characters the vocabulary has; a
     one-line error names the field and what to change."""
-    vocab.encode(schema.tool)
+    for what, text in [("tool name", schema.tool)] + [("property name", f.name) for f in _all_fields(schema.fields)]:
+        if bad := vocab.unknown(json_text(text)):
+            raise UsageError(f"{schema.tool}: the {what} {text!r} holds characters outside the model's vocabulary: "
+                             f"{', '.join(map(repr, bad[:10]))}")
     for f in slot_fields(schema):
         if f.type == "enum" and (bad := vocab.unknown("".join(f.slot_text(v) for v in f.enum))):
             raise CdtError(f"the enum of {f.name!r} holds characters outside the model's vocabulary: "
@@ -101,9 +110,10 @@ def template(schema: Schema | list[Schema], vocab: Vocab, prompts: list[str], se
         head = vocab.encode(p + separator)
         body, slots = bodies[s.tool]
         if len(head) + len(body) > block_size:
+            big = max(slot_fields(s), key=lambda f: f.slot)
             raise UsageError(f"prompt ({len(head)} characters) plus the {s.tool} scaffold ({len(body)}) exceeds "
                              f"the model's block size {block_size}; shorten the request or lower slot budgets "
-                             "(--budget FIELD=N)")
+                             f"(the largest: {big.name!r}, {big.slot} positions; --budget {big.name}=N)")
         rows.append((head + body, [True] * len(head) + [not x for x in slots]))
     width = max(len(r[0]) for r in rows)
     ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
