@@ -62,6 +62,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, optimizer):
     assert evals(tmp_path / "full") == evals(tmp_path / "part")  # the log has no duplicated or lost steps
 
 
+@pytest.mark.slow  # 20 s of real processes; test_interrupted_then_resumed_equals_uninterrupted checks resume in-process
 def test_sigterm_to_a_real_process_saves_and_resumes_exactly(tmp_path):
     """A real `cdt train` process: SIGTERM a few steps in, resume, and land on the uninterrupted run's state."""
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
