@@ -88,11 +88,47 @@ def test_the_decoder_equals_brute_force_and_samples_the_constrained_distribution
             assert abs(counts.get(s, 0) / n - p) < 4 * math.sqrt(p * (1 - p) / n) + 2e-3
 
 
+NUMBERS = Vocab(tuple("-.0123456789"))
+
+
+def accepts(expr, text: str) -> bool:
+    table = compile_language(expr, NUMBERS)
+    state = 0
+    for c in text:
+        state = int(table.next[state, NUMBERS.id_of(c)])
+        if state < 0:
+            return False
+    return bool(table.final[state])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.one_of(st.none(), st.integers(-3000, 3000)), st.one_of(st.none(), st.integers(-3000, 3000)),
+       st.integers(-5000, 5000))
+def test_an_integer_range_language_holds_exactly_the_integers_in_the_range(lo, hi, x):
+    from cdt.scaffold.languages import integers
+
+    inside = (lo is None or x >= lo) and (hi is None or x <= hi)
+    assert accepts(integers(lo, hi), str(x)) == inside
+    assert not any(accepts(integers(lo, hi), bad) for bad in ("", "-", "-0", "01", "1.0"))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.one_of(st.none(), st.floats(-500, 500)), st.one_of(st.none(), st.floats(-500, 500)),
+       st.from_regex(r"-?(0|[1-9][0-9]{0,3})(\.[0-9]{1,3})?", fullmatch=True))
+def test_a_number_range_language_never_holds_a_number_outside_the_range(lo, hi, text):
+    from cdt.scaffold.languages import _number
+
+    if accepts(_number(lo, hi), text):
+        assert (lo is None or float(text) >= lo) and (hi is None or float(text) <= hi)
+
+
 # a generated family of schemas, filled by an untrained model
 
 SCALARS = st.sampled_from([{"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"},
                            {"type": "string", "maxLength": 5}, {"type": "integer", "minimum": 0, "maximum": 30},
                            {"type": "number", "minimum": 0}, {"type": "string", "format": "date"},
+                           {"type": "number", "minimum": -90, "maximum": 90}, {"type": "integer", "minimum": -5},
+                           {"type": "integer", "maximum": 1000, "minimum": 3}, {"type": "number", "maximum": -0.5},
                            {"type": "string", "format": "time"}, {"type": "float"}, {"type": "any"},
                            {"enum": ["a", "b c", "d\"e"]}, {"enum": [1, "one", None, True, 2.5]},
                            {"type": ["string", "null"]}])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from cdt.scaffold.automaton import alt, but, chars, lit, opt, plus, repeat, seq, star, words
-from cdt.scaffold.schema import ENUMERABLE, Field, json_text
+from cdt.scaffold.schema import ENUMERABLE, MAX_LISTED, Field, json_text
 
 DIGIT = chars("0123456789")
 NONZERO = chars("123456789")
@@ -50,15 +50,14 @@ def json_language(f: Field) -> tuple:
     if f.type == "integer":
         return _integer(f)
     if f.type == "number":
-        sign = seq() if f.minimum is not None and f.minimum >= 0 else opt(lit("-"))
-        return seq(sign, alt(lit("0"), seq(NONZERO, star(DIGIT))), opt(seq(lit("."), plus(DIGIT))))
+        return _number(f.minimum, f.maximum)
     if f.type == "boolean":
         return words(["true", "false"])
     if f.type == "any":
-        return alt(seq(lit('"'), plus(STRING_CHAR), lit('"')), _integer(f), words(["true", "false"]))
+        return alt(seq(lit('"'), plus(STRING_CHAR), lit('"')), integers(None, None), words(["true", "false"]))
     if f.type == "array":
         item = _maybe_null(f.items)
-        most = f.max_items if f.max_items is not None else None
+        most = f.max_items if f.max_items is not None and f.max_items <= MAX_LISTED else None
         if most is not None:
             body = alt(*(seq(item, *[seq(SEP, item)] * (n - 1)) for n in range(max(f.min_items, 1), most + 1)))
             body = opt(body) if f.min_items == 0 else body
@@ -88,8 +87,66 @@ def _string_text(f: Field) -> tuple:
 
 
 def _integer(f: Field) -> tuple:
-    lo, hi = f.minimum, f.maximum
+    lo = None if f.minimum is None else math.ceil(f.minimum)
+    hi = None if f.maximum is None else math.floor(f.maximum)
     if lo is not None and hi is not None and 0 <= hi - lo < ENUMERABLE:
-        return words(str(i) for i in range(math.ceil(lo), math.floor(hi) + 1))
-    sign = seq() if lo is not None and lo >= 0 else opt(lit("-"))
-    return seq(sign, alt(lit("0"), seq(NONZERO, star(DIGIT))))
+        return words(str(i) for i in range(lo, hi + 1))
+    return integers(lo, hi)
+
+
+def integers(lo: int | None, hi: int | None) -> tuple:
+    """Every integer from lo to hi (None: unbounded) as JSON writes it: exactly these, whatever the bounds."""
+    parts = []
+    if hi is None or hi >= 0:
+        parts += _naturals(max(lo, 0) if lo is not None else 0, hi)
+    if lo is None or lo < 0:  # "-" and a magnitude from max(1, -hi) to -lo
+        parts += [seq(lit("-"), p) for p in _naturals(max(1, -hi) if hi is not None else 1,
+                                                       None if lo is None else -lo)]
+    return alt(*parts)
+
+
+def _number(lo: float | None, hi: float | None) -> tuple:
+    """Numbers (an integer part, an optional fraction) that lie within [lo, hi] whatever their digits: a
+    fraction follows only an integer part n with n + 1 <= hi, so no draw of its digits can cross a bound."""
+    parts = []
+    if hi is None or hi >= 0:
+        parts += _non_negative(max(lo, 0) if lo is not None else 0, hi)
+    if lo is None or lo < 0:  # "-" and a magnitude from max(0, -hi) to -lo
+        parts += [seq(lit("-"), p) for p in _non_negative(max(0, -hi) if hi is not None else 0,
+                                                           None if lo is None else -lo)]
+    return alt(*parts)
+
+
+def _non_negative(a: float, b: float | None) -> list:
+    whole = _naturals(math.ceil(a), None if b is None else math.floor(b))
+    fractional = _naturals(math.ceil(a), None if b is None else math.floor(b - 1))
+    return whole + ([seq(alt(*fractional), lit("."), plus(DIGIT))] if fractional else [])
+
+
+def _naturals(lo: int, hi: int | None) -> list:
+    """Non-negative integers from lo to hi (None: unbounded) without leading zeros, as alternatives (none:
+    the range is empty)."""
+    if hi is not None and hi < lo:
+        return []
+    top = len(str(hi)) if hi is not None else len(str(lo))
+    parts = []
+    for k in range(len(str(lo)), top + 1):  # k-digit numbers
+        a, b = max(lo, 10 ** (k - 1) if k > 1 else 0), 10**k - 1 if hi is None else min(hi, 10**k - 1)
+        if a <= b:
+            parts.append(_digits_between(str(a), str(b)))
+    if hi is None:  # every number longer than lo
+        parts.append(seq(NONZERO, *[DIGIT] * top, star(DIGIT)))
+    return parts
+
+
+def _digits_between(a: str, b: str) -> tuple:
+    """Digit strings of the same length from a to b (a <= b)."""
+    if not a:
+        return seq()
+    if a[0] == b[0]:
+        return seq(lit(a[0]), _digits_between(a[1:], b[1:]))
+    rest = len(a) - 1
+    parts = [seq(lit(a[0]), _digits_between(a[1:], "9" * rest)), seq(lit(b[0]), _digits_between("0" * rest, b[1:]))]
+    if int(b[0]) - int(a[0]) > 1:
+        parts.append(seq(chars(str(d) for d in range(int(a[0]) + 1, int(b[0]))), *[DIGIT] * rest))
+    return alt(*parts)

@@ -16,7 +16,8 @@ TYPES = ("string", "integer", "number", "boolean", "enum", "array", "object", "a
 DEFAULT_BUDGET = {"string": 16, "integer": 4, "number": 8, "boolean": 5, "any": 18}
 ARRAY_ITEMS = 3  # items an array slot has room for when the schema sets no maxItems
 FORMATS = {"date": 10, "time": 8, "date-time": 19}  # the formats a slot language expresses, and their lengths
-ENUMERABLE = 256  # integer ranges up to this many values become an exact slot language
+ENUMERABLE = 256  # integer ranges up to this many values are listed value by value (any range is exact)
+MAX_LISTED = 8  # arrays count their items up to this maxItems; a larger one is bounded by the slot alone
 # built-in tools: raw characters of the longest value in the corpus, plus slack
 BUILTIN_BUDGETS = {
     ("get_weather", "city"): 14, ("set_alarm", "time"): 5, ("set_alarm", "label"): 14,
@@ -77,9 +78,9 @@ def _default_budget(f: Field) -> int:
     if f.type == "string" and f.format in FORMATS:
         return FORMATS[f.format]
     if f.type == "integer" and f.minimum is not None and f.maximum is not None:
-        return max(len(str(int(f.minimum))), len(str(int(f.maximum))))
+        return max(len(str(math.ceil(f.minimum))), len(str(math.floor(f.maximum))))
     if f.type == "array":
-        n = f.max_items if f.max_items is not None else max(ARRAY_ITEMS, f.min_items)
+        n = min(f.max_items, MAX_LISTED) if f.max_items is not None else max(ARRAY_ITEMS, f.min_items)
         return 2 + n * _json_width(f.items) + 2 * max(n - 1, 0)
     if f.type == "object":
         return _json_width(f)
