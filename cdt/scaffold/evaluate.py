@@ -16,7 +16,8 @@ from cdt.rng import seed_for
 from cdt.sampling.heldout import HeldOut
 from cdt.sampling.infill import infill
 from cdt.scaffold.layout import SlotConstraint
-from cdt.scaffold.schema import builtin, parse
+from cdt.scaffold.schema import builtin
+from cdt.scaffold.validate import parse
 from cdt.settings import EvalSettings
 from cdt.vocab import NULL_ID
 

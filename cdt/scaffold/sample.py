@@ -12,7 +12,8 @@ from cdt.data import SEPARATOR
 from cdt.device import pick_device
 from cdt.sampling.loop import Generation, generate
 from cdt.scaffold.layout import SlotConstraint, slot_fields, template
-from cdt.scaffold.schema import Field, Schema, json_text, parse
+from cdt.scaffold.schema import Field, Schema, json_text
+from cdt.scaffold.validate import parse
 from cdt.settings import SampleConfig
 from cdt.vocab import MASK_ID, PAD_ID, Vocab
 
