@@ -96,24 +96,24 @@ def _integer(f: Field) -> tuple:
 
 def integers(lo: int | None, hi: int | None) -> tuple:
     """Every integer from lo to hi (None: unbounded) as JSON writes it: exactly these, whatever the bounds."""
-    parts = []
-    if hi is None or hi >= 0:
-        parts += _naturals(max(lo, 0) if lo is not None else 0, hi)
-    if lo is None or lo < 0:  # "-" and a magnitude from max(1, -hi) to -lo
-        parts += [seq(lit("-"), p) for p in _naturals(max(1, -hi) if hi is not None else 1,
-                                                       None if lo is None else -lo)]
-    return alt(*parts)
+    return _signed(lo, hi, _naturals, 1)  # no "-0"
 
 
 def _number(lo: float | None, hi: float | None) -> tuple:
     """Numbers (an integer part, an optional fraction) that lie within [lo, hi] whatever their digits: a
     fraction follows only an integer part n with n + 1 <= hi, so no draw of its digits can cross a bound."""
+    return _signed(lo, hi, _non_negative, 0)
+
+
+def _signed(lo, hi, magnitudes, least: int) -> tuple:
+    """Values from lo to hi (None: unbounded) as a magnitude with an optional "-": `magnitudes(a, b)` gives
+    the alternatives for magnitudes from a to b; `least` is the smallest magnitude written after a "-"."""
     parts = []
     if hi is None or hi >= 0:
-        parts += _non_negative(max(lo, 0) if lo is not None else 0, hi)
-    if lo is None or lo < 0:  # "-" and a magnitude from max(0, -hi) to -lo
-        parts += [seq(lit("-"), p) for p in _non_negative(max(0, -hi) if hi is not None else 0,
-                                                           None if lo is None else -lo)]
+        parts += magnitudes(max(lo, 0) if lo is not None else 0, hi)
+    if lo is None or lo < 0:
+        parts += [seq(lit("-"), p) for p in magnitudes(max(least, -hi) if hi is not None else least,
+                                                        None if lo is None else -lo)]
     return alt(*parts)
 
 
