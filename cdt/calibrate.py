@@ -143,6 +143,8 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
     """Run pass 1 and write the scores file (and, with run_dir, the calibration map)."""
     cfg.validate()
     t0 = time.perf_counter()
+    if cfg.mode == "generate":
+        cfg.sampler.for_checkpoint(ckpt).check_fits(ckpt.config.model.block_size)
     n_prompts = math.ceil(cfg.n_samples / cfg.samples_per_prompt)
     held = load_heldout(ckpt, n_prompts, cfg.mask, cfg.mask_ratio, cfg.sampler.seed)  # enough rows? before the model
     dev = pick_device(cfg.device)

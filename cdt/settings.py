@@ -200,6 +200,13 @@ class SampleConfig:
         cfg.validate()
         return cfg
 
+    def check_fits(self, block_size: int) -> None:
+        """Refuse more steps than a row of the model has positions (eval and calibrate, whose regions vary
+        by row, cannot cap steps without changing their figures)."""
+        if self.steps is not None and self.steps > block_size:
+            raise UsageError(f"--steps {self.steps} is more than the model's block size ({block_size}): no row has "
+                             "that many positions to fill")
+
     def capped(self, positions: int) -> tuple[SampleConfig, str | None]:
         """This config with at most one step per position to fill (more steps only repeat passes), and the
         notice saying so when it cut them."""

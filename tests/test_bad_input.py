@@ -134,6 +134,16 @@ def test_explore_keeps_no_more_frames_than_positions_to_fill(tiny_run):
     assert ex.message == f"--steps 100000 is more than the {most} positions to fill; running {most} steps"
 
 
+@pytest.mark.parametrize("command", [["eval", "--steps", "8,100000"], ["calibrate", "--steps", "100000"]])
+def test_more_steps_than_a_row_has_positions_are_refused_before_the_model_loads(tiny_run, monkeypatch, command):
+    def no_model(*a, **k):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(checkpoint.Checkpoint, "build_model", no_model)
+    assert_one_line_error(cli(*command, "--checkpoint", tiny_run), 2,
+                          "--steps 100000 is more than the model's block size (256)")
+
+
 # checkpoints that are not what they claim
 
 

@@ -119,6 +119,7 @@ def evaluate(source: str | Path | Checkpoint, settings: EvalSettings, rows_out: 
     warnings = []
     with outcome_file(rows_out, note=warnings.append, overwrite=overwrite) as save_rows:  # a path that cannot be written fails first
         ckpt = checkpoint.load(source)
+        replace(sampler, steps=max(settings.steps)).check_fits(ckpt.config.model.block_size)
         held = load_heldout(ckpt, settings.n, "answer" if settings.scaffold else settings.mask, settings.mask_ratio,
                             sampler.seed, scaffold=True if settings.scaffold else None)
         maps = {}
