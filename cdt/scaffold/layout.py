@@ -115,7 +115,12 @@ def template(schema: Schema | list[Schema], vocab: Vocab, prompts: list[str], se
                              f"the model's block size {block_size}; shorten the request or lower slot budgets "
                              f"(the largest: {big.name!r}, {big.slot} positions; --budget {big.name}=N)")
         rows.append((head + body, [True] * len(head) + [not x for x in slots]))
-    width = max(len(r[0]) for r in rows)
+    return padded(rows)
+
+
+def padded(rows: list[tuple[list[int], list[bool]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, protected) of rows given as (ids, protected) lists, right-padded with protected [PAD]."""
+    width = max(len(r) for r, _ in rows)
     ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     protected = torch.ones((len(rows), width), dtype=torch.bool)
     for i, (r, p) in enumerate(rows):

@@ -5,17 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from cdt import calibration_map, checkpoint
 from cdt.data import SEPARATOR
 from cdt.device import pick_device
 from cdt.sampling.loop import Generation, generate
-from cdt.scaffold.layout import SlotConstraint, slot_fields, template
+from cdt.scaffold.layout import SlotConstraint, padded, slot_fields, template
 from cdt.scaffold.schema import Field, Schema, json_text
 from cdt.scaffold.validate import parse
 from cdt.settings import SampleConfig
-from cdt.vocab import MASK_ID, PAD_ID, Vocab
+from cdt.vocab import MASK_ID, Vocab
 
 
 @dataclass
@@ -102,8 +101,4 @@ def name_template(name: Field, vocab: Vocab, prompts: list[str], separator: str)
     passes when several tools are given (the second scaffolds the arguments of the tool each row chose)."""
     rows = [vocab.encode(p + separator + '{"name": "') + [MASK_ID] * name.slot + vocab.encode('", "arguments": {')
             for p in prompts]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-    return ids, ids != MASK_ID
+    return padded([(r, [t != MASK_ID for t in r]) for r in rows])
