@@ -16,7 +16,8 @@ import typer
 from cdt import options as opts
 from cdt.console import OneLineUsage, emit_json, err_console, fail, friendly_errors, out_console, warn, write_lines
 from cdt.errors import UsageError
-from cdt.settings import CalibrateSettings, EvalSettings, ExploreSettings, SampleConfig, SweepSettings, TrainSettings
+from cdt.settings import (BenchSettings, CalibrateSettings, EvalSettings, ExploreSettings, SampleConfig, SweepSettings,
+                          TrainSettings)
 
 app = typer.Typer(cls=OneLineUsage, help="Masked diffusion language models with a learned token critic.",
                   no_args_is_help=True,
@@ -309,6 +310,41 @@ def explore(
     for ex.frame in range(len(ex.frames))[-1:] if final_only else range(len(ex.frames)):
         out_console.print(frame_view(ex, plain=plain, width=out_console.width), soft_wrap=plain)
         out_console.print()
+
+
+@app.command()
+@friendly_errors
+@opts.settings(BenchSettings, "settings")
+def bench(
+    benchmark: str = typer.Argument(..., help="The benchmark: bfcl (the Berkeley Function Calling Leaderboard)."),
+    checkpoint: opts.Checkpoint = ...,
+    settings: BenchSettings = None,
+    rows_out: Optional[Path] = typer.Option(None, "--rows", help="Also write each call's outcome and critic score "
+                                            "(JSON lines: score, label; cdt sweep-tau reads it)."),
+    overwrite: opts.Overwrite = False,
+    json_out: opts.Json = False,
+):
+    """Score calls to functions the model never saw, on a field benchmark.
+
+    Each BFCL request gets one call from a typed scaffold of the functions it offers (several:
+    the function name is a slot too), scored by BFCL's AST rules, which cdt implements. The data
+    is read from an installed `bfcl-eval` (`pip install --no-deps bfcl-eval`: data only) or --data.
+    """
+    from cdt.bfcl.run import bench as run_bench, requests
+    from cdt.progress import ProgressBar
+    from cdt.render import show_bench
+
+    if benchmark != "bfcl":
+        raise UsageError(f"unknown benchmark {benchmark!r}; cdt runs: bfcl")
+    chosen = requests(settings)
+    with ProgressBar(err_console, "bench", sum(map(len, chosen.values()))) as bar:
+        report = run_bench(checkpoint, settings, rows_out, overwrite, on_batch=bar.advance, chosen=chosen)
+    for w in report.warnings:
+        warn(w)
+    emit_json(report.to_json()) if json_out else show_bench(out_console, report)
+    if report.interrupted:
+        raise fail("interrupted; stdout has the figures so far" + (f", {report.rows_file} their rows"
+                                                                 if report.rows_file else ""), 1)
 
 
 def _sigterm_as_ctrl_c(signum, frame):

@@ -47,11 +47,11 @@ class ModelConfig:
 class DataConfig:
     """What to train on."""
 
-    source: str = "toolcalls"  # the embedded corpus, or a path to a UTF-8 text file
-    n_records: int = 40000  # toolcalls records generated (train + validation)
-    seed: int = 0  # toolcalls generator seed (the corpus, not the training run)
+    source: str = "toolcalls"  # an embedded corpus (toolcalls, functions), or a path to a UTF-8 text file
+    n_records: int = 40000  # records generated (train + validation) by an embedded corpus
+    seed: int = 0  # the embedded corpus generator's seed (the corpus, not the training run)
     mask_region: str = "auto"  # answer | all | auto (answer when the corpus has prompts)
-    scaffold: bool = False  # toolcalls answers in the scaffold layout: only value slots are masked (cdt/scaffold.py)
+    scaffold: bool = False  # answers in the scaffold layout: only value slots are masked (cdt/scaffold/)
     answer_tail: int = 0  # toolcalls: each answer is followed by 0..N [NULL] (maskable), so the model picks the length
 
     @property
@@ -153,8 +153,11 @@ CHECKPOINT_SOURCE = "checkpoint"
 COMMAND_LINE = "command line"
 # the longest scaffolded toolcalls row (265 characters) plus room: a scaffold run's block size unless given by --set
 SCAFFOLD_BLOCK_SIZE = 288
+# the functions corpus: its longest rows (699 characters) and BFCL's simple_python and multiple requests with
+# their scaffolds (at most 550 with the offered tools named) fit
+FUNCTIONS_BLOCK_SIZE = 720
 
-PRESETS = ("tiny", "small", "long", "base", "copy_long", "value_pairwise")
+PRESETS = ("tiny", "small", "long", "functions", "base", "copy_long", "value_pairwise")
 CHOICES = {
     "model.positions": ("rotary", "learned"),
     "model.critic": ("none", "linear", "mlp"),
@@ -218,8 +221,8 @@ def check(cfg: RunConfig) -> RunConfig:
     d = cfg.data
     if d.answer_tail and d.scaffold:
         raise UsageError("data.answer_tail and data.scaffold do not combine (scaffold slots already end in [NULL])")
-    if d.answer_tail and d.source != "toolcalls":
-        raise UsageError("data.answer_tail needs the toolcalls corpus (a text file has no answers)")
+    if d.answer_tail and d.source not in ("toolcalls", "functions"):
+        raise UsageError("data.answer_tail needs a corpus of calls, toolcalls or functions (a text file has no answers)")
     return cfg
 
 
@@ -323,8 +326,9 @@ def resolve(preset: str | None = None, config_file: Path | None = None, override
         apply(cfg, _read_yaml(config_file.read_text(encoding="utf-8"), str(config_file)), str(config_file))
     for o in overrides:
         apply(cfg, o, COMMAND_LINE)
-    if cfg.data.scaffold and not any("block_size" in o.get("model", {}) for o in overrides):
-        cfg.model.block_size = max(cfg.model.block_size, SCAFFOLD_BLOCK_SIZE)  # the flag alone must be enough
+    if not any("block_size" in o.get("model", {}) for o in overrides):  # --data/--scaffold alone must be enough
+        least = FUNCTIONS_BLOCK_SIZE if cfg.data.source == "functions" else SCAFFOLD_BLOCK_SIZE * cfg.data.scaffold
+        cfg.model.block_size = max(cfg.model.block_size, least)
     fit_critic_phase(cfg.train)
     return check(cfg)
 

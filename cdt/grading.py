@@ -39,8 +39,9 @@ def grade(vocab, record: ToolCall, row, scaffold: bool = False) -> AnswerCheck:
     """Field-by-field check of a generated row's answer against its record."""
     text = answer_text(vocab, row)
     if scaffold:
-        from cdt.scaffold import builtin, parse
+        from cdt.scaffold import parse
+        from cdt.scaffold.layout import record_schema
 
-        call = parse(builtin(record.tool), text).call
+        call = parse(record_schema(record), text).call
         text = json.dumps(call, ensure_ascii=False) if call is not None else text
     return check_answer(record, text)

@@ -488,3 +488,32 @@ def show_sweep(console: Console, report) -> None:
 def one_line(text: str) -> str:
     """A generated row on one line of output: a newline it holds as \\n, a tab as \\t, a backslash as \\\\."""
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+
+
+def show_bench(console: Console, report) -> None:
+    """`cdt bench bfcl`: per category accuracy, parse and validity rates, cost; accuracy by argument type."""
+    table = Table(title="BFCL · AST accuracy of one scaffolded call per request", title_justify="left")
+    for col in ("category", "n", "accuracy", "parse", "schema-valid", "unfit", "passes", "time"):
+        table.add_column(col, justify="left" if col == "category" else "right", no_wrap=col == "category")
+    types: dict = {}
+    for r in report.results:
+        doc = r.to_json()
+        table.add_row(r.category, f"{r.n:,}", f"{doc['accuracy']:.1%}", f"{doc['parse_rate']:.1%}",
+                      f"{doc['valid_rate']:.1%}", f"{r.unfit:,}", f"{r.passes:.0f}", f"{r.seconds:.0f} s")
+        for t, v in doc["by_type"].items():
+            types.setdefault(t, {})[r.category] = v
+    console.print(table)
+    if types:
+        by_type = Table(title="argument accuracy by declared type (right function, value accepted)",
+                        title_justify="left")
+        by_type.add_column("type")
+        for r in report.results:
+            by_type.add_column(r.category, justify="right")
+        for t, cells in sorted(types.items()):
+            by_type.add_row(t, *(f"{cells[r.category]['accuracy']:.1%} of {cells[r.category]['n']}"
+                                 if r.category in cells else "" for r in report.results))
+        console.print(by_type)
+    if report.rows_file:
+        console.print(f"per-call outcomes: {report.rows_file}\n\nnext:\n  cdt sweep-tau {report.rows_file} "
+                      "--recall-target 0.9   # a threshold on the critic's score of a call", soft_wrap=True,
+                      highlight=False)

@@ -236,7 +236,7 @@ def schedule_fraction(schedule: str, r: float) -> float:
     return (1.0 - r) ** p
 
 
-SAMPLER = "Sampler (sample, eval, calibrate and explore share these)"
+SAMPLER = "Sampler (sample, eval, calibrate, explore and bench share these)"
 MASK_HELP = ("Held-out region to infill: answer (toolcalls default), random (each position with p = --mask-ratio), "
              "span (one run; text default).")
 RATIO_HELP = "random/span: share of maskable positions masked."
@@ -396,16 +396,49 @@ class ExploreSettings:
         return flag_dict(self)
 
 
+BFCL_CATEGORIES = ("simple_python", "multiple", "live_simple", "live_multiple")  # cdt.bfcl.data.CATEGORIES
+
+
+@dataclass
+class BenchSettings:
+    """`cdt bench bfcl`: which BFCL requests, how their calls are generated and scored."""
+
+    categories: tuple[str, ...] = flag(("simple_python", "multiple"), "Comma-separated BFCL categories, from: "
+                                                                      f"{', '.join(BFCL_CATEGORIES)}.")
+    n: int | None = flag(None, "Requests per category, a subset chosen with --seed [default: all].")
+    data: str | None = flag(None, "Folder of BFCL's files (BFCL_v4_*.json, possible_answer/) [default: the "
+                                  "installed bfcl-eval package, pip install --no-deps bfcl-eval].")
+    sampler: SampleConfig = flags_of(SampleConfig, SAMPLER)
+    top: int = flag(5, "A call's critic score = mean of its top-N slot critic probabilities (the --rows score).")
+    batch_size: int = flag(32, "Requests per generation batch.")
+    device: str = flag("auto", DEVICE_HELP)
+
+    def validate(self) -> None:
+        check_finite(self)
+        check_device(self.device)
+        self.sampler.validate()
+        if not self.categories:
+            raise UsageError("--categories needs at least one category")
+        for c in self.categories:
+            _choice("categories", c, BFCL_CATEGORIES)
+        _at_least(1, top=self.top, batch_size=self.batch_size, **({} if self.n is None else {"n": self.n}))
+
+    def to_dict(self) -> dict:
+        return flag_dict(self)
+
+
 @dataclass
 class TrainSettings:
     """`cdt train`: what the command line says; `cdt.config.resolve_flags` turns it into a RunConfig
     (defaults < preset < --config < these flags and --set)."""
 
     preset: str | None = flag(None, "tiny (tests, seconds), small (the default, 10-20 min on 2 CPU cores), long "
-                                    "(~3x the steps), copy_long (long with AdamW), base (GPU), value_pairwise "
-                                    "(--stage value).")
+                                    "(~3x the steps), functions (small on the functions corpus, scaffolded: the "
+                                    "model cdt bench measures), copy_long (long with AdamW), base (GPU), "
+                                    "value_pairwise (--stage value).")
     config: Path | None = flag(None, "YAML file with model/data/train sections; overrides the preset.")
-    data: str | None = flag(None, "'toolcalls' (embedded corpus) or the path of a UTF-8 text file.")
+    data: str | None = flag(None, "toolcalls (eight built-in tools), functions (generated functions of every "
+                                  "argument type; validation on functions never seen) or a UTF-8 text file.")
     out: Path | None = flag(None, "Run directory [default: runs/PRESET-TIMESTAMP].")
     max_iters: int | None = flag(None, "Optimizer steps in all (a resumed run counts the earlier ones).")
     batch_size: int | None = flag(None, "Rows per step.")
@@ -418,8 +451,7 @@ class TrainSettings:
     eval_interval: int | None = flag(None, "Steps between validations and checkpoints.")
     resume: bool = flag(False, "Continue the run in --out where it stopped, with its own settings; flags given "
                                "with it change them.")
-    scaffold: bool = flag(False, "Train on toolcalls answers in the schema-scaffold layout (only value slots "
-                                 "masked).")
+    scaffold: bool = flag(False, "Train on answers in the schema-scaffold layout (only value slots masked).")
     stage: str = flag("generator", "generator: the diffusion model and token critic; value: the sequence-level "
                                    "value head (higher = more likely right) on pairs from --samples.")
     samples: Path | None = flag(None, "--stage value: a cdt calibrate scores file (--samples-per-prompt K).")

@@ -21,7 +21,7 @@ import torch
 
 from cdt import checkpoint, distributed
 from cdt.config import RunConfig, TrainConfig, to_yaml
-from cdt.data import Batch, Corpus, load_corpus
+from cdt.data import Batch, Corpus, has_records, load_corpus
 from cdt.device import pick_device
 from cdt.distributed import dist_info
 from cdt.ema import WeightAverage
@@ -367,8 +367,13 @@ def next_commands(out: Path, cfg: RunConfig, max_iters: int, held_out: int) -> l
                 "# train on: the rate schedule is re-spread over the new total")
     calibrate = (f"cdt calibrate --checkpoint {out} --n-samples {min(200, held_out)}   "
                  "# can the critic's P(wrong) be trusted?")
-    if cfg.data.source != "toolcalls":
+    if not has_records(cfg.data.source):
         return [f"cdt sample --checkpoint {out} --length 64", calibrate, train_on]
+    if cfg.data.source == "functions":
+        scaffold = " --scaffold" if cfg.data.scaffold else ""
+        return [f"cdt eval --checkpoint {out}{scaffold} --n {min(128, held_out)}   # calls to functions it never saw",
+                f"cdt bench bfcl --checkpoint {out} --n 100   # real ones (data: pip install --no-deps bfcl-eval)",
+                calibrate, train_on]
     length = len(EXAMPLE_ANSWER) + cfg.data.answer_tail // 2  # a tail model takes a budget: [NULL] ends it
     return [f"cdt eval --checkpoint {out} --n {min(128, held_out)}   # compare remasking policies on held-out answers", calibrate,
             f"cdt sample --checkpoint {out} --prompt {EXAMPLE_PROMPT!r} --length {length} --policy critic", train_on]

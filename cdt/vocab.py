@@ -16,6 +16,8 @@ from cdt.errors import CdtError
 MASK, PAD, NULL = "[MASK]", "[PAD]", "[NULL]"
 SPECIALS = (MASK, PAD, NULL)
 MASK_ID, PAD_ID, NULL_ID = 0, 1, 2
+# an ordinary character of its own: a vocabulary that holds it reads every character it lacks as this one
+FALLBACK = "\ufffd"
 
 
 def emittable(vocab_size: int, allow_null: bool = False, device=None) -> torch.Tensor:
@@ -53,8 +55,16 @@ class Vocab:
         """Characters of `text` outside the vocabulary, in order of first appearance."""
         return list(dict.fromkeys(c for c in text if c not in self._index))
 
+    @property
+    def fallback(self) -> int | None:
+        """The id every unknown character is read as, when the vocabulary holds `FALLBACK` (else None:
+        an unknown character is an error)."""
+        return self._index.get(FALLBACK)
+
     def encode(self, text: str) -> list[int]:
         bad = self.unknown(text)
+        if bad and self.fallback is not None:
+            return [self._index.get(c, self.fallback) for c in text]
         if bad:
             shown = ", ".join(repr(c) for c in bad[:10])
             raise CdtError(f"characters outside the model's vocabulary: {shown}")
@@ -69,7 +79,7 @@ class Vocab:
         pos = np.searchsorted(known, codes)
         pos = np.minimum(pos, len(known) - 1)
         if not np.all(known[pos] == codes):
-            self.encode(text)  # raises with the offending characters
+            return np.array(self.encode(text), dtype=np.int32)  # the fallback, or an error naming them
         return (pos + len(SPECIALS)).astype(np.int32)
 
     def decode(self, ids, mask_char: str = "_") -> str:

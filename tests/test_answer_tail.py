@@ -62,7 +62,7 @@ def test_bad_tails_are_refused(kwargs, message):
 def test_a_text_corpus_has_no_answers_to_tail(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("some text to train on, long enough to split. " * 20)
-    with pytest.raises(CdtError, match="needs the toolcalls corpus"):
+    with pytest.raises(CdtError, match="needs a corpus of calls"):
         load_corpus(str(path), 32, answer_tail=4)
 
 
@@ -142,7 +142,7 @@ def test_eval_grades_a_tail_model(tail_run):
 
 @pytest.mark.parametrize("args, message", [
     (["--scaffold", "--set", "data.answer_tail=4"], "do not combine"),
-    (["--data", "TEXT", "--set", "data.answer_tail=4"], "needs the toolcalls corpus"),
+    (["--data", "TEXT", "--set", "data.answer_tail=4"], "needs a corpus of calls"),
 ])
 def test_the_cli_refuses_a_tail_it_cannot_build_as_a_usage_error(tmp_path, args, message):
     text = tmp_path / "t.txt"

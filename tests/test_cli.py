@@ -130,11 +130,12 @@ def test_version_is_the_installed_packages():
 def test_help_never_shows_a_flag_as_taking_a_value():
     """A flag takes no value: its help row must not read "--json <bool>" (typer 0.27+ prints that, so
     pyproject keeps typer below 0.27), and an argument reads as its name in capitals."""
-    for command in ("train", "sample", "eval", "calibrate", "sweep-tau", "explore"):
+    for command in ("train", "sample", "eval", "calibrate", "sweep-tau", "explore", "bench"):
         shown = cli(command, "--help").stdout
         assert "--json" in shown and "--help" in shown, command
         assert "<bool>" not in shown and "BOOLEAN" not in shown, command
     assert "sweep-tau [OPTIONS] SCORES" in cli("sweep-tau", "--help").stdout
+    assert "bench [OPTIONS] BENCHMARK" in cli("bench", "--help").stdout
 
 
 def test_python_dash_m_as_a_subprocess(tmp_path):

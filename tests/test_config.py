@@ -94,7 +94,7 @@ def test_rules_between_keys_see_every_source(tmp_path):
 
 
 def test_unknown_preset_and_missing_file(tmp_path):
-    with pytest.raises(UsageError, match="choose from tiny, small, long, base"):
+    with pytest.raises(UsageError, match="choose from tiny, small, long, functions, base"):
         resolve("medium")
     with pytest.raises(UsageError, match="not found"):
         resolve(None, tmp_path / "nope.yaml")
@@ -126,3 +126,11 @@ def test_a_scaffold_run_gets_room_for_its_rows_unless_the_command_line_sets_the_
     assert resolve("tiny").model.block_size < SCAFFOLD_BLOCK_SIZE
     explicit = resolve("tiny", overrides=[{"data": {"scaffold": True}}, {"model": {"block_size": 300}}])
     assert explicit.model.block_size == 300
+
+
+def test_functions_is_the_functions_corpus_scaffolded_and_the_flags_alone_suffice():
+    flags = [parse_override("data.source=functions"), parse_override("data.scaffold=true")]
+    assert resolve("functions") == resolve(None, None, flags)
+    assert resolve("functions").model.block_size == 720  # the corpus's rows and BFCL's requests fit
+    assert resolve(None, None, flags[:1]).model.block_size == 720  # --data functions alone too
+    assert resolve(None, None, [*flags, parse_override("model.block_size=300")]).model.block_size == 300

@@ -50,6 +50,7 @@ def train_two(tmp_path, name="two"):
                 "train", *COMMON, "--batch-size", "4", "--out", str(tmp_path / name)], tmp_path)
 
 
+@pytest.mark.slow  # 17 s of two real training processes: with the slow tests, which CI runs too
 def test_two_processes_match_one_and_only_rank_0_writes(tmp_path):
     summary(train_one(tmp_path))
     doc = summary(train_two(tmp_path))  # rank 0 alone printed its summary
@@ -78,6 +79,7 @@ def test_a_run_resumes_in_another_number_of_processes(tmp_path):
     assert summary(widened)["step"] == 10
 
 
+@pytest.mark.slow
 def test_an_error_on_one_rank_ends_every_rank(tmp_path):
     bad = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cdt",
                "train", "--preset", "tiny", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "r"),

@@ -16,7 +16,7 @@ def test_the_reference_lists_every_flag_as_the_command_line_declares_it():
 def test_the_readme_is_a_short_manual_with_one_section_per_command():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text.encode()) <= 15 * 1024
-    for command in ("train", "sample", "eval", "calibrate", "sweep-tau", "explore"):
+    for command in ("train", "sample", "eval", "calibrate", "sweep-tau", "explore", "bench"):
         assert f"### `cdt {command}`" in text
     assert 'pip install torch==2.13.0 && pip install -e ".[dev]" && cdt train' in text
     assert "python -m pytest -q" in text

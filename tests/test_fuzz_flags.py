@@ -9,14 +9,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdt import settings as cdt_settings
-from cdt.settings import (CalibrateSettings, EvalSettings, ExploreSettings, SampleConfig, SweepSettings, TrainSettings,
-                          leaf_fields)
+from cdt.settings import (BenchSettings, CalibrateSettings, EvalSettings, ExploreSettings, SampleConfig, SweepSettings,
+                          TrainSettings, leaf_fields)
 from tests.helpers import cli
 
 WORDS = sorted({*cdt_settings.POLICY_NAMES, *cdt_settings.MASKS, *cdt_settings.BINNINGS, *cdt_settings.FITS,
                 *cdt_settings.DIRECTIONS, *cdt_settings.GRIDS, *cdt_settings.COLOURINGS, *cdt_settings.DEVICES,
-                *cdt_settings.COMMITS, *cdt_settings.SELECTIONS, "generate", "step", "value", "generator", "linear",
-                "cosine", "power:3", "power:x", "critic", "value-head", "cuda:0", "tiny", "small", "toolcalls"})
+                *cdt_settings.COMMITS, *cdt_settings.SELECTIONS, *cdt_settings.BFCL_CATEGORIES, "generate", "step",
+                "value", "generator", "linear", "cosine", "power:3", "power:x", "critic", "value-head", "cuda:0",
+                "tiny", "small", "toolcalls", "functions"})
 INTS = st.one_of(st.integers(-3, 300), st.sampled_from([-(2**63), -1, 0, 2**32, 2**64, 10**12]))
 FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 1.0, -1e-9, 1e308]))
 # any text but NUL, which no shell can pass in an argument
@@ -58,6 +59,7 @@ COMMANDS = {
     "calibrate": (["calibrate", *NO_RUN], flags_of(CalibrateSettings)),
     "explore": (["explore", *NO_RUN, "--no-interactive"], flags_of(ExploreSettings)),
     "sweep-tau": (["sweep-tau", "no/such/scores.jsonl"], flags_of(SweepSettings)),
+    "bench": (["bench", "bfcl", *NO_RUN, "--data", "no/such/dir"], flags_of(BenchSettings, skip=("data",))),
     # --out under a file: a flag set that passes validation is refused before training starts
     "train": (["train", "--out", "/dev/null/run"], flags_of(TrainSettings, skip=("out",))),
 }

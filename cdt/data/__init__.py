@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cdt.data import toolcalls
+from cdt.data import functions, toolcalls
 from cdt.errors import CdtError
-from cdt.vocab import NULL_ID, PAD_ID, Vocab
+from cdt.vocab import FALLBACK, NULL_ID, PAD_ID, Vocab
 
 SEPARATOR = "\n"  # between a request and its answer
 
@@ -106,45 +106,59 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+# the embedded corpora of requests and calls: generator, whether a record is validation, its vocabulary
+RECORD_CORPORA = {
+    "toolcalls": (toolcalls.generate, lambda r: toolcalls.is_validation(r.prompt), None),
+    "functions": (functions.generate, lambda r: functions.is_validation(r.tool),
+                  Vocab.from_text(string.printable.strip() + " \n" + FALLBACK)),
+}
+
+
+def has_records(source: str) -> bool:
+    """Whether a data source is one of the embedded corpora of requests and calls (not a text file)."""
+    return source in RECORD_CORPORA
+
+
 def load_corpus(data: str, block_size: int, n_records: int = 40000, seed: int = 0, scaffold: bool = False,
                 answer_tail: int = 0) -> Corpus:
-    """`toolcalls` (embedded) or a path to a UTF-8 text file. scaffold: toolcalls answers in the
+    """`toolcalls` or `functions` (embedded) or a path to a UTF-8 text file. scaffold: answers in the
     slot layout of `cdt.scaffold.layout`, only the value slots maskable. answer_tail: see `_record_rows`."""
     if answer_tail < 0:
         raise CdtError(f"data.answer_tail must be at least 0, got {answer_tail}")
-    if data == "toolcalls":
+    if has_records(data):
         if scaffold and answer_tail:
             raise CdtError("data.answer_tail and data.scaffold do not combine (scaffold slots already end in [NULL])")
-        return _toolcalls_corpus(n_records, block_size, seed, scaffold, answer_tail)
+        return _records_corpus(data, n_records, block_size, seed, scaffold, answer_tail)
     if scaffold:
-        raise CdtError("data.scaffold needs the toolcalls corpus (a text file has no schema)")
+        raise CdtError("data.scaffold needs a corpus of calls, toolcalls or functions (a text file has no schema)")
     if answer_tail:
-        raise CdtError("data.answer_tail needs the toolcalls corpus (a text file has no answers)")
+        raise CdtError("data.answer_tail needs a corpus of calls, toolcalls or functions (a text file has no answers)")
     return _text_corpus(Path(data), block_size)
 
 
-def _toolcalls_corpus(n_records: int, block_size: int, seed: int, scaffold: bool = False,
-                      answer_tail: int = 0) -> Corpus:
-    records = toolcalls.generate(n_records, seed)
-    train = [r for r in records if not toolcalls.is_validation(r.prompt)]
-    val = [r for r in records if toolcalls.is_validation(r.prompt)]
+def _records_corpus(name: str, n_records: int, block_size: int, seed: int, scaffold: bool = False,
+                    answer_tail: int = 0) -> Corpus:
+    generate, in_validation, vocab = RECORD_CORPORA[name]
+    records = generate(n_records, seed)
+    train = [r for r in records if not in_validation(r)]
+    val = [r for r in records if in_validation(r)]
     overlap = len({r.prompt for r in train} & {r.prompt for r in val})
     texts = [r.prompt + SEPARATOR + r.answer for r in records]
-    vocab = Vocab.from_text("".join(texts), extra=string.printable.strip() + " \n")
+    vocab = vocab or Vocab.from_text("".join(texts), extra=string.printable.strip() + " \n")
 
     from cdt.scaffold.layout import record_row, record_rows
 
     def rows(recs: list, split: int) -> Rows:  # split 1 = train, 2 = validation, each with its own tail draws
-        if scaffold:
-            return record_rows(recs, vocab, block_size)
+        if scaffold:  # training rows also teach the choice among offered tools
+            return record_rows(recs, vocab, block_size, names=split == 1)
         return _record_rows(recs, vocab, block_size, answer_tail, np.random.default_rng([seed, split]))
 
     longest = max(len(t) for t in texts) if not scaffold else max(len(record_row(r, vocab)[0]) for r in records)
     if longest > block_size:
-        raise CdtError(f"toolcalls rows{' (scaffolded)' if scaffold else ''} are up to {longest} characters; "
+        raise CdtError(f"{name} rows{' (scaffolded)' if scaffold else ''} are up to {longest} characters; "
                        f"raise model.block_size (now {block_size})")
     return Corpus(
-        name="toolcalls",
+        name=name,
         vocab=vocab,
         train=rows(train, 1),
         val=rows(val, 2),

@@ -180,6 +180,8 @@ class ToolCall:
     prompt: str
     tool: str
     arguments: dict
+    schema: object = None  # its `cdt.scaffold.Schema` where the tool is not a built-in one (the functions corpus)
+    offered: tuple = ()  # the names of the tools offered with the request, when several (the functions corpus)
 
     @property
     def answer(self) -> str:

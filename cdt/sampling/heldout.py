@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from cdt.checkpoint import Checkpoint
-from cdt.data import load_corpus
+from cdt.data import has_records, load_corpus
 from cdt.errors import CdtError, UsageError
 from cdt.sampling.template import heldout_templates
 from cdt.vocab import PAD_ID
@@ -67,7 +67,7 @@ class HeldOut:
 
 def default_masking(ckpt: Checkpoint) -> str:
     """`answer` for a corpus with prompts, `span` for plain text (masking a whole window leaves no context)."""
-    return "answer" if ckpt.config.data.source == "toolcalls" else "span"
+    return "answer" if has_records(ckpt.config.data.source) else "span"
 
 
 def load_heldout(ckpt: Checkpoint, n: int, masking: str | None = None, ratio: float = 0.3,
@@ -79,12 +79,12 @@ def load_heldout(ckpt: Checkpoint, n: int, masking: str | None = None, ratio: fl
         raise UsageError("the number of held-out rows must be at least 1")
     data, block = ckpt.config.data, ckpt.config.model.block_size
     masking = masking or default_masking(ckpt)
-    if data.source != "toolcalls" and masking == "answer":
+    if not has_records(data.source) and masking == "answer":
         raise UsageError(f"--mask answer needs a corpus with prompts; {data.source} is plain text: "
                          "use --mask span or --mask random")
     scaffold = data.scaffold if scaffold is None else scaffold
-    if scaffold and data.source != "toolcalls":
-        raise UsageError("scaffolds need a checkpoint trained on the toolcalls corpus")
+    if scaffold and not has_records(data.source):
+        raise UsageError("scaffolds need a checkpoint trained on a corpus of calls (toolcalls or functions)")
     try:
         corpus = load_corpus(data.source, block, data.n_records, data.seed, scaffold,
                              0 if scaffold else data.answer_tail)

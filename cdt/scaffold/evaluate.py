@@ -15,8 +15,7 @@ from cdt.model import DiffusionLM
 from cdt.rng import seed_for
 from cdt.sampling.heldout import HeldOut
 from cdt.sampling.infill import infill
-from cdt.scaffold.layout import SlotConstraint
-from cdt.scaffold.schema import builtin
+from cdt.scaffold.layout import SlotConstraint, record_schema, slot_fields
 from cdt.scaffold.validate import parse
 from cdt.settings import EvalSettings
 from cdt.vocab import NULL_ID
@@ -45,7 +44,7 @@ def iter_scaffold(model: DiffusionLM, ckpt: Checkpoint, held: HeldOut, settings:
     """Each setting (policy x steps) as soon as it is finished."""
     vocab = ckpt.vocab
     spans = [value_spans(r, vocab, scaffold=True)[1] for r in held.records]
-    schemas = [builtin(r.tool) for r in held.records]
+    schemas = [record_schema(r) for r in held.records]
     heads = [len(vocab.encode(r.prompt + SEPARATOR)) for r in held.records]  # where each answer starts
     constraint = SlotConstraint.of(list(zip(schemas, heads)), vocab)  # each slot in its type's language
     for cfg in settings.settings():
@@ -67,7 +66,7 @@ def iter_scaffold(model: DiffusionLM, ckpt: Checkpoint, held: HeldOut, settings:
                 n["valid"] += parsed.valid
                 bad = {e.split("'")[1] for e in parsed.errors if e.startswith("field '")}
                 all_ok = True
-                for f, (a, b) in zip(schemas[i].fields, spans[i]):
+                for f, (a, b) in zip(slot_fields(schemas[i]), spans[i]):
                     value, reference = vocab.decode(row[a:b]), vocab.decode(ref[a:b])  # [NULL] dropped
                     n["fields"] += 1
                     n["types"] += parsed.call is not None and f.name not in bad

@@ -102,13 +102,13 @@ def template(schema: Schema | list[Schema], vocab: Vocab, prompts: list[str], se
     schemas = schema if isinstance(schema, list) else [schema] * len(prompts)
     bodies = {}
     for s in schemas:
-        if s.tool not in bodies:
+        if id(s) not in bodies:  # by schema, not name: two requests may offer different tools of one name
             check_fits(s, vocab)
-            bodies[s.tool] = render(s, vocab)
+            bodies[id(s)] = render(s, vocab)
     rows = []
     for p, s in zip(prompts, schemas):
         head = vocab.encode(p + separator)
-        body, slots = bodies[s.tool]
+        body, slots = bodies[id(s)]
         if len(head) + len(body) > block_size:
             big = max(slot_fields(s), key=lambda f: f.slot)
             raise UsageError(f"prompt ({len(head)} characters) plus the {s.tool} scaffold ({len(body)}) exceeds "
@@ -149,12 +149,12 @@ class SlotConstraint:
         """The constraint of rows whose scaffold of schema s begins at `start`: [(s, start)] per row."""
         layouts = {}
         for schema, _ in rows:
-            if schema.tool not in layouts:
+            if id(schema) not in layouts:  # by schema, not name (see `template`)
                 check_fits(schema, vocab)
                 _, slots = render(schema, vocab)
                 starts = [j for j, x in enumerate(slots) if x and (j == 0 or not slots[j - 1])]
-                layouts[schema.tool] = list(zip(starts, slot_fields(schema)))
-        return cls([[(start + j, f) for j, f in layouts[schema.tool]] for schema, start in rows], vocab)
+                layouts[id(schema)] = list(zip(starts, slot_fields(schema)))
+        return cls([[(start + j, f) for j, f in layouts[id(schema)]] for schema, start in rows], vocab)
 
     def take(self, rows: torch.Tensor) -> SlotConstraint:
         """The constraint of rows `rows` (indices into this one's rows), in that order."""
@@ -189,24 +189,45 @@ class SlotConstraint:
 # training rows
 
 
+def record_schema(record) -> Schema:
+    """The schema of a record's tool: its own (the functions corpus) or a built-in toolcalls tool."""
+    return record.schema if record.schema is not None else builtin(record.tool)
+
+
 def record_row(record, vocab: Vocab) -> tuple[list[int], list[bool]]:
     """A toolcalls record as a training row: request + separator, then its answer in the scaffold
     layout; maskable = the value slots."""
     from cdt.data import SEPARATOR
 
     head = vocab.encode(record.prompt + SEPARATOR)
-    body, slots = render(builtin(record.tool), vocab, record.arguments)
+    body, slots = render(record_schema(record), vocab, record.arguments)
     return head + body, [False] * len(head) + slots
 
 
-def record_rows(records: list, vocab: Vocab, block_size: int):
-    """`record_row` of every record, right-padded with [PAD] to the block size (a `cdt.data.Rows`)."""
-    from cdt.data import Rows
+def record_rows(records: list, vocab: Vocab, block_size: int, names: bool = False):
+    """`record_row` of every record, right-padded with [PAD] to the block size (a `cdt.data.Rows`); names:
+    also a `name_row` for each record offered several tools (training teaches the choice of tool)."""
+    from cdt.data import SEPARATOR, Rows
 
-    ids = np.full((len(records), block_size), PAD_ID, dtype=np.int32)
-    maskable = np.zeros((len(records), block_size), dtype=bool)
-    for i, r in enumerate(records):
-        row, slots = record_row(r, vocab)
+    rows = [record_row(r, vocab) for r in records]
+    rows += [name_row(r.prompt, Field("name", "enum", r.offered), SEPARATOR, vocab, r.tool)
+             for r in records if names and len(r.offered) > 1]
+    ids = np.full((len(rows), block_size), PAD_ID, dtype=np.int32)
+    maskable = np.zeros((len(rows), block_size), dtype=bool)
+    for i, (row, slots) in enumerate(rows):
         ids[i, : len(row)] = row
         maskable[i, : len(row)] = slots
     return Rows(ids, maskable)
+
+
+NAME_OFFSET = len('{"name": "')  # where the tool-name slot starts after the request and separator
+
+
+def name_row(prompt: str, name: Field, separator: str, vocab: Vocab, value: str | None = None):
+    """(ids, slot) of a row that ends after the tool-name slot, `{"name": "` + slot + `", "arguments": {`:
+    the slot masked (value None: the first of two passes when several tools are offered) or holding
+    `value` padded with [NULL] (training rows that teach the choice)."""
+    head = vocab.encode(prompt + separator + '{"name": "')
+    slot = [MASK_ID] * name.slot if value is None else vocab.encode(value) + [NULL_ID] * (name.slot - len(value))
+    tail = vocab.encode('", "arguments": {')
+    return head + slot + tail, [False] * len(head) + [True] * name.slot + [False] * len(tail)

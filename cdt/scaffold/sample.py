@@ -5,16 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 
 from cdt import calibration_map, checkpoint
 from cdt.data import SEPARATOR
+from cdt.data.functions import with_tools
 from cdt.device import pick_device
 from cdt.sampling.loop import Generation, generate
-from cdt.scaffold.layout import SlotConstraint, padded, slot_fields, template
+from cdt.scaffold.layout import NAME_OFFSET, SlotConstraint, name_row, padded, slot_fields, template
 from cdt.scaffold.schema import Field, Schema, json_text
-from cdt.scaffold.validate import parse
+from cdt.scaffold.validate import Parsed, parse
 from cdt.settings import SampleConfig
-from cdt.vocab import MASK_ID, Vocab
+from cdt.vocab import Vocab
 
 
 @dataclass
@@ -56,9 +58,8 @@ def sample_schema(source: str | Path | checkpoint.Checkpoint, schema: Schema | l
     follow the tool it chose."""
     tools = [schema] if isinstance(schema, Schema) else list(schema)
     ckpt = checkpoint.load(source)
-    separator = SEPARATOR if ckpt.extra.get("mask_region") == "answer" else ""
-    vocab, block = ckpt.vocab, ckpt.config.model.block_size
-    template(tools, vocab, [prompts[0]] * len(tools), separator, block)  # every tool fits, before the model
+    separator = separator_of(ckpt)
+    template(tools, ckpt.vocab, [prompts[0]] * len(tools), separator, ckpt.config.model.block_size)  # all fit
     cfg, notice = cfg.for_checkpoint(ckpt).capped(max(sum(f.slot for f in slot_fields(t)) for t in tools))
     warnings = [notice] if notice else []
     warnings += [] if ckpt.config.data.scaffold else [
@@ -67,38 +68,70 @@ def sample_schema(source: str | Path | checkpoint.Checkpoint, schema: Schema | l
     model = ckpt.build_model(pick_device(device))
     calibration, warning = calibration_map.for_sampler(ckpt.path.parent, cfg)
     warnings += [warning] if warning else []
+    calls = fill_calls(model, ckpt.vocab, [(p, tools) for p in prompts], cfg, separator,
+                       ckpt.config.model.block_size, calibration, record, lists_tools(ckpt))
+    out = [ScaffoldSample(p, c.text, c.parsed.call, c.parsed.valid, c.parsed.errors, c.start)
+           for p, c in zip(prompts, calls.calls)]
+    return ScaffoldResult(str(ckpt.path), tools[0], cfg, out, calls.generation, warnings, ckpt.vocab, tools)
+
+
+def lists_tools(ckpt: checkpoint.Checkpoint) -> bool:
+    """Whether the model was trained to read the offered tools' names after a request (the functions corpus)."""
+    return ckpt.config.data.source == "functions"
+
+
+def separator_of(ckpt: checkpoint.Checkpoint) -> str:
+    """What follows a request in the checkpoint's rows (nothing for a model trained on plain text)."""
+    return SEPARATOR if ckpt.extra.get("mask_region") == "answer" else ""
+
+
+@dataclass
+class Call:
+    tool: Schema  # the tool the row chose (the only one offered, or the name slot's choice)
+    text: str  # the generated call, [NULL] stripped, in canonical form when it parses
+    parsed: Parsed
+    start: int  # where the scaffold begins in the row
+
+
+@dataclass
+class Calls:
+    calls: list[Call]
+    generation: Generation  # the arguments pass, one row per request; passes count both passes
+    filled: torch.Tensor  # (b, n) bool: the slot positions the arguments pass filled
+
+
+def fill_calls(model, vocab: Vocab, rows: list[tuple[str, list[Schema]]], cfg: SampleConfig, separator: str,
+               block_size: int, calibration=None, record: bool = False, list_tools: bool = False) -> Calls:
+    """One call per (request, tools offered) row, in one batch: rows offered several tools first fill a
+    name slot constrained to their names, then every row's arguments follow its tool's scaffold.
+    list_tools: the request names the tools offered (`functions.with_tools`), as the functions corpus
+    trains a model to read it."""
+    prompts = [with_tools(p, [t.tool for t in tools]) if list_tools else p for p, tools in rows]
     starts = [len(vocab.encode(p + separator)) for p in prompts]
+    chosen = [tools[0] for _, tools in rows]
     passes = {"generator": 0, "critic": 0}
-    chosen = [tools[0]] * len(prompts)
-    if len(tools) > 1:
-        name = Field("name", "enum", tuple(t.tool for t in tools))
-        ids, protected = name_template(name, vocab, prompts, separator)
+    choosing = [i for i, (_, tools) in enumerate(rows) if len(tools) > 1]
+    if choosing:
+        names = [Field("name", "enum", tuple(t.tool for t in rows[i][1])) for i in choosing]
+        ids, protected = padded([(r, [not x for x in slot]) for r, slot in
+                                 (name_row(prompts[i], name, separator, vocab) for i, name in zip(choosing, names))])
+        slots = [[(starts[i] + NAME_OFFSET, name)] for i, name in zip(choosing, names)]
         gen = generate(model, ids, protected, cfg, allow_null=True, calibration=calibration,
-                       constraint=SlotConstraint([[(s + NAME_OFFSET, name)] for s in starts], vocab))
-        by_name = {t.tool: t for t in tools}
-        chosen = [by_name[vocab.decode(row[s + NAME_OFFSET : s + NAME_OFFSET + name.slot])]
-                  for row, s in zip(gen.tokens, starts)]
+                       constraint=SlotConstraint(slots, vocab))
+        for row, i, name in zip(gen.tokens, choosing, names):
+            at = starts[i] + NAME_OFFSET
+            picked = vocab.decode(row[at : at + name.slot])
+            chosen[i] = next(t for t in rows[i][1] if t.tool == picked)
         passes = dict(gen.passes)
-    ids, protected = template(chosen, vocab, prompts, separator, block)
+    ids, protected = template(chosen, vocab, prompts, separator, block_size)
     gen = generate(model, ids, protected, cfg, record=record, allow_null=True, calibration=calibration,
                    constraint=SlotConstraint.of(list(zip(chosen, starts)), vocab))
     gen.passes = {k: gen.passes[k] + passes[k] for k in gen.passes}
-    out = []
-    for row, prompt, start in zip(gen.tokens, prompts, starts):
+    calls = []
+    for row, (_, tools), tool, start in zip(gen.tokens, rows, chosen, starts):
         text = vocab.decode(row[start:])  # [PAD] and [NULL] dropped
         parsed = parse(tools, text)
         if parsed.call is not None:  # the canonical form: an empty optional slot printed as null
             text = json_text(parsed.call)
-        out.append(ScaffoldSample(prompt, text, parsed.call, parsed.valid, parsed.errors, start))
-    return ScaffoldResult(str(ckpt.path), tools[0], cfg, out, gen, warnings, vocab, tools)
-
-
-NAME_OFFSET = len('{"name": "')  # where the tool-name slot starts after the request
-
-
-def name_template(name: Field, vocab: Vocab, prompts: list[str], separator: str):
-    """Rows that end after the tool-name slot, `{"name": "` + slot + `", "arguments": {`: the first of two
-    passes when several tools are given (the second scaffolds the arguments of the tool each row chose)."""
-    rows = [vocab.encode(p + separator + '{"name": "') + [MASK_ID] * name.slot + vocab.encode('", "arguments": {')
-            for p in prompts]
-    return padded([(r, [t != MASK_ID for t in r]) for r in rows])
+        calls.append(Call(tool, text, parsed, start))
+    return Calls(calls, gen, ~protected)

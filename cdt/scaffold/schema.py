@@ -135,7 +135,7 @@ def tools_from_file(path: Path, notes: list[str] | None = None) -> list[Schema]:
     items = doc if isinstance(doc, list) else [doc]
     if not items:
         raise UsageError(f"schema file {path} holds an empty list of tools")
-    tools = [_tool(item, f"{path}" + (f" tool {i + 1}" if isinstance(doc, list) else ""), notes)
+    tools = [tool_from_dict(item, f"{path}" + (f" tool {i + 1}" if isinstance(doc, list) else ""), notes)
              for i, item in enumerate(items)]
     names = [t.tool for t in tools]
     if len(set(names)) < len(names):
@@ -143,7 +143,8 @@ def tools_from_file(path: Path, notes: list[str] | None = None) -> list[Schema]:
     return tools
 
 
-def _tool(doc, where: str, notes: list[str] | None) -> Schema:
+def tool_from_dict(doc, where: str, notes: list[str] | None = None) -> Schema:
+    """One tool in any of the forms `tools_from_file` reads; `where` names it in errors."""
     if isinstance(doc, dict) and doc.get("type") == "function" and isinstance(doc.get("function"), dict):
         doc = doc["function"]  # OpenAI: {"type": "function", "function": {...}}
     if not isinstance(doc, dict):
