@@ -64,7 +64,8 @@ def sample_schema(source: str | Path | checkpoint.Checkpoint, schema: Schema | l
     warnings = [notice] if notice else []
     warnings += [] if ckpt.config.data.scaffold else [
         f"{ckpt.path} was trained without scaffolds: it has not learned the slot layout or to end a value with "
-        "[NULL], so expect filled-up slots; train one with cdt train --scaffold"]
+        "[NULL], so expect filled-up slots; train one with cdt train --preset functions (any schema) or cdt train "
+        "--scaffold (the built-in tools)"]
     model = ckpt.build_model(pick_device(device))
     calibration, warning = calibration_map.for_sampler(ckpt.path.parent, cfg)
     warnings += [warning] if warning else []
