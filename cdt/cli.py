@@ -326,25 +326,21 @@ def bench(
 ):
     """Score calls to functions the model never saw, on a field benchmark.
 
-    Each BFCL request gets one call from a typed scaffold of the functions it offers (several:
-    the function name is a slot too), scored by BFCL's AST rules, which cdt implements. The data
-    is read from an installed `bfcl-eval` (`pip install --no-deps bfcl-eval`: data only) or --data.
+    Each BFCL request gets one typed-scaffold call of the functions it offers, scored by BFCL's AST
+    rules (cdt's implementation). Data: `pip install --no-deps bfcl-eval` (data only), or --data.
     """
     from cdt.bfcl.run import bench as run_bench, requests
     from cdt.progress import ProgressBar
     from cdt.render import show_bench
 
-    if benchmark != "bfcl":
-        raise UsageError(f"unknown benchmark {benchmark!r}; cdt runs: bfcl")
-    chosen = requests(settings)
+    chosen = requests(settings, benchmark)
     with ProgressBar(err_console, "bench", sum(map(len, chosen.values()))) as bar:
         report = run_bench(checkpoint, settings, rows_out, overwrite, on_batch=bar.advance, chosen=chosen)
     for w in report.warnings:
         warn(w)
     emit_json(report.to_json()) if json_out else show_bench(out_console, report)
     if report.interrupted:
-        raise fail("interrupted; stdout has the figures so far" + (f", {report.rows_file} their rows"
-                                                                 if report.rows_file else ""), 1)
+        raise fail(report.cut, 1)
 
 
 def _sigterm_as_ctrl_c(signum, frame):

@@ -16,7 +16,7 @@ from cdt.bfcl.checker import Verdict, check_call, check_value
 from cdt.calibrate import sample_scores
 from cdt.data.functions import with_tools, with_type_budgets
 from cdt.device import pick_device
-from cdt.errors import CdtError
+from cdt.errors import CdtError, UsageError
 from cdt.rundir import OutputLock, check_output
 from cdt.sampling.loop import final_critic_probs
 from cdt.scaffold.layout import check_fits, render
@@ -77,6 +77,12 @@ class BenchReport:
     rows_file: str | None = None
     interrupted: bool = False
 
+    @property
+    def cut(self) -> str:
+        """What an interrupted run kept."""
+        return "interrupted; stdout has the figures so far" + (f", {self.rows_file} their rows" if self.rows_file
+                                                                 else "")
+
     def to_json(self) -> dict:
         return {"checkpoint": self.checkpoint, "benchmark": "bfcl", "config": self.config,
                 "categories": [r.to_json() for r in self.results], "warnings": self.warnings,
@@ -91,8 +97,10 @@ def subset(items: list, n: int | None, seed: int) -> list:
     return [items[i] for i in keep]
 
 
-def requests(settings: BenchSettings) -> dict[str, list[data.Item]]:
+def requests(settings: BenchSettings, benchmark: str = "bfcl") -> dict[str, list[data.Item]]:
     """The requests the settings choose, by category (no model is loaded)."""
+    if benchmark != "bfcl":
+        raise UsageError(f"unknown benchmark {benchmark!r}; cdt runs: bfcl")
     folder = data.data_dir(Path(settings.data) if settings.data else None)
     return {c: subset(data.load(folder, c), settings.n, settings.sampler.seed) for c in settings.categories}
 
