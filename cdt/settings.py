@@ -396,7 +396,8 @@ class ExploreSettings:
         return flag_dict(self)
 
 
-BFCL_CATEGORIES = ("simple_python", "multiple", "live_simple", "live_multiple")  # cdt.bfcl.data.CATEGORIES
+# the BFCL categories cdt reads: single-turn, one expected call (parallel ones expect several and are not read)
+BFCL_CATEGORIES = ("simple_python", "multiple", "live_simple", "live_multiple")
 
 
 @dataclass

@@ -175,3 +175,27 @@ def test_the_benchmark_script_pairs_policies_at_equal_passes(functions_run, bfcl
         assert part["critic"]["passes"] == pytest.approx(part["confidence"]["passes"], rel=0.25)
         assert part["paired"]["n"] == part["critic"]["n"]
         assert set(part["critic_score_auroc"]) == {"confidence", "critic"}
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_a_stopped_run_keeps_its_rows_as_partial(monkeypatch, functions_run, bfcl_dir, tmp_path, stop):
+    """Ctrl-C (or a failure) in the second batch: the first batch's rows stay, as <name>.partial, never as a
+    complete file; Ctrl-C also prints the figures so far."""
+    import cdt.bfcl.run as run
+
+    real, calls = run._run_batch, []
+
+    def second_stops(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise stop("stop")
+        return real(*a, **k)
+
+    monkeypatch.setattr(run, "_run_batch", second_stops)
+    rows = tmp_path / "rows.jsonl"
+    result = cli("bench", "bfcl", "--checkpoint", functions_run, "--data", bfcl_dir, "--steps", "2",
+                 "--batch-size", "2", "--rows", rows, "--json")
+    assert result.exit_code == 1 and not rows.exists()
+    assert len((tmp_path / "rows.jsonl.partial").read_text().splitlines()) == 2
+    if stop is KeyboardInterrupt:
+        assert json.loads(result.stdout)["categories"][0]["n"] == 2

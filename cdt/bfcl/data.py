@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdt.errors import CdtError, UsageError
+from cdt.settings import BFCL_CATEGORIES as CATEGORIES  # the categories read: single-turn, one expected call
 
 INSTALL = "pip install --no-deps bfcl-eval"
-# single-turn categories with one expected call; parallel ones expect several calls and are not read
-CATEGORIES = ("simple_python", "multiple", "live_simple", "live_multiple")
 
 
 @dataclass(frozen=True)

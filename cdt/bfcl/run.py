@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -124,38 +124,37 @@ def bench(source, settings: BenchSettings, rows_out: Path | None = None, overwri
     warnings += [warning] if warning else []
     notes: list[str] = []
     report = BenchReport(str(ckpt.path), {**settings.to_dict(), "sampler": cfg.to_dict()}, [], warnings)
-    writer = None
-    if rows_out is not None:
-        lock = OutputLock(rows_out, "--rows")
-        lock.__enter__()
-        writer = ScoreWriter(rows_out)
-    try:
-        for category, items in chosen.items():
-            result = CategoryResult(category, 0, 0, 0, 0, 0, defaultdict(lambda: [0, 0]), 0.0, 0.0)
-            report.results.append(result)
-            t0, passes = time.perf_counter(), 0
-            for lo in range(0, len(items), settings.batch_size):
-                batch = items[lo : lo + settings.batch_size]
-                outcomes, spent = _run_batch(model, ckpt, batch, category, cfg, settings.top, calibration, notes)
-                passes += spent * len(batch)
-                for o in outcomes:
-                    _count(result, o)
-                    if on_outcome:
-                        on_outcome(o)
-                    if writer is not None:
-                        writer.write(o.to_row())
-                result.passes = passes / max(result.n, 1)
-                result.seconds = time.perf_counter() - t0
-                if on_batch:
-                    on_batch(len(batch))
-            result.by_type = dict(result.by_type)
-    except KeyboardInterrupt:
-        report.interrupted = True
-    finally:
-        if writer is not None:
-            path = writer.close(complete=not report.interrupted)
-            report.rows_file = str(path) if path else None
-            lock.__exit__(None, None, None)
+    with ExitStack() as stack:
+        writer = None
+        if rows_out is not None:
+            stack.enter_context(OutputLock(rows_out, "--rows"))
+            writer = ScoreWriter(rows_out)
+        finished = False
+        try:
+            for category, items in chosen.items():
+                result = CategoryResult(category, 0, 0, 0, 0, 0, {}, 0.0, 0.0)
+                report.results.append(result)  # before it runs: an interrupted category keeps its figures so far
+                t0, passes = time.perf_counter(), 0.0
+                for lo in range(0, len(items), settings.batch_size):
+                    batch = items[lo : lo + settings.batch_size]
+                    outcomes, spent = _run_batch(model, ckpt, batch, category, cfg, settings.top, calibration, notes)
+                    passes += spent * len(batch)
+                    for o in outcomes:
+                        _count(result, o)
+                        if on_outcome:
+                            on_outcome(o)
+                        if writer is not None:
+                            writer.write(o.to_row())
+                    result.passes, result.seconds = passes / max(result.n, 1), time.perf_counter() - t0
+                    if on_batch:
+                        on_batch(len(batch))
+            finished = True
+        except KeyboardInterrupt:
+            report.interrupted = True
+        finally:  # complete, the rows file; otherwise (Ctrl-C, an error) the rows so far as <name>.partial
+            if writer is not None:
+                path = writer.close(complete=finished)
+                report.rows_file = str(path) if path else None
     report.warnings += sorted(set(notes))[:5] + ([f"... and {len(set(notes)) - 5} more schema notes"]
                                                  if len(set(notes)) > 5 else [])
     return report
@@ -168,7 +167,7 @@ def _count(result: CategoryResult, o: Outcome) -> None:
     result.valid += o.valid
     result.unfit += o.kind == "unfit"
     for kind, right in o.arguments.values():
-        result.by_type[kind][0] += right
+        result.by_type.setdefault(kind, [0, 0])[0] += right
         result.by_type[kind][1] += 1
 
 
@@ -224,7 +223,8 @@ def _outcome(item: data.Item, category: str, text: str, call: dict | None, verdi
              valid: bool, score: float) -> Outcome:
     name, possible = next(iter(item.expected.items()))
     spec = next(f for f in item.functions if f["name"] == name)["parameters"]["properties"]
-    given = (call or {}).get("arguments") or {} if (call or {}).get("name") == name else None
+    call = call or {}
+    given = (call.get("arguments") or {}) if call.get("name") == name else None  # None: the wrong function
     arguments = {}
     for param, options in possible.items():
         prop = spec.get(param, {})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import re
 import zlib
+from dataclasses import replace
 
 from cdt.data.toolcalls import ToolCall, number_words
 
@@ -239,8 +240,6 @@ def with_type_budgets(schema):
     """`schema` with the slot sizes this corpus trains: a string 20 positions, an integer 6, a number 8, an
     array room for 4 items of half those sizes. A budget the schema sets itself (maxLength, a bounded
     integer, a date format, an enum) is kept. `cdt bench bfcl` sizes BFCL's slots the same way."""
-    from dataclasses import replace
-
     from cdt.scaffold.schema import Schema
 
     def sized(f, scale: int = 1):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 from cdt.data.toolcalls import TOOLS
@@ -104,7 +105,9 @@ class Schema:
         return next(f for f in self.fields if f.name == name)
 
 
+@lru_cache(maxsize=None)
 def builtin(tool: str) -> Schema:
+    """A built-in tool's schema, one object per tool (layouts are cached by schema object)."""
     if tool not in TOOLS:
         raise UsageError(f"unknown tool {tool!r}; built-in tools: {', '.join(TOOLS)}")
     return Schema(tool, tuple(Field(a.name, a.type, a.enum, a.optional, BUILTIN_BUDGETS.get((tool, a.name), 0))
