@@ -21,15 +21,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cdt import calibration_map, checkpoint
+from cdt import bootstrap, calibration_map, checkpoint
 from cdt.artifacts import CRITIC_POLARITY
 from cdt.checkpoint import Checkpoint
 from cdt.device import pick_device
 from cdt.errors import CdtError
 from cdt.grading import grade
-from cdt.metrics import Reliability, ReliabilityReport, auroc, average_precision
+from cdt.metrics import (
+    FINE_BINS,
+    Reliability,
+    ReliabilityReport,
+    auroc,
+    average_precision,
+)
 from cdt.rng import seed_for
-from cdt.rundir import MAP_NAME, REPORT_NAME, SCORES_NAME, OutputLock, check_output, write_json
+from cdt.rundir import (
+    MAP_NAME,
+    REPORT_NAME,
+    SCORES_NAME,
+    OutputLock,
+    check_output,
+    write_json,
+)
 from cdt.sampling.heldout import HeldOut, load_heldout
 from cdt.sampling.infill import infill
 from cdt.sampling.loop import final_critic_probs
@@ -59,6 +72,7 @@ class CalibrationResult:
     report_path: str | None = None  # the run's calibration_report.json (`run`)
     plot: str | None = None  # the reliability diagram (`run --plot`)
     replaced: list[str] = field(default_factory=list)  # earlier files this run replaced
+    intervals: dict | None = None  # bootstrap intervals (prompts resampled) of the estimated figures
 
     def to_json(self) -> dict:
         return asdict(self) | {"critic_polarity": CRITIC_POLARITY}
@@ -159,8 +173,10 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
     if cfg.mode == "generate":
         calibration, warning = calibration_map.for_sampler(ckpt.path.parent, scfg)
         warnings += [warning] if warning else []
-    stats, halves = Reliability(cfg.buckets), (Reliability(cfg.buckets), Reliability(cfg.buckets))
-    sample_score, sample_label = [], []
+    stats = Reliability(cfg.buckets)
+    folds = [Reliability(cfg.buckets) for _ in range(min(FOLDS, n_prompts))] if cfg.fit else []
+    kept = Tokens() if cfg.bootstrap else None  # per-token values the intervals resample
+    sample_score, sample_label, sample_group = [], [], []
     passes = {"generator": 0, "critic": 0}
     writer = ScoreWriter(scores_path)
     warnings += [writer.recovered] if writer.recovered else []
@@ -187,7 +203,10 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
                 sel = region[j]
                 p, w = probs[j][sel].double().numpy(), wrong[j][sel].numpy()
                 stats.add(p, w)
-                halves[(n_done * cfg.batch_size + j) % 2].add(p, w)
+                if folds:
+                    folds[prompt % len(folds)].add(p, w)
+                if kept is not None:
+                    kept.add(p, w, prompt)
                 record = _record(ckpt, held, part, j, prompt, draw, tokens[j], p, w, cfg.top, model_name)
                 if values is not None:
                     record["value"] = values[j]
@@ -195,6 +214,7 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
                     record["score_critic"], record["score"] = record["score"], values[j]
                 sample_score.append(-record["score"] if cfg.score_source == "value-head" else record["score"])
                 sample_label.append(record["label"])
+                sample_group.append(prompt)
                 writer.write(record)
             if on_samples:
                 on_samples(len(chunk))
@@ -212,12 +232,16 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
             "policy": scfg.policy if cfg.mode == "generate" else None,
             "sampler": calibration_map.sampler_info(scfg) if cfg.mode == "generate" else None,
             "masking": held.masking}
+    maps = None
     if cfg.fit:
-        fit_doc, cmap = _fit(cfg, halves, info)
+        fit_doc, cmap, maps = _cross_fit(cfg, stats, folds, info)
     elif report.n:
         cmap = calibration_map.from_buckets(stats.report("uniform").buckets, info | {"kind": "buckets"})
     map_path = str(calibration_map.save(run_dir, cmap)) if run_dir is not None and cmap is not None else None
     y = np.array(sample_label)
+    intervals = None
+    if kept is not None:
+        intervals = _intervals(cfg, kept, report, np.array(sample_score), y, np.array(sample_group), maps)
     if len(y) and y.min() == y.max():
         warnings.append(f"every sample is labelled {'wrong' if y[0] else 'right'}, so sweep-tau will see one class; "
                         "shorter regions (--mask span --mask-ratio 0.1) or a longer-trained model give both")
@@ -232,7 +256,7 @@ def calibrate(ckpt: Checkpoint, cfg: CalibrateSettings, scores_path: Path, run_d
                  if cfg.score_source == "critic" else "the value head's value (higher = more likely right; "
                                                        "AUROC/AP here use its negative)"},
         fit=fit_doc, scores_path=str(written), map_path=map_path, seconds=time.perf_counter() - t0,
-        warnings=warnings, masking=held.masking, settings=cfg.to_dict(),
+        warnings=warnings, masking=held.masking, settings=cfg.to_dict(), intervals=intervals,
     )
 
 
@@ -271,17 +295,81 @@ def _record(ckpt, held: HeldOut, part: HeldOut, j: int, prompt: int, draw: int, 
     return record
 
 
-def _fit(cfg: CalibrateSettings, halves, info: dict):
-    """Fit on the even samples, measure ECE before and after on the odd ones."""
-    fit_half, test_half = halves
-    p, y, w = fit_half.weighted_points()
-    cmap = calibration_map.fit(cfg.fit, p, y, w, info | {"kind": cfg.fit, "fitted_on": "even samples"})
-    tp, ty, tw = test_half.weighted_points()
-    before, after = Reliability(cfg.buckets), Reliability(cfg.buckets)
-    before.add(np.repeat(tp, tw), np.repeat(ty, tw))
-    after.add(np.repeat(cmap(tp), tw), np.repeat(ty, tw))
-    rb, ra = before.report(cfg.binning), after.report(cfg.binning)
-    doc = {"kind": cfg.fit, "fitted_on": "even-numbered samples", "evaluated_on": "odd-numbered samples",
+FOLDS = 5  # cross-fitting folds, by prompt
+
+
+class Tokens:
+    """Each generated token's critic probability, whether it was wrong, and its prompt: what the bootstrap
+    resamples (17 bytes a token, kept only when --bootstrap > 0)."""
+
+    def __init__(self):
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, probs: np.ndarray, wrong: np.ndarray, prompt: int) -> None:
+        self.parts.append((probs, wrong.astype(bool), np.full(len(probs), prompt, np.int64)))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self.parts:
+            return np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int64)
+        return tuple(np.concatenate(a) for a in zip(*self.parts))
+
+
+def _cross_fit(cfg: CalibrateSettings, stats: Reliability, folds: list[Reliability], info: dict):
+    """(report, the map fitted on every sample, the map of each fold). Each fold's tokens are mapped by a
+    map fitted on the other folds, so the ECE after is never measured on the data its map saw."""
+    if len(folds) < 2:
+        raise CdtError("--fit cross-fits over prompts and needs at least 2 of them (raise --n-samples)")
+    after, maps = Reliability(cfg.buckets), []
+    for k, held_out in enumerate(folds):
+        rest = Reliability(cfg.buckets)
+        for j, fold in enumerate(folds):
+            if j != k:
+                rest.merge(fold)
+        try:
+            fitted = calibration_map.fit(cfg.fit, *rest.weighted_points())
+        except CdtError as e:
+            raise CdtError(f"cross-fitting fold {k + 1} of {len(folds)} (fitted without prompts numbered {k} mod "
+                           f"{len(folds)}): {e}") from None
+        p, y, w = held_out.weighted_points()
+        after.add(np.repeat(fitted(p), w), np.repeat(y, w))
+        maps.append(fitted)
+    where = f"cross-fitted over {len(folds)} folds of prompts (prompt number mod {len(folds)})"
+    cmap = calibration_map.fit(cfg.fit, *stats.weighted_points(),
+                               info=info | {"kind": cfg.fit, "fitted_on": "every sample", "evaluated": where})
+    rb, ra = stats.report(cfg.binning), after.report(cfg.binning)
+    doc = {"kind": cfg.fit, "folds": len(folds), "fitted_on": "every sample (the map written)",
+           "evaluated_on": f"{where}: each fold's tokens mapped by a map fitted without them",
            "ece_before": rb.ece, "ece_after": ra.ece, "brier_before": rb.brier, "brier_after": ra.brier,
-           "temperature": cmap.temperature}
-    return doc, cmap
+           "temperature": cmap.temperature, "bias": cmap.bias if cfg.fit == "platt" else None}
+    return doc, cmap, maps
+
+
+def _intervals(cfg: CalibrateSettings, kept: Tokens, report: ReliabilityReport, sample_score: np.ndarray,
+               sample_label: np.ndarray, sample_group: np.ndarray, maps: list | None) -> dict:
+    """Bootstrap intervals of the token and sample figures (and, with --fit, of the cross-fitted ECE after):
+    each replicate draws prompts with replacement and weighs every token and sample by its prompt's draws."""
+    p, wrong, prompt = kept.arrays()
+    y = wrong.astype(np.float64)
+    fine = np.clip(np.ceil(p * FINE_BINS).astype(np.int64) - 1, 0, FINE_BINS - 1)  # ties as `Reliability` has them
+    tokens, samples = bootstrap.Ranked.of(fine, y), bootstrap.Ranked.of(sample_score, sample_label)
+    edges = (np.linspace(0, 1, cfg.buckets + 1) if cfg.binning == "uniform"
+             else np.array([b.lo for b in report.buckets] + [1.0]))
+    mapped = None
+    if maps:
+        mapped = np.empty_like(p)
+        for k, m in enumerate(maps):
+            sel = prompt % len(maps) == k
+            mapped[sel] = m(p[sel])
+    n_groups = int(max(prompt.max(initial=-1), sample_group.max(initial=-1))) + 1
+
+    def statistic(draws):
+        w, ws = draws[prompt], draws[sample_group]
+        (auc, ap), (sample_auc, sample_ap) = tokens.ranking(w), samples.ranking(ws)
+        out = {"ece": bootstrap.ece(p, y, w, edges), "brier": bootstrap.brier(p, y, w), "auroc": auc,
+               "average_precision": ap, "sample_auroc": sample_auc, "sample_average_precision": sample_ap}
+        if mapped is not None:
+            out |= {"ece_after": bootstrap.ece(mapped, y, w, edges), "brier_after": bootstrap.brier(mapped, y, w)}
+        return out
+
+    found = bootstrap.intervals(statistic, None, n_groups, cfg.bootstrap, cfg.sampler.seed, cfg.confidence)
+    return {"level": cfg.confidence, "resamples": cfg.bootstrap, "resampled": "held-out rows (a row's samples stay together)", **found}

@@ -1,9 +1,9 @@
 """The calibration map: critic probability -> observed error rate, written next to the checkpoint.
 
-`cdt calibrate` builds it (from its reliability buckets, or fitted with `--fit temperature`
-or `--fit isotonic`); the `critic-calibrated` sampling policy reads it. Three kinds:
+`cdt calibrate` builds it (from its reliability buckets, or fitted with `--fit temperature`,
+`--fit platt` or `--fit isotonic`); the `critic-calibrated` sampling policy reads it. Kinds:
 - buckets / isotonic: piecewise-linear through (x, y) points, constant beyond the ends;
-- temperature: sigmoid(logit(p) / T).
+- temperature: sigmoid(logit(p) / T); platt: sigmoid(logit(p) / T + bias).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from cdt.errors import CdtError
 from cdt.rundir import MAP_NAME, write_text
 from cdt.settings import FITS
 
-KINDS = ("buckets", "isotonic", "temperature")
+KINDS = ("buckets", "isotonic", "temperature", "platt")
 # sampler settings a map does not depend on: the policy that uses the map differs from the one it was
 # measured with by design, and the seed only draws; every other setting is recorded in info["sampler"]
 NOT_RECORDED = ("policy", "seed")
@@ -32,6 +32,7 @@ class CalibrationMap:
     xs: list[float] = field(default_factory=list)  # buckets/isotonic: critic probabilities, ascending
     ys: list[float] = field(default_factory=list)  # ... and the error rates they map to
     temperature: float | None = None
+    bias: float = 0.0  # platt: the intercept added to logit(p) / T
     info: dict = field(default_factory=dict)  # where it came from (samples, tokens, checkpoint step, sampler)
 
     def __call__(self, p):
@@ -39,9 +40,9 @@ class CalibrationMap:
         if isinstance(p, torch.Tensor):
             return torch.from_numpy(self(p.detach().cpu().double().numpy())).to(p.device, p.dtype)
         p = np.asarray(p, dtype=np.float64)
-        if self.kind == "temperature":
+        if self.kind in ("temperature", "platt"):
             z = np.log(np.clip(p, EPS, 1 - EPS)) - np.log1p(-np.clip(p, EPS, 1 - EPS))
-            return 1.0 / (1.0 + np.exp(-z / self.temperature))
+            return 1.0 / (1.0 + np.exp(-(z / self.temperature + self.bias)))
         return np.interp(p, self.xs, self.ys)
 
     def to_dict(self) -> dict:
@@ -52,7 +53,7 @@ class CalibrationMap:
         m = cls(**d)
         if m.kind not in KINDS:
             raise ValueError(f"unknown kind {m.kind!r}")
-        if m.kind == "temperature":
+        if m.kind in ("temperature", "platt"):
             if not (isinstance(m.temperature, (int, float)) and m.temperature > 0):
                 raise ValueError("temperature must be positive")
         elif not m.xs or len(m.xs) != len(m.ys) or any(b < a for a, b in zip(m.xs, m.xs[1:])):
@@ -73,7 +74,7 @@ def fit(kind: str, probs: np.ndarray, labels: np.ndarray, weights: np.ndarray, i
     if kind not in FITS:
         raise CdtError(f"unknown fit {kind!r}; choose from {', '.join(FITS)}")
     if len(np.unique(labels[weights > 0])) < 2:
-        raise CdtError("fitting a calibration map needs both right and wrong tokens in the fitting half")
+        raise CdtError("fitting a calibration map needs both right and wrong tokens in the fitting folds")
     if kind == "isotonic":
         from sklearn.isotonic import IsotonicRegression
 
@@ -83,11 +84,12 @@ def fit(kind: str, probs: np.ndarray, labels: np.ndarray, weights: np.ndarray, i
 
     p = np.clip(probs, EPS, 1 - EPS)
     z = (np.log(p) - np.log1p(-p))[:, None]
-    lr = LogisticRegression(fit_intercept=False, C=1e6).fit(z, labels, sample_weight=weights)
+    lr = LogisticRegression(fit_intercept=kind == "platt", C=1e6).fit(z, labels, sample_weight=weights)
     slope = float(lr.coef_[0, 0])
     if slope <= 0:
-        raise CdtError("the critic's probabilities are anti-correlated with errors; temperature scaling cannot fit")
-    return CalibrationMap("temperature", temperature=1.0 / slope, info=info or {})
+        raise CdtError(f"the critic's probabilities are anti-correlated with errors; {kind} scaling cannot fit")
+    return CalibrationMap(kind, temperature=1.0 / slope, bias=float(lr.intercept_[0]) if kind == "platt" else 0.0,
+                          info=info or {})
 
 
 def save(run_dir: Path, cmap: CalibrationMap) -> Path:

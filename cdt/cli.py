@@ -254,16 +254,20 @@ def sweep_tau(
 ):
     """Choose a flagging threshold τ over stored scores, without touching the model.
 
-    Highest precision subject to recall >= target; ties go to the higher recall. The
-    report lands in `{out-dir}/{model}_{timestamp}_n{samples}.json`.
+    τ is the most precise of those certified to keep recall >= target on new samples with probability
+    >= --confidence (0: chosen on these samples alone). The report: `{out-dir}/{model}_{timestamp}_n{N}.json`.
     """
+    from cdt.progress import ProgressBar
     from cdt.render import show_sweep
     from cdt.thresholds import sweep_tau as sweep
 
-    report = sweep(scores, settings)
+    with ProgressBar(err_console, "bootstrap", settings.bootstrap, enabled=err_console.is_terminal) as bar:
+        report = sweep(scores, settings, on_resample=bar.advance)
     for w in report.doc["warnings"]:
         warn(w)
     emit_json(report.to_json()) if json_out else show_sweep(out_console, report)
+    if settings.strict and report.unmet:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -145,7 +145,7 @@ def reliability_table(report, title: str) -> Table:
 
 def calibration_summary(result) -> Text:
     """The headline numbers of `cdt calibrate` (stdout, plain lines)."""
-    t, s = result.tokens, result.samples
+    t, s, iv = result.tokens, result.samples, result.intervals
     held = {"answer": "held-out prompts", "span": "held-out rows, a span of each masked",
             "random": "held-out rows, random positions masked"}.get(result.masking, "held-out rows")
     what = (f"{result.n_samples} generations ({result.policy}, {result.steps} steps) of {result.n_prompts} {held}"
@@ -153,15 +153,25 @@ def calibration_summary(result) -> Text:
     rows = [
         ("mode", f"{result.mode}: {what}"),
         ("tokens", f"{t.n:,} scored · {_pct(t.accuracy)} restored right · {t.n_wrong:,} wrong"),
-        ("calibration", f"ECE {_num(t.ece)} · MCE {_num(t.mce)} · Brier {_num(t.brier)} ({t.binning} buckets)"),
-        ("ranking", f"token AUROC {_num(t.auroc)} · average precision {_num(t.average_precision)}"),
+        ("calibration", f"ECE {_num(t.ece)}{interval_of(iv, 'ece')} · MCE {_num(t.mce)} · Brier {_num(t.brier)}"
+                        f"{interval_of(iv, 'brier')} ({t.binning} buckets)"),
+        ("ranking", f"token AUROC {_num(t.auroc)}{interval_of(iv, 'auroc')} · average precision "
+                    f"{_num(t.average_precision)}{interval_of(iv, 'average_precision')}"),
         ("P(wrong)", _class_line("wrong tokens", t.wrong) + "  |  " + _class_line("right tokens", t.right)),
-        ("samples", f"{_pct(s['wrong'])} wrong · sample AUROC {_num(s['auroc'])} · AP {_num(s['average_precision'])}"),
+        ("samples", f"{_pct(s['wrong'])} wrong · sample AUROC {_num(s['auroc'])}{interval_of(iv, 'sample_auroc')} · "
+                    f"AP {_num(s['average_precision'])}{interval_of(iv, 'sample_average_precision')}"),
     ]
     if result.fit:
         f = result.fit
-        rows.append(("fit", f"{f['kind']} on even samples: ECE {_num(f['ece_before'])} -> {_num(f['ece_after'])} "
-                            f"on odd samples" + (f" (T = {f['temperature']:.3f})" if f.get("temperature") else "")))
+        params = (f" (T = {f['temperature']:.3f}" + (f", bias {f['bias']:+.3f}" if f.get("bias") is not None else "")
+                  + ")" if f.get("temperature") else "")
+        rows.append(("fit", f"{f['kind']}{params}, cross-fitted over {f['folds']} folds of held-out rows: ECE "
+                            f"{_num(f['ece_before'])} -> {_num(f['ece_after'])}{interval_of(iv, 'ece_after')} · Brier "
+                            f"{_num(f['brier_before'])} -> {_num(f['brier_after'])}{interval_of(iv, 'brier_after')}, "
+                            "each row's tokens mapped by a map fitted without them"))
+    if iv:
+        rows.append(("intervals", f"{iv['level']:.0%} bootstrap, {iv['resamples']:,} resamples of held-out rows (a "
+                                  "row's samples stay together)"))
     rows.append(("scores", result.scores_path))
     if result.map_path:
         rows.append(("map", f"{result.map_path} (used by --policy critic-calibrated)"))
@@ -183,23 +193,56 @@ def _key_values(rows) -> Text:
     return text
 
 
+def interval_of(intervals: dict | None, key: str, fmt: str = ".3f") -> str:
+    """' [lo–hi]' for a bootstrapped figure, '' when there is no interval."""
+    iv = (intervals or {}).get(key)
+    return "" if not iv else f" [{iv[0]:{fmt}}–{iv[1]:{fmt}}]"
+
+
 def sweep_summary(doc: dict) -> Text:
-    """The headline of a `cdt sweep-tau` report."""
-    c = doc["chosen"]
+    """The headline of a `cdt sweep-tau` report: each estimated figure with its bootstrap interval, the
+    guaranteed τ beside the in-sample one, and the acceptance promise."""
+    c, iv, g = doc["chosen"], doc.get("intervals"), doc.get("guarantee")
     rows = [
         ("samples", f"{doc['n']:,} · {doc['n_wrong']:,} wrong (base rate {doc['base_rate']:.3f})"),
         ("direction", f"{doc['direction']} — {doc['flag_rule']} ({doc['direction_reason']})"),
-        ("ranking", f"AUROC {_num(doc['auroc'])} · average precision {_num(doc['average_precision'])} · "
+        ("ranking", f"AUROC {_num(doc['auroc'])}{interval_of(iv, 'auroc')} · average precision "
+                    f"{_num(doc['average_precision'])}{interval_of(iv, 'average_precision')} · "
                     f"Cohen's d {_num(doc['cohens_d'])}"),
-        ("means", f"wrong {_num(doc['class_means']['wrong'])} · right {_num(doc['class_means']['right'])}"),
     ]
+    if doc.get("ece") is not None:
+        rows.append(("calibration", f"ECE {_num(doc['ece'])}{interval_of(iv, 'ece')} · Brier "
+                                    f"{_num(doc['brier'])}{interval_of(iv, 'brier')} (score read as P(wrong))"))
+    rows.append(("means", f"wrong {_num(doc['class_means']['wrong'])} · right {_num(doc['class_means']['right'])}"))
     if c:
         m = c["confusion"]
-        rows.append(("chosen τ", f"{c['tau']:.6g}: precision {_num(c['precision'])} · recall {_num(c['recall'])} "
-                                 f"(target {doc['recall_target']}) · F1 {_num(c['f1'])} · FPR {_num(c['fpr'])} · "
-                                 f"TP {m['tp']} FP {m['fp']} FN {m['fn']} TN {m['tn']}"))
+        promise = (f"recall >= {g['recall_bound']:.3f} on new samples with probability {g['confidence']}; here "
+                   if g else "")
+        rows.append(("chosen τ", f"{c['tau']:.6g}: {promise}precision {_num(c['precision'])}"
+                                 f"{interval_of(iv, 'precision')} · recall {_num(c['recall'])}"
+                                 f"{interval_of(iv, 'recall')} (target {doc['recall_target']}) · F1 {_num(c['f1'])} · "
+                                 f"FPR {_num(c['fpr'])} · TP {m['tp']} FP {m['fp']} FN {m['fn']} TN {m['tn']}"))
     else:
-        rows.append(("chosen τ", f"none reaches recall {doc['recall_target']}"))
+        rows.append(("chosen τ", f"none: {g['explanation']}" if g else f"none reaches recall {doc['recall_target']}"))
+    p = doc.get("in_sample")
+    if g is not None:
+        rows.append(("in-sample τ", "-" if p is None else
+                     f"{p['tau']:.6g}: precision {_num(p['precision'])} · recall {_num(p['recall'])} — chosen on these "
+                     "samples alone, no promise about new ones"))
+        rows.append(("promise", f"{g['method']}; {g['units']}; assumes {g['assumes']}"))
+    else:
+        rows.append(("promise", "none (--confidence 0): τ was chosen on these very samples"))
+    a = doc.get("acceptance")
+    if a:
+        if a["tau"] is None:
+            rows.append(("accept", a["explanation"]))
+        else:
+            cov = a["coverage_interval"]
+            rows.append(("accept", f"{a['accept_rule']} (τ {a['tau']:.6g}): {a['accepted']:,} of {doc['n']:,} "
+                                   f"({a['coverage']:.1%}, {cov[0]:.1%}–{cov[1]:.1%}) · accuracy "
+                                   f"{a['accuracy']:.3f}{interval_of(iv, 'accepted_accuracy')} here" +
+                                   (f", >= {a['target']} on new samples with probability {a['confidence']}"
+                                    if a["confidence"] else f" (target {a['target']}; in-sample, no promise)")))
     for key, label in (("best_f1", "best F1"), ("best_youden", "best Youden")):
         p = doc[key]
         rows.append((label, "-" if p is None else f"τ {p['tau']:.6g}: precision {_num(p['precision'])} · "
@@ -208,18 +251,24 @@ def sweep_summary(doc: dict) -> Text:
     rows.append(("sanity", f"flagging the {'upper' if doc['direction'] == 'ge' else 'lower'} half (median "
                            f"{s['median']:.4g}) gives precision {_num(s['median_split_precision'])} vs base rate "
                            f"{s['base_rate']:.3f}"))
+    if iv:
+        rows.append(("intervals", f"{iv['level']:.0%} bootstrap, {iv['resamples']:,} resamples of "
+                                  f"{iv['resampled']} (seed {iv['seed']})"))
     return _key_values(rows)
 
 
 def sweep_table(doc: dict) -> Table:
     table = Table(title=f"sweep ({doc['candidates']:,} candidate thresholds; {len(doc['sweep'])} shown)",
                   title_justify="left")
-    for col in ("τ", "flagged", "precision", "recall", "F1", "FPR", ""):
+    bounded = any("recall_bound" in p for p in doc["sweep"])
+    for col in ("τ", "flagged", "precision", "recall", "recall≥" if bounded else "FPR", "F1", ""):  # FPR: in --json
         table.add_column(col, justify="right", no_wrap=True)
     for p in doc["sweep"]:
-        table.add_row(f"{p['tau']:.6g}", f"{p['flagged']:,}", _num(p["precision"]), _num(p["recall"]), _num(p["f1"]),
-                      _num(p["fpr"]), "[bold]◀ chosen[/bold]" if p["chosen"] else "",
-                      style="bold" if p["chosen"] else None)
+        mark = " ".join(x for x, on in (("◀ chosen", p["chosen"]), ("in-sample", p.get("in_sample") and bounded))
+                        if on)
+        table.add_row(f"{p['tau']:.5g}", f"{p['flagged']:,}", _num(p["precision"]), _num(p["recall"]),
+                      _num(p.get("recall_bound") if bounded else p["fpr"]), _num(p["f1"]),
+                      f"[bold]{mark}[/bold]" if mark else "", style="bold" if p["chosen"] else None)
     return table
 
 

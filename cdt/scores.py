@@ -27,8 +27,9 @@ class Scores:
     labels: np.ndarray  # (n,) int64, 0 or 1
     ids: list
     texts: list | None  # None when no line has "text"
-    model: str | None  # the "model" field of the first line, when present
-    source: str
+    groups: list | None = None  # each sample's "group" (its prompt); None when no line has one
+    model: str | None = None  # the "model" field of the first line, when present
+    source: str = ""
 
 
 def _label(value, lineno: int, key: str, where: str) -> int:
@@ -62,7 +63,7 @@ def read_scores(source: str | Path, score_key: str = "score", label_key: str = "
             lines = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError:
             raise CdtError(f"scores file is not UTF-8 text: {path}") from None
-    scores, labels, ids, texts, model = [], [], [], [], None
+    scores, labels, ids, texts, groups, model = [], [], [], [], [], None
     first_line = {}  # id -> the line that gave it
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -84,12 +85,19 @@ def read_scores(source: str | Path, score_key: str = "score", label_key: str = "
                            "(each sample once; were two scores files joined?)")
         ids.append(ident)
         texts.append(obj.get("text"))
+        groups.append((obj.get("group"), lineno))
         if model is None and isinstance(obj.get("model"), str):
             model = obj["model"]
     if not scores:
         raise CdtError(f"{where} holds no samples")
+    missing = [lineno for g, lineno in groups if g is None]
+    if missing and len(missing) < len(groups):
+        raise CdtError(f"{where} line {missing[0]}: no 'group' where other lines have one (a sample without "
+                       "its prompt's group cannot be resampled with it)")
+    groups = None if missing else [g for g, _ in groups]
     return Scores(np.array(scores), np.array(labels, dtype=np.int64), ids,
-                  texts if any(t is not None for t in texts) else None, model, where)
+                  texts if any(t is not None for t in texts) else None,
+                  groups, model, where)
 
 
 STALE_AFTER_S = 60.0  # a `.writing` file untouched this long, whose process is gone, was left by a hard kill

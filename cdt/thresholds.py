@@ -18,7 +18,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score
 
+from cdt import bootstrap as bootstrap_
+from cdt import guarantee
 from cdt.errors import UsageError
+from cdt.guarantee import ACCURACY_METHOD, ASSUMES, RECALL_METHOD
 from cdt.metrics import auroc
 from cdt.settings import DIRECTIONS, MAX_TAUS, SweepSettings, tau_range_count
 
@@ -33,8 +36,14 @@ class SweepReport:
     def to_json(self) -> dict:
         return self.doc | {"report_path": str(self.path)}
 
+    @property
+    def unmet(self) -> list[str]:
+        """Why a promise asked for could not be made (what `--strict` exits 1 on)."""
+        asked = [self.doc.get("guarantee"), self.doc.get("acceptance")]
+        return [p["explanation"] for p in asked if p and p["status"] != "certified"]
 
-def sweep_tau(source: str, cfg: SweepSettings) -> SweepReport:
+
+def sweep_tau(source: str, cfg: SweepSettings, on_resample=None) -> SweepReport:
     """Read a scores file ('-' = stdin), sweep τ, write the report under `cfg.out_dir` (never over an
     earlier one) and return it."""
     from cdt.rundir import check_output
@@ -46,7 +55,9 @@ def sweep_tau(source: str, cfg: SweepSettings) -> SweepReport:
     data = read_scores(source, cfg.score_key, cfg.label_key)
     taus = candidate_taus(data.scores, grid, cfg.n_tau, cfg.q_lo, cfg.q_hi, cfg.tau_start, cfg.tau_stop, cfg.tau_step)
     doc = analyze(data.scores, data.labels, direction=cfg.direction, recall_target=cfg.recall_target, taus=taus,
-                  ids=data.ids, texts=data.texts, examples=cfg.examples)
+                  ids=data.ids, texts=data.texts, examples=cfg.examples, confidence=cfg.confidence,
+                  accuracy_target=cfg.accuracy_target, groups=data.groups, seed=cfg.seed, bootstrap=cfg.bootstrap,
+                  fixed_taus=taus if grid == "range" else None, on_resample=on_resample)
     name = cfg.model or data.model or ("stdin" if source == "-" else Path(source).stem)
     doc = {"source": data.source, "model": name, "score_key": cfg.score_key, "label_key": cfg.label_key,
            "grid": grid, "tie_break": TIE_BREAK, **doc}
@@ -207,18 +218,24 @@ def cohens_d(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if pooled <= 0 else float((a.mean() - b.mean()) / math.sqrt(pooled))
 
 
-def _table(s: Sweep, chosen: int | None, rows: int = 12) -> list[dict]:
-    """A compact view of the sweep: evenly spaced candidates plus the chosen one."""
+def _table(s: Sweep, chosen: int | None, in_sample: int | None = None, bounds=None, rows: int = 12) -> list[dict]:
+    """A compact view of the sweep: evenly spaced candidates plus the chosen and the in-sample ones, each
+    with its certified recall bound when there is a guarantee."""
     m = len(s.taus)
     picks = set(np.linspace(0, m - 1, num=min(rows, m)).round().astype(int).tolist())
-    if chosen is not None:
-        picks.add(chosen)
-    return [_point(s, i) | {"chosen": i == chosen} for i in sorted(picks)]
+    picks |= {i for i in (chosen, in_sample) if i is not None}
+    return [_point(s, i) | {"chosen": i == chosen, "in_sample": i == in_sample}
+            | ({} if bounds is None else {"recall_bound": float(bounds[i])}) for i in sorted(picks)]
 
 
 def analyze(scores, labels, *, direction: str = "auto", recall_target: float = 0.9, taus=None,
-            ids=None, texts=None, examples: int = 5) -> dict:
-    """The whole threshold report as a JSON-ready dict (no file I/O)."""
+            ids=None, texts=None, examples: int = 5, confidence: float = 0.0, accuracy_target: float | None = None,
+            groups=None, seed: int = 0, bootstrap: int = 0, fixed_taus=None, on_resample=None) -> dict:
+    """The whole threshold report as a JSON-ready dict (no file I/O).
+
+    `confidence` C > 0 chooses τ so that recall >= target holds on new samples with probability >= C
+    (`cdt.guarantee`); 0 chooses on these samples alone. `accuracy_target` adds the acceptance promise,
+    over `fixed_taus` when given (a --tau-* grid). `bootstrap` > 0 adds intervals."""
     if not 0.0 < recall_target <= 1.0:
         raise UsageError(f"--recall-target must be in (0, 1], got {recall_target}")
     scores = np.asarray(scores, dtype=np.float64)
@@ -231,14 +248,20 @@ def analyze(scores, labels, *, direction: str = "auto", recall_target: float = 0
     a_raw = auroc(scores, labels)
     single = labels.min() == labels.max()
     pos, neg = scores[labels == 1], scores[labels == 0]
-    best = best_precision_at_recall(s, recall_target)
+    in_sample = best_precision_at_recall(s, recall_target)
+    keep, why_units = guarantee.units(groups, seed)
+    unit_scores, unit_labels = (scores, labels) if keep is None else (scores[keep], labels[keep])
+    promise = _recall_promise(s, unit_scores, unit_labels, recall_target, confidence, why_units) if confidence else None
+    best = in_sample if promise is None else promise.pop("index")
     youden = _argmax_strict(s.recall - s.fpr, s) if not single else None
     warnings = []
     if single:
         warnings.append(f"only one class present (every label is {int(labels[0])}): AUROC and average precision "
                         "are undefined; the sweep still runs")
-    if best is None and s.n_pos:
+    if in_sample is None and s.n_pos:
         warnings.append(f"no candidate τ reaches recall {recall_target}; widen the grid")
+    if promise is not None and promise["status"] != "certified":
+        warnings.append(promise["explanation"])
     median = float(np.median(scores))
     flag = scores >= median if chosen_dir == "ge" else scores <= median
     median_precision = float(labels[flag].mean()) if flag.any() else None
@@ -246,7 +269,14 @@ def analyze(scores, labels, *, direction: str = "auto", recall_target: float = 0
     if median_precision is not None and not single and median_precision < base_rate:
         warnings.append(f"flagging the {'upper' if chosen_dir == 'ge' else 'lower'} half of scores gives precision "
                         f"{median_precision:.3f}, below the base rate {base_rate:.3f}: the direction looks inverted")
-    return {
+    p_wrong = _as_probability(scores, chosen_dir)
+    acceptance = None
+    if accuracy_target is not None:
+        acceptance = _acceptance(scores, labels, unit_scores, unit_labels, chosen_dir, accuracy_target, confidence,
+                                 seed, fixed_taus)
+        if acceptance["status"] != "certified":
+            warnings.append(acceptance["explanation"])
+    doc = {
         "n": int(len(scores)),
         "n_wrong": int(s.n_pos),
         "base_rate": base_rate,
@@ -254,21 +284,141 @@ def analyze(scores, labels, *, direction: str = "auto", recall_target: float = 0
         "direction_reason": why,
         "flag_rule": f"flag a sample when score {'>=' if chosen_dir == 'ge' else '<='} tau",
         "recall_target": recall_target,
+        "confidence": confidence,
+        "chosen_by": "in-sample: the most precise τ on these samples; no promise about new ones" if not confidence
+        else f"guarantee: recall >= {recall_target} on new samples with probability >= {confidence}",
         "auroc": a_raw if chosen_dir == "ge" or a_raw is None else 1.0 - a_raw,
         "auroc_of_score": a_raw,
         "average_precision": None if single else float(average_precision_score(labels, oriented)),
+        "ece": None if p_wrong is None else bootstrap_.ece(p_wrong, labels.astype(np.float64), np.ones(len(scores)),
+                                                           np.linspace(0, 1, bootstrap_.ECE_BUCKETS + 1)),
+        "brier": None if p_wrong is None else float(((p_wrong - labels) ** 2).mean()),
         "candidates": int(len(s.taus)),
         "class_means": {"wrong": float(pos.mean()) if len(pos) else None,
                         "right": float(neg.mean()) if len(neg) else None},
         "cohens_d": cohens_d(pos, neg),
         "chosen": _point(s, best),
+        "in_sample": _point(s, in_sample),
+        "guarantee": promise,
+        "acceptance": acceptance,
         "best_f1": _point(s, _argmax_strict(s.f1, s)),
         "best_youden": _point(s, youden),
         "sanity": {"median": median, "median_split_precision": median_precision, "base_rate": base_rate},
         "examples": _examples(scores, labels, s, best, ids, texts, examples),
-        "sweep": _table(s, best),
+        "sweep": _table(s, best, in_sample, None if promise is None else promise.pop("bounds")),
         "warnings": warnings,
     }
+    if bootstrap:
+        doc["intervals"] = _intervals(doc, scores, labels, oriented, p_wrong, groups, seed, bootstrap,
+                                      confidence or 0.95, on_resample)
+    return doc
+
+
+def _as_probability(scores: np.ndarray, direction: str) -> np.ndarray | None:
+    """The score as a probability of being wrong, when it can be one (every score in [0, 1]): the score
+    itself for `ge`, 1 - score for `le` (a higher score means right)."""
+    if scores.min() < 0.0 or scores.max() > 1.0:
+        return None
+    return scores if direction == "ge" else 1.0 - scores
+
+
+def _recall_promise(s: Sweep, unit_scores, unit_labels, target: float, confidence: float, why_units: str) -> dict:
+    """The guaranteed choice: among candidates whose recall bound is certified, the most precise."""
+    u = sweep(unit_scores, unit_labels, s.direction, s.taus)
+    order = np.arange(len(s.taus)) if s.direction == "ge" else np.arange(len(s.taus))[::-1]
+    passed = guarantee.certified_recall(u.tp, u.n_pos, target, confidence, order) & (s.flagged > 0)
+    bounds = guarantee.lower_bound(u.tp, u.n_pos, confidence)
+    index = _best(s, np.where(passed, s.precision, -np.inf), np.where(passed, s.recall, -np.inf)) \
+        if passed.any() else None
+    least = guarantee.needed(target, 1.0 - confidence)
+    if index is not None:
+        status, explanation = "certified", None
+    elif least is None or u.n_pos < least:
+        status = "too little data"
+        explanation = ("recall 1 cannot be promised from any finite sample" if least is None else
+                       f"too little data for the guarantee: recall >= {target} with probability >= {confidence} "
+                       f"needs at least {least} wrong samples (independent units), and there are {u.n_pos}")
+    else:
+        status = "no candidate"
+        explanation = f"no candidate τ certifies recall >= {target}; widen the grid (--grid exact tries every score)"
+    return {"confidence": confidence, "target": target, "method": RECALL_METHOD, "assumes": ASSUMES,
+            "units": why_units, "n_units": int(len(unit_scores)), "wrong_units": int(u.n_pos), "status": status,
+            "explanation": explanation, "recall_bound": None if index is None else float(bounds[index]),
+            "wrong_needed": least, "certified_candidates": int(passed.sum()), "index": index, "bounds": bounds}
+
+
+def _acceptance(scores, labels, unit_scores, unit_labels, direction: str, target: float, confidence: float,
+                seed: int, fixed) -> dict:
+    """The largest set to accept unreviewed (score on the trusted side of τ) whose accuracy is >= target:
+    certified with probability >= confidence (`guarantee.certified_accuracy`), or (confidence 0) on these
+    samples."""
+    if not 0.0 < target <= 1.0:
+        raise UsageError(f"--accuracy-target must be in (0, 1], got {target}")
+    if confidence:
+        taus, ok, tested = guarantee.certified_accuracy(unit_scores, unit_labels, direction, target, confidence, seed,
+                                                        fixed)
+    else:
+        taus = np.unique(scores if fixed is None else np.asarray(fixed, dtype=np.float64))
+    accepted, right = guarantee.accepted_counts(scores, labels, taus, direction)
+    if not confidence:
+        ok = right >= target * accepted - 1e-9 * accepted
+    ok &= accepted > 0
+    rule = "score < τ" if direction == "ge" else "score > τ"
+    doc = {"target": target, "confidence": confidence, "accept_rule": f"accept a sample unreviewed when {rule}",
+           "method": ACCURACY_METHOD if confidence else "in-sample: the largest accepted set whose accuracy on "
+                                                        "these samples reaches the target",
+           "candidates": int(len(taus)), "tau": None, "accepted": 0, "coverage": 0.0, "coverage_interval": None,
+           "accuracy": None}
+    if ok.any():
+        most = np.where(ok, accepted, -1)
+        top = np.flatnonzero(most == most.max())
+        i = int(top[0] if direction == "ge" else top[-1])  # equal sets: the stricter τ
+        u_accepted, _ = guarantee.accepted_counts(unit_scores, unit_labels, taus[i : i + 1], direction)
+        doc.update(tau=float(taus[i]), accepted=int(accepted[i]), coverage=float(accepted[i] / len(scores)),
+                   coverage_interval=guarantee.interval(int(u_accepted[0]), len(unit_scores), confidence or 0.95),
+                   accuracy=float(right[i] / accepted[i]))
+        return doc | {"status": "certified", "explanation": None}
+    least = guarantee.needed(target, 1.0 - confidence) if confidence else 1
+    why = (f" at confidence {confidence}: even with none wrong, that needs at least {least} accepted samples in "
+           f"the testing half (about {2 * least} independent units at one τ); the half holds {tested[0]}, "
+           f"{tested[1]} of them right" if confidence else "")
+    return doc | {"status": "too little data", "accepted_needed": least,
+                  "explanation": f"no set of samples can be accepted with accuracy >= {target}{why}"}
+
+
+def _intervals(doc: dict, scores, labels, oriented, p_wrong, groups, seed: int, n_boot: int, level: float,
+               on_resample=None) -> dict:
+    """Bootstrap intervals (groups resampled) of the ranking, calibration and chosen-τ figures."""
+    codes, _ = bootstrap_.codes_of(groups)
+    ranked = bootstrap_.Ranked.of(oriented, labels)
+    y = labels.astype(np.float64)
+    edges = np.linspace(0, 1, bootstrap_.ECE_BUCKETS + 1)
+    flagged = None if doc["chosen"] is None else (scores >= doc["chosen"]["tau"] if doc["direction"] == "ge"
+                                                  else scores <= doc["chosen"]["tau"])
+    acc = doc["acceptance"]
+    accepted = None if not acc or acc["tau"] is None else (scores < acc["tau"] if doc["direction"] == "ge"
+                                                           else scores > acc["tau"])
+
+    def ratio(num, den):
+        return float(num / den) if den > 0 else None
+
+    def statistic(w):
+        auc, ap = ranked.ranking(w)
+        out = {"auroc": auc, "average_precision": ap}
+        if p_wrong is not None:
+            out |= {"ece": bootstrap_.ece(p_wrong, y, w, edges), "brier": bootstrap_.brier(p_wrong, y, w)}
+        if flagged is not None:
+            tp = (w * flagged * y).sum()
+            out |= {"precision": ratio(tp, (w * flagged).sum()), "recall": ratio(tp, (w * y).sum())}
+        if accepted is not None:
+            out |= {"coverage": ratio((w * accepted).sum(), w.sum()),
+                    "accepted_accuracy": ratio((w * accepted * (1 - y)).sum(), (w * accepted).sum())}
+        return out
+
+    found = bootstrap_.intervals(statistic, codes, len(scores), n_boot, seed, level, on_resample)
+    grouped = codes is not None and codes.max() + 1 < len(scores)
+    return {"level": level, "resamples": n_boot, "seed": seed,
+            "resampled": "groups (samples sharing a prompt stay together)" if grouped else "samples", **found}
 
 
 def _examples(scores, labels, s: Sweep, best, ids, texts, k: int) -> dict:

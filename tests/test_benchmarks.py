@@ -93,3 +93,14 @@ def test_scaffold_constraint_prints_its_figures():
         assert 0 < doc[part]["seconds_inside_constraint"] < doc[part]["seconds_with_constraint"]
     print(json.dumps(doc, indent=2))
 
+
+
+@pytest.mark.slow
+def test_promises_benchmark_keeps_the_guarantee_and_shows_the_in_sample_choice_does_not():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "promises.py"), "--trials", "100"],
+                          capture_output=True, text=True, timeout=600, check=True)
+    doc = json.loads(proc.stdout)
+    g, s = doc["guaranteed"], doc["in_sample"]
+    assert g["recall_broken_share"] <= 0.05 + 0.06  # the promise, plus the binomial noise of 100 trials
+    assert s["recall_broken_share"] > 0.2 and g["mean_precision"] < s["mean_precision"]  # what the promise costs
+    assert g["accuracy_broken_share"] <= 0.11 and g["mean_coverage"] < s["mean_coverage"]

@@ -113,12 +113,60 @@ def test_map_is_written_and_used_by_critic_calibrated(tiny_run, tmp_path):
 
 
 def test_fits_report_ece_before_and_after(tiny_run, tmp_path):
-    for kind in ("isotonic", "temperature"):
-        result, _ = run(tiny_run, tmp_path / kind, fit=kind, n_samples=10)
-        assert result.fit["kind"] == kind and result.fit["ece_before"] is not None
+    for kind in ("isotonic", "temperature"):  # platt: below (the tiny model's critic is too weak for its slope)
+        result, _ = run(tiny_run, tmp_path / kind, fit=kind, n_samples=10, bootstrap=50)
+        assert result.fit["kind"] == kind and result.fit["ece_before"] is not None and result.fit["folds"] == 5
         assert calibration_map.load(tmp_path / kind).kind == kind
+        assert result.fit["bias"] is None
+        lo, hi = result.intervals["ece_after"]
+        assert lo <= hi and result.intervals["resamples"] == 50
     iso = calibration_map.load(tmp_path / "isotonic")
     assert all(b >= a for a, b in zip(iso.ys, iso.ys[1:]))  # isotonic = non-decreasing
+
+
+def test_cross_fitting_never_scores_a_map_on_what_it_saw():
+    """Labels that are pure noise: an isotonic map fitted and scored on the same tokens looks calibrated
+    (it memorises them); cross-fitted, the ECE after is what a new prompt would see, and larger."""
+    from cdt.calibrate import _cross_fit
+    from cdt.metrics import Reliability
+
+    rng = np.random.default_rng(0)
+    cfg = settings(fit="isotonic", buckets=20)
+    stats, folds = Reliability(20), [Reliability(20) for _ in range(5)]
+    for prompt in range(100):
+        p = rng.random(30)
+        y = rng.random(30) < 0.3
+        stats.add(p, y)
+        folds[prompt % 5].add(p, y)
+    doc, cmap, maps = _cross_fit(cfg, stats, folds, {})
+    p, y, w = stats.weighted_points()
+    in_sample = Reliability(20)
+    in_sample.add(np.repeat(cmap(p), w), np.repeat(y, w))
+    assert len(maps) == 5 and doc["ece_after"] > 1.5 * in_sample.report().ece
+    # each fold's map is the one fitted on the four others (an independent fit: the same map)
+    rest = Reliability(20)
+    for fold in folds[1:]:
+        rest.merge(fold)
+    again = calibration_map.fit("isotonic", *rest.weighted_points())
+    assert np.allclose(maps[0](np.linspace(0, 1, 11)), again(np.linspace(0, 1, 11)))
+
+
+def test_platt_recovers_a_known_miscalibration():
+    """True P(wrong) = sigmoid(2 logit(p) - 1): Platt finds T = 0.5 and bias -1 (the maximum-likelihood fit,
+    checked against scipy's optimiser on the same log loss)."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, logit
+
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.02, 0.98, 20_000)
+    y = (rng.random(20_000) < expit(2 * logit(p) - 1)).astype(int)
+    m = calibration_map.fit("platt", p, y, np.ones_like(p))
+    loss = lambda ab: -np.mean(y * np.log(expit(ab[0] * logit(p) + ab[1])) +  # noqa: E731
+                               (1 - y) * np.log(1 - expit(ab[0] * logit(p) + ab[1])))
+    a, b = minimize(loss, [1.0, 0.0]).x
+    assert 1 / m.temperature == pytest.approx(a, abs=1e-3) and m.bias == pytest.approx(b, abs=1e-3)
+    assert a == pytest.approx(2.0, abs=0.1) and b == pytest.approx(-1.0, abs=0.1)
+    assert calibration_map.CalibrationMap.from_dict(m.to_dict())(0.3) == pytest.approx(m(0.3))
 
 
 def test_calibration_map_by_hand():
@@ -162,8 +210,9 @@ def test_sample_scores_depend_on_the_values_alone():
 
 
 @pytest.mark.parametrize("kw, fragment", [({"n_samples": 0}, "--n-samples"), ({"mode": "dream"}, "unknown mode"),
-                                          ({"binning": "log"}, "unknown binning"), ({"fit": "platt"}, "unknown fit"),
-                                          ({"samples_per_prompt": 0}, "--samples-per-prompt")])
+                                          ({"binning": "log"}, "unknown binning"), ({"fit": "beta"}, "unknown fit"),
+                                          ({"samples_per_prompt": 0}, "--samples-per-prompt"),
+                                          ({"bootstrap": -1}, "--bootstrap"), ({"confidence": 1.0}, "--confidence")])
 def test_bad_settings(kw, fragment):
     with pytest.raises(UsageError, match=fragment):
         from_flags(CalibrateSettings, **kw).validate()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.helpers import assert_one_line_error, cdt_process, cli
@@ -167,7 +168,7 @@ def test_calibrated_policy_warns_when_the_map_came_from_another_sampler(tmp_path
     (["--n-samples", "0"], 2, "--n-samples"),
     (["--mode", "dream"], 2, "unknown mode"),
     (["--policy", "oracle"], 2, "unknown policy"),
-    (["--fit", "platt"], 2, "unknown fit"),
+    (["--fit", "beta"], 2, "unknown fit"),
     (["--schedule", "power:-2"], 2, "unknown schedule 'power:-2'"),
 ])
 def test_calibrate_bad_input(tiny_run, args, code, fragment):
@@ -248,10 +249,38 @@ def test_sweep_tau_grids_and_custom_keys(tmp_path):
 
 def test_sweep_tau_as_a_subprocess(tmp_path):
     f = write(tmp_path / "s.jsonl", [json.dumps({"id": i, "score": i / 20, "label": int(i > 12)}) for i in range(20)])
-    proc = cdt_process("sweep-tau", f, "--out-dir", tmp_path / "p", "--recall-target", "1.0")
+    proc = cdt_process("sweep-tau", f, "--out-dir", tmp_path / "p", "--recall-target", "1.0", "--confidence", "0")
     assert proc.returncode == 0, proc.stderr
     assert "chosen τ" in proc.stdout and "0.65: precision 1.000 · recall 1.000" in proc.stdout
-    assert proc.stderr == ""
+    assert "promise  none (--confidence 0)" in proc.stdout and proc.stderr == ""
+    strict = cli("sweep-tau", f, "--out-dir", tmp_path / "p", "--strict", "--bootstrap", "0")
+    assert strict.exit_code == 1 and "needs at least 29 wrong samples (independent units), and there are 7" \
+        in strict.stderr
+    assert "in-sample τ" in strict.stdout and len(list((tmp_path / "p").iterdir())) == 2  # the report is kept
+
+
+def test_sweep_tau_promises_and_intervals_in_json(tmp_path):
+    rng = np.random.default_rng(0)
+    y = (rng.random(600) < 0.3).astype(int)
+    s = np.clip(np.where(y == 1, rng.normal(0.62, 0.15, 600), rng.normal(0.45, 0.15, 600)), 0, 1)
+    lines = [json.dumps({"id": i, "group": i // 2, "score": float(s[i]), "label": int(y[i])}) for i in range(600)]
+    f = write(tmp_path / "s.jsonl", lines)
+    r = cli("sweep-tau", f, "--out-dir", tmp_path / "p", "--accuracy-target", "0.8", "--bootstrap", "200", "--json",
+            "--strict")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["direction"] == "ge" and doc["chosen"]["tau"] <= doc["in_sample"]["tau"]  # the promise costs τ
+    g = doc["guarantee"]
+    assert g["status"] == "certified" and g["n_units"] == 300 and g["recall_bound"] >= 0.9
+    assert doc["acceptance"]["status"] == "certified" and doc["acceptance"]["coverage"] > 0
+    iv = doc["intervals"]
+    assert iv["resamples"] == 200 and iv["resampled"].startswith("groups")
+    for key in ("auroc", "average_precision", "ece", "brier", "precision", "recall", "coverage", "accepted_accuracy"):
+        assert iv[key][0] <= iv[key][1], key
+    assert iv["auroc"][0] <= doc["auroc"] <= iv["auroc"][1]
+    again = json.loads(cli("sweep-tau", f, "--out-dir", tmp_path / "p", "--accuracy-target", "0.8", "--bootstrap",
+                           "200", "--json").stdout)
+    assert again["intervals"] == iv  # seeded
 
 
 def _long_calibrate_writing(tiny_run, out):
