@@ -310,6 +310,7 @@ def test_sigterm_to_a_real_calibrate_keeps_the_samples_it_scored(tiny_run, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl.partial"]
 
 
+@pytest.mark.slow  # a real process killed mid-run; the library-level recovery tests run in the fast suite
 def test_a_rerun_keeps_what_a_killed_calibrate_scored(tiny_run, tmp_path):
     out = tmp_path / "s.jsonl"
     proc = _long_calibrate_writing(tiny_run, out)

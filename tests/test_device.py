@@ -25,6 +25,7 @@ def test_tuning_applies_on_linux_with_glibc(monkeypatch):
     assert tune_cpu_allocator() is True
 
 
+@pytest.mark.slow  # two fresh interpreters: run by .ci/run after the fast suite
 def test_importing_cdt_does_not_tune_only_the_entry_point_does():
     """A library user's process keeps its allocator: only `cdt` / `python -m cdt` calls the tuning."""
     code = ("import sys, unittest.mock as m, cdt.device as d\n"

@@ -142,6 +142,7 @@ def test_state_kind_tells_the_saved_optimizers_apart():
     assert state_kind(None) is None
 
 
+@pytest.mark.slow  # a quality comparison of two trainings: run by .ci/run after the fast suite
 def test_muon_learns_on_tiny_data_at_least_as_fast_as_adamw(tmp_path):
     final = {}
     for name in ("adamw", "muon"):

@@ -19,6 +19,7 @@ def test_same_seed_same_records_other_seed_other_records():
     assert toolcalls.generate(200, 5) != toolcalls.generate(200, 6)
 
 
+@pytest.mark.slow  # fresh interpreters with other hash seeds: run by .ci/run after the fast suite
 def test_deterministic_across_processes_and_hash_seeds():
     code = "from cdt.data import toolcalls; print(toolcalls.generate(50, 9)[-1].answer)"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -48,7 +48,7 @@ class StopAt(Reporter):
             self.stop.signal_name = "SIGTERM"
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+@pytest.mark.parametrize("optimizer", [pytest.param("adamw", marks=pytest.mark.slow), "muon"])  # muon: the default
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, optimizer):
     cfg = dict(max_iters=24, eval_interval=10, log_interval=5, optimizer=optimizer)
     train(tiny_config(**cfg), tmp_path / "full")
