@@ -173,3 +173,31 @@ def test_acceptance_with_too_little_data_says_so():
     acc = analyze(s, y, direction="ge", confidence=0.95, accuracy_target=0.99)["acceptance"]
     assert acc["status"] == "too little data" and acc["tau"] is None and acc["accepted_needed"] == 299
     assert "299 accepted samples" in acc["explanation"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), n=st.integers(30, 160), target=st.sampled_from([0.5, 0.8, 0.9]),
+       confidence=st.sampled_from([0.8, 0.95]), direction=st.sampled_from(["ge", "le"]))
+def test_a_certified_tau_is_feasible_bounded_and_never_beats_the_in_sample_optimum(data, n, target, confidence,
+                                                                                   direction):
+    """Whatever the scores: a certified τ's recall bound reaches the target and is the Clopper–Pearson bound
+    of its own counts; every candidate that flags more is certified too (the tested prefix); the in-sample
+    choice, free of the promise, is at least as precise."""
+    levels = data.draw(st.integers(2, 12))
+    s = np.asarray(data.draw(st.lists(st.integers(0, levels), min_size=n, max_size=n)), float) / levels
+    y = np.asarray(data.draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)))
+    doc = analyze(s, y, direction=direction, recall_target=target, confidence=confidence, examples=0)
+    g, c = doc["guarantee"], doc["chosen"]
+    if g["status"] != "certified":
+        assert c is None and g["explanation"]
+        return
+    k, wrong = c["confusion"]["tp"], int(y.sum())
+    assert g["recall_bound"] == pytest.approx(float(guarantee.lower_bound(k, wrong, confidence)))
+    assert g["recall_bound"] >= target and c["recall"] >= target
+    looser = s[y == 1] >= c["tau"] if direction == "ge" else s[y == 1] <= c["tau"]
+    assert looser.sum() == k
+    for tau in np.unique(s):  # every τ that flags at least as much is certified as well
+        flags = (s[y == 1] >= tau) if direction == "ge" else (s[y == 1] <= tau)
+        if flags.sum() >= k:
+            assert guarantee.p_value(flags.sum(), wrong, target) <= 1 - confidence
+    assert doc["in_sample"]["precision"] >= c["precision"] - 1e-12
