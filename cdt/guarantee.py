@@ -27,6 +27,7 @@ import math
 import numpy as np
 from scipy import stats
 
+from cdt.errors import UsageError
 
 ASSUMES = ("the samples to come are exchangeable with these (drawn alike, from the same prompts' "
            "distribution and the same model and sampler)")
@@ -136,3 +137,56 @@ def accepted_counts(scores: np.ndarray, labels: np.ndarray, taus: np.ndarray, di
             len(right) - np.searchsorted(right, taus, side="right"))
 
 
+def recall_status(certified: bool, wrong_units: int, target: float, confidence: float) -> tuple[str, str | None]:
+    """(status, the line that explains a promise not made): certified, too little data, or no candidate."""
+    least = needed(target, 1.0 - confidence)
+    if certified:
+        return "certified", None
+    if least is None:
+        return "too little data", "recall 1 cannot be promised from any finite sample"
+    if wrong_units < least:
+        return "too little data", (f"too little data for the guarantee: recall >= {target} with probability >= "
+                                   f"{confidence} needs at least {least} wrong samples (independent units), and there "
+                                   f"are {wrong_units}")
+    return "no candidate", f"no candidate τ certifies recall >= {target}; widen the grid (--grid exact tries every score)"
+
+
+def acceptance(scores, labels, unit_scores, unit_labels, direction: str, target: float, confidence: float,
+                seed: int, fixed) -> dict:
+    """The largest set to accept unreviewed (score on the trusted side of τ) whose accuracy is >= target:
+    certified with probability >= confidence (`certified_accuracy`), or (confidence 0) on these
+    samples."""
+    if not 0.0 < target <= 1.0:
+        raise UsageError(f"--accuracy-target must be in (0, 1], got {target}")
+    if confidence:
+        taus, ok, tested = certified_accuracy(unit_scores, unit_labels, direction, target, confidence, seed,
+                                                        fixed)
+    else:
+        taus = np.unique(scores if fixed is None else np.asarray(fixed, dtype=np.float64))
+    accepted, right = accepted_counts(scores, labels, taus, direction)
+    if not confidence:
+        ok = right >= target * accepted - 1e-9 * accepted
+    ok &= accepted > 0
+    rule = "score < τ" if direction == "ge" else "score > τ"
+    doc = {"target": target, "confidence": confidence, "accept_rule": f"accept a sample unreviewed when {rule}",
+           "method": ACCURACY_METHOD if confidence else "in-sample: the largest accepted set whose accuracy on "
+                                                        "these samples reaches the target",
+           "candidates": int(len(taus)), "tau": None, "accepted": 0, "coverage": 0.0, "coverage_interval": None,
+           "accuracy": None}
+    if ok.any():
+        most = np.where(ok, accepted, -1)
+        top = np.flatnonzero(most == most.max())
+        i = int(top[0] if direction == "ge" else top[-1])  # equal sets: the stricter τ
+        u_accepted, _ = accepted_counts(unit_scores, unit_labels, taus[i : i + 1], direction)
+        doc.update(tau=float(taus[i]), accepted=int(accepted[i]), coverage=float(accepted[i] / len(scores)),
+                   coverage_interval=interval(int(u_accepted[0]), len(unit_scores), confidence or 0.95),
+                   accuracy=float(right[i] / accepted[i]))
+        return doc | {"status": "certified", "explanation": None}
+    if not confidence:
+        return doc | {"status": "none", "explanation": f"no set of these samples has accuracy >= {target}"}
+    least = needed(target, 1.0 - confidence)
+    why = (f" at confidence {confidence}: even with none wrong, that needs at least {least} accepted samples in "
+           f"the testing half (about {2 * least} independent units at one τ); the half holds {tested[0]}, "
+           f"{tested[1]} of them right")
+    return doc | {"status": "too little data", "accepted_needed": least,
+                  "explanation": f"no set of samples can be accepted with accuracy >= {target}{why}"}

@@ -21,7 +21,7 @@ from sklearn.metrics import average_precision_score
 from cdt import bootstrap as bootstrap_
 from cdt import guarantee
 from cdt.errors import UsageError
-from cdt.guarantee import ACCURACY_METHOD, ASSUMES, RECALL_METHOD
+from cdt.guarantee import ASSUMES, RECALL_METHOD
 from cdt.metrics import auroc
 from cdt.settings import DIRECTIONS, MAX_TAUS, SweepSettings, tau_range_count
 
@@ -252,7 +252,7 @@ def analyze(scores, labels, *, direction: str = "auto", recall_target: float = 0
     keep, why_units = guarantee.units(groups, seed)
     unit_scores, unit_labels = (scores, labels) if keep is None else (scores[keep], labels[keep])
     promise = _recall_promise(s, unit_scores, unit_labels, recall_target, confidence, why_units) if confidence else None
-    best = in_sample if promise is None else promise.pop("index")
+    best, bounds = (in_sample, None) if promise is None else (promise.pop("index"), promise.pop("bounds"))
     youden = _argmax_strict(s.recall - s.fpr, s) if not single else None
     warnings = []
     if single:
@@ -272,8 +272,8 @@ def analyze(scores, labels, *, direction: str = "auto", recall_target: float = 0
     p_wrong = _as_probability(scores, chosen_dir)
     acceptance = None
     if accuracy_target is not None:
-        acceptance = _acceptance(scores, labels, unit_scores, unit_labels, chosen_dir, accuracy_target, confidence,
-                                 seed, fixed_taus)
+        acceptance = guarantee.acceptance(scores, labels, unit_scores, unit_labels, chosen_dir, accuracy_target,
+                                          confidence, seed, fixed_taus)
         if acceptance["status"] != "certified":
             warnings.append(acceptance["explanation"])
     doc = {
@@ -305,7 +305,7 @@ def analyze(scores, labels, *, direction: str = "auto", recall_target: float = 0
         "best_youden": _point(s, youden),
         "sanity": {"median": median, "median_split_precision": median_precision, "base_rate": base_rate},
         "examples": _examples(scores, labels, s, best, ids, texts, examples),
-        "sweep": _table(s, best, in_sample, None if promise is None else promise.pop("bounds")),
+        "sweep": _table(s, best, in_sample, bounds),
         "warnings": warnings,
     }
     if bootstrap:
@@ -331,59 +331,11 @@ def _recall_promise(s: Sweep, unit_scores, unit_labels, target: float, confidenc
     index = _best(s, np.where(passed, s.precision, -np.inf), np.where(passed, s.recall, -np.inf)) \
         if passed.any() else None
     least = guarantee.needed(target, 1.0 - confidence)
-    if index is not None:
-        status, explanation = "certified", None
-    elif least is None or u.n_pos < least:
-        status = "too little data"
-        explanation = ("recall 1 cannot be promised from any finite sample" if least is None else
-                       f"too little data for the guarantee: recall >= {target} with probability >= {confidence} "
-                       f"needs at least {least} wrong samples (independent units), and there are {u.n_pos}")
-    else:
-        status = "no candidate"
-        explanation = f"no candidate τ certifies recall >= {target}; widen the grid (--grid exact tries every score)"
+    status, explanation = guarantee.recall_status(index is not None, u.n_pos, target, confidence)
     return {"confidence": confidence, "target": target, "method": RECALL_METHOD, "assumes": ASSUMES,
             "units": why_units, "n_units": int(len(unit_scores)), "wrong_units": int(u.n_pos), "status": status,
             "explanation": explanation, "recall_bound": None if index is None else float(bounds[index]),
             "wrong_needed": least, "certified_candidates": int(passed.sum()), "index": index, "bounds": bounds}
-
-
-def _acceptance(scores, labels, unit_scores, unit_labels, direction: str, target: float, confidence: float,
-                seed: int, fixed) -> dict:
-    """The largest set to accept unreviewed (score on the trusted side of τ) whose accuracy is >= target:
-    certified with probability >= confidence (`guarantee.certified_accuracy`), or (confidence 0) on these
-    samples."""
-    if not 0.0 < target <= 1.0:
-        raise UsageError(f"--accuracy-target must be in (0, 1], got {target}")
-    if confidence:
-        taus, ok, tested = guarantee.certified_accuracy(unit_scores, unit_labels, direction, target, confidence, seed,
-                                                        fixed)
-    else:
-        taus = np.unique(scores if fixed is None else np.asarray(fixed, dtype=np.float64))
-    accepted, right = guarantee.accepted_counts(scores, labels, taus, direction)
-    if not confidence:
-        ok = right >= target * accepted - 1e-9 * accepted
-    ok &= accepted > 0
-    rule = "score < τ" if direction == "ge" else "score > τ"
-    doc = {"target": target, "confidence": confidence, "accept_rule": f"accept a sample unreviewed when {rule}",
-           "method": ACCURACY_METHOD if confidence else "in-sample: the largest accepted set whose accuracy on "
-                                                        "these samples reaches the target",
-           "candidates": int(len(taus)), "tau": None, "accepted": 0, "coverage": 0.0, "coverage_interval": None,
-           "accuracy": None}
-    if ok.any():
-        most = np.where(ok, accepted, -1)
-        top = np.flatnonzero(most == most.max())
-        i = int(top[0] if direction == "ge" else top[-1])  # equal sets: the stricter τ
-        u_accepted, _ = guarantee.accepted_counts(unit_scores, unit_labels, taus[i : i + 1], direction)
-        doc.update(tau=float(taus[i]), accepted=int(accepted[i]), coverage=float(accepted[i] / len(scores)),
-                   coverage_interval=guarantee.interval(int(u_accepted[0]), len(unit_scores), confidence or 0.95),
-                   accuracy=float(right[i] / accepted[i]))
-        return doc | {"status": "certified", "explanation": None}
-    least = guarantee.needed(target, 1.0 - confidence) if confidence else 1
-    why = (f" at confidence {confidence}: even with none wrong, that needs at least {least} accepted samples in "
-           f"the testing half (about {2 * least} independent units at one τ); the half holds {tested[0]}, "
-           f"{tested[1]} of them right" if confidence else "")
-    return doc | {"status": "too little data", "accepted_needed": least,
-                  "explanation": f"no set of samples can be accepted with accuracy >= {target}{why}"}
 
 
 def _intervals(doc: dict, scores, labels, oriented, p_wrong, groups, seed: int, n_boot: int, level: float,
