@@ -8,7 +8,9 @@ Prints one JSON document. Generated tokens are the masked answer characters of
 held-out toolcalls records; throughput does not depend on the weights, so the
 default builds an untrained `small` model rather than needing a checkpoint.
 
-Each result also gives the model FLOP/s its passes reached (forward FLOPs of every
+Each result also gives the passes a row needed (mean), milliseconds per row, the share of
+rows whose masked region came out exactly right (meaningful with --checkpoint) and
+exact-match points per pass: quality per unit of compute. And the model FLOP/s its passes reached (forward FLOPs of every
 trunk pass, counted as train_throughput.py counts them, over the padded width) and
 their share of a square-matmul peak measured in the same run; `ceiling_over_batch1`
 is that peak over batch 1's FLOP/s: the most any batch could gain over one row if it
@@ -80,7 +82,7 @@ def main():
             warm = held.take(torch.arange(b))
             generate(model, warm.template, warm.protected, scfg)  # warm-up
             synchronize(device)
-            t0, tokens, passes, flops = time.perf_counter(), 0, 0, 0.0
+            t0, tokens, passes, flops, row_passes, exact = time.perf_counter(), 0, 0, 0.0, 0, 0
             for lo in range(0, args.rows, b):  # the same rows at every batch size
                 hi = min(lo + b, args.rows)
                 part = held.take(torch.arange(lo, hi))  # cut to its longest row, as cdt sample and eval run
@@ -88,12 +90,19 @@ def main():
                                row_seeds=[seed_for(0, i) for i in range(lo, hi)])
                 tokens += int((part.template == MASK_ID).sum())
                 passes += sum(gen.passes.values())
+                row_passes += int(gen.row_passes.sum())
+                region = part.template == MASK_ID
+                exact += int(((gen.tokens == part.clean) | ~region).all(1).sum())
                 g, c = pass_flops(model.cfg, part.template.shape[1])
                 flops += part.template.numel() * (gen.passes["generator"] * g + gen.passes["critic"] * c)
             synchronize(device)
             elapsed = time.perf_counter() - t0
             results[f"{policy}@{b}"] = {"tokens_per_s": tokens / elapsed,
                                        "passes_per_step": passes / ((args.rows + b - 1) // b) / args.steps,
+                                       "passes_per_row": row_passes / args.rows,
+                                       "ms_per_row": 1000 * elapsed / args.rows,
+                                       "exact": exact / args.rows,
+                                       "exact_per_pass": 100 * exact / max(row_passes, 1),
                                        "model_gflops_per_s": flops / elapsed / 1e9,
                                        "share_of_matmul_peak": flops / elapsed / peak}
     small, large = (int(x) for x in (args.batches.split(",")[0], args.batches.split(",")[-1]))

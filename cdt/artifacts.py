@@ -74,3 +74,13 @@ def build_critic_artifacts(noisy: torch.Tensor, logits: torch.Tensor, clean: tor
         out.critic_target = (critic_input != clean).float()
         out.critic_valid = filled.clone() if scope == "masked" else noisy != PAD_ID
     return out
+
+
+def with_rows(art: CriticArtifacts, rows: torch.Tensor, tokens: torch.Tensor, clean: torch.Tensor) -> CriticArtifacts:
+    """`art` with the critic input of `rows` replaced by `tokens` (b', n), rows the sampler filled in several
+    steps from the same corruption (the same positions filled, so `filled` and `critic_valid` hold), and
+    their targets relabelled the one way: input != clean."""
+    art.critic_input[rows] = tokens
+    if art.critic_target is not None:
+        art.critic_target[rows] = (tokens != clean[rows]).float()
+    return art

@@ -88,6 +88,9 @@ class TrainConfig:
     critic_warmup_start: int = 1750  # the generator alone first: more steps in the same time, better values
     critic_warmup_end: int = 1950
     fill_temperature: float = 1.0  # temperature of the generator samples the critic judges
+    rollout_share: float = 0.0  # share of the critic's rows filled by a short sampler rollout instead of one pass
+    rollout_steps: int = 4  # a rollout runs 1..rollout_steps confidence steps (no gradients) from the row's corruption
+    rollout_eval_rows: int = 64  # validation: rows the critic judges after the sampler's full generation (0: off)
     eval_interval: int = 500
     eval_rows: int = 256
     log_interval: int = 25
@@ -191,6 +194,9 @@ RANGES = {  # numeric keys a value can be out of range for; checked wherever a v
     "data.n_records": _at_least(10),
     "data.answer_tail": _NONNEG,
     "train.critic_rows": _NONNEG,
+    "train.rollout_share": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
+    "train.rollout_steps": _COUNT,
+    "train.rollout_eval_rows": _NONNEG,
     **{f"train.{k}": _COUNT for k in ("max_iters", "batch_size", "length_groups", "grad_accum", "eval_interval",
                                       "eval_rows", "log_interval")},
     **{f"train.{k}": _NONNEG for k in ("min_lr", "warmup_iters", "weight_decay", "grad_clip", "critic_alpha_start",

@@ -57,6 +57,11 @@ def train_summary(result, ema: float = 0.0) -> Text:
                                    f"{_num(e['critic_auroc_masked'])} on filled positions only · "
                                    f"mean P(wrong) {_num(e['critic_p_wrong'])} on wrong tokens vs "
                                    f"{_num(e['critic_p_right'])} on right ones"))
+        if e.get("critic_rollout_auroc") is not None or e.get("critic_rollout_ece") is not None:
+            rows.append(("own fills", f"critic AUROC {_num(e['critic_rollout_auroc'])} · ECE "
+                                      f"{_num(e['critic_rollout_ece'])} on its own {e['rollout_rows']}-row "
+                                      f"generations ({_pct(e['rollout_error_rate'])} of their tokens wrong), as "
+                                      "cdt calibrate will judge them"))
     text = Text()
     for key, value in rows:
         text.append(f"{key:>10}  ", style="bold").append(value + "\n")
@@ -99,16 +104,17 @@ def eval_table(rows, n: int, masking: str = "answer", ratio: float = 0.0, tail: 
                   pad_edge=False, padding=(0, 0, 0, 1), caption=cut or None, caption_justify="left")
     width = max(len(r.policy) for r in rows)
     graded = rows[0].json_valid is not None
-    columns = ("passes", "policy", "steps", "char acc", "exact") + (("JSON ok", "fields") if graded else ()) + ("s",)
+    columns = ("passes", "policy", "steps", "char acc", "exact") + (("JSON ok", "fields") if graded else ()) + (
+        "exact/pass", "ms/row")
     for col in columns:
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True,
                          min_width=width if col == "policy" else max(len(col), 5))
     best = max(r.exact for r in rows)
-    for r in sorted(rows, key=lambda r: (r.passes, r.policy)):
-        cells = [f"{r.passes:.0f}", r.policy, str(r.steps), _pct(r.char_acc),
+    for r in sorted(rows, key=lambda r: (r.row_passes, r.policy)):  # passes: what a row needed, mean over rows
+        cells = [f"{r.row_passes:.1f}", r.policy, str(r.steps), _pct(r.char_acc),
                  f"[bold]{_pct(r.exact)}[/bold]" if r.exact == best else _pct(r.exact)]
         cells += [_pct(r.json_valid), _pct(r.field_acc)] if graded else []
-        table.add_row(*cells, f"{r.seconds:.1f}")
+        table.add_row(*cells, f"{r.exact_per_pass:.2f}", f"{r.ms_per_row:.0f}")
     return table
 
 

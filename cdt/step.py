@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cdt.artifacts import CriticArtifacts, build_critic_artifacts
+from cdt.artifacts import CriticArtifacts, build_critic_artifacts, with_rows
 from cdt.config import TrainConfig
 from cdt.data import Batch
 from cdt.device import autocast
@@ -20,7 +20,7 @@ from cdt.losses import critic_bce, diffusion_nelbo
 from cdt.model import DiffusionLM
 from cdt.noise import EPS, Schedule, corrupt, get_schedule
 from cdt.rng import RowGenerators
-from cdt.vocab import PAD_ID
+from cdt.vocab import MASK_ID, PAD_ID
 
 
 @dataclass
@@ -59,10 +59,36 @@ def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: 
         c_noisy, c_logits, c_clean = noisy[rows], c_logits[rows], clean[rows]
     art = build_critic_artifacts(c_noisy, c_logits, c_clean, temperature=cfg.fill_temperature,
                                  scope=cfg.critic_scope, allow_null=allow_null, generator=generator)
+    k = round(cfg.rollout_share * len(c_clean))
+    if k:  # these rows show the critic what sampling will: a few confidence steps instead of one fill
+        rows = torch.arange(k, device=c_clean.device) * len(c_clean) // k
+        draws = (generator.uniform((2,), torch.float64)[rows.cpu()] if isinstance(generator, RowGenerators)
+                 else torch.rand((k, 2), generator=generator, dtype=torch.float64))
+        art = with_rows(art, rows, rollout(model, c_noisy[rows], cfg.rollout_steps, draws, allow_null), c_clean)
     with autocast(device):
         critic_logits = model.critic_logits(model(art.critic_input)).float()
     return StepOutput(gen_loss, critic_bce(critic_logits, art.critic_target, art.critic_valid), noisy, masked,
                       maskable, logits, art, critic_logits)
+
+
+@torch.no_grad()
+def rollout(model: DiffusionLM, noisy: torch.Tensor, max_steps: int, draws: torch.Tensor,
+            allow_null: bool) -> torch.Tensor:
+    """Fill the [MASK] positions of `noisy` (b, n) as `cdt sample` would, in 1..max_steps confidence steps,
+    without gradients; the model's mode is kept. `draws` (b, 2) uniforms: the first row's first sets the
+    step count, each row's second its sampling seed."""
+    from cdt.sampling.loop import generate
+    from cdt.settings import SampleConfig
+
+    steps = 1 + min(int(draws[0, 0] * max_steps), max_steps - 1)
+    seeds = (draws[:, 1] * (1 << 53)).long().tolist()
+    was_training = model.training
+    try:
+        out = generate(model, noisy, noisy != MASK_ID, SampleConfig(steps=steps), row_seeds=seeds,
+                       allow_null=allow_null)
+    finally:
+        model.train(was_training)
+    return out.tokens.to(noisy.device)
 
 
 class TrainStep(torch.nn.Module):

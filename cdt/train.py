@@ -71,6 +71,7 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
     characters at t ~ U(0, 1) (answer characters on toolcalls, every character of a text file).
     value_acc: see `value_accuracy`. critic_auroc: over every non-[PAD] maskable (answer) position
     of the filled row; critic_auroc_masked: over the filled positions only (harder).
+    critic_rollout_auroc / _ece: the critic on the sampler's own generations (`rollout_figures`).
     """
     was_training = model.training
     model.eval()
@@ -94,6 +95,7 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
             probs_m.append(p[out.masked].cpu()), wrong_m.append(out.artifacts.critic_target[out.masked].cpu())
     values = (value_accuracy(model, corpus.records[:VALUE_RECORDS], corpus.vocab, device, scaffold=cfg.data.scaffold)
               if corpus.records else None)
+    rollouts = rollout_figures(model, corpus, cfg, device) if probs else {}
     model.train(was_training)
     result = {
         "value_acc": values,
@@ -111,8 +113,39 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
             "critic_p_wrong": float(p[y == 1].mean()) if (y == 1).any() else None,
             "critic_p_right": float(p[y == 0].mean()) if (y == 0).any() else None,
             "fill_error_rate": float(ym.mean()) if ym.size else None,
+            **rollouts,
         })
     return result
+
+
+ROLLOUT_BUCKETS = 20
+
+
+def rollout_figures(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.device) -> dict:
+    """The critic on the sampler's own generations, as `cdt calibrate` measures it by default: the first
+    `train.rollout_eval_rows` validation rows with calibrate's region masked (the answer; a 30% span of
+    text), filled by the sampling loop (policy critic, the run's sample.steps), judged on the final rows.
+    One-step fills are incoherent and easy to catch; these are the states the critic must judge in use."""
+    from cdt.metrics import Reliability
+    from cdt.sampling.loop import final_critic_probs, generate
+    from cdt.sampling.template import heldout_templates
+    from cdt.settings import SampleConfig
+
+    n = min(cfg.train.rollout_eval_rows, len(corpus.val)) if not corpus.val.window else cfg.train.rollout_eval_rows
+    if n <= 0:
+        return {}
+    clean, template, protected = heldout_templates(corpus, n, "answer" if corpus.records else "span")
+    sampler = SampleConfig(policy="critic", steps=cfg.sample.steps)
+    out = generate(model, template.to(device), protected.to(device), sampler,
+                   row_seeds=[seed_for(sampler.seed, i, 0) for i in range(n)], allow_null=cfg.data.emits_null)
+    probs, _ = final_critic_probs(model, out)
+    region = ~protected & (clean != PAD_ID)
+    p, y = probs[region].double().numpy(), (out.tokens != clean)[region].numpy()
+    rel = Reliability(ROLLOUT_BUCKETS)
+    rel.add(p, y)
+    ece = rel.report().ece
+    return {"critic_rollout_auroc": auroc(p, y), "critic_rollout_ece": None if ece is None else float(ece),
+            "rollout_error_rate": float(y.mean()) if y.size else None, "rollout_rows": n}
 
 
 def value_accuracy(model: DiffusionLM, records: list, vocab, device: torch.device, batch_size: int = 128,

@@ -54,6 +54,10 @@ def test_sample_throughput_prints_its_figures():
     doc = json.loads(proc.stdout)
     assert doc["results"]["confidence@1"]["passes_per_step"] == 1.0
     assert doc["results"]["critic@8"]["passes_per_step"] == 2.0
+    assert doc["results"]["confidence@1"]["passes_per_row"] == 4.0 and doc["results"]["critic@8"]["passes_per_row"] == 8.0
+    for r in doc["results"].values():
+        assert 0 <= r["exact"] <= 1 and r["ms_per_row"] > 0
+        assert r["exact_per_pass"] == pytest.approx(100 * r["exact"] / r["passes_per_row"])
     for r in doc["results"].values():
         assert r["model_gflops_per_s"] > 0 and r["share_of_matmul_peak"] == pytest.approx(
             r["model_gflops_per_s"] / doc["matmul_peak_gflops"])

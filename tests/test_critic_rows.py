@@ -1,4 +1,5 @@
-"""train.critic_rows: the critic's pass takes evenly spaced rows of the batch, the generator every row."""
+"""train.critic_rows: the critic's pass takes evenly spaced rows of the batch, the generator every row;
+train.rollout_share: some of those rows filled by the sampler; the critic judged on its own generations."""
 
 import pytest
 import torch
@@ -64,3 +65,68 @@ def test_a_negative_count_is_refused_with_one_line(tmp_path):
               "--set", "train.critic_rows=-1")
     assert res.exit_code == 2 and "critic_rows" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_rollout_rows_hold_the_samplers_fill_labelled_the_one_way(monkeypatch):
+    """train.rollout_share: the chosen critic rows are filled by the sampling loop itself (confidence, 1..K
+    steps, only the corruption's [MASK] positions), their targets are input != clean as for every row, the
+    model's training mode survives, and the same seed gives the same rows."""
+    import cdt.sampling.loop as loop
+    from cdt.config import TrainConfig
+    from cdt.data import Batch
+    from cdt.model import DiffusionLM
+    from cdt.config import ModelConfig
+    from cdt.noise import get_schedule
+    from cdt.step import diffusion_step
+    from cdt.vocab import MASK_ID
+
+    torch.manual_seed(0)
+    model = DiffusionLM(ModelConfig(vocab_size=30, d_model=32, n_layers=2, n_heads=2, block_size=24, critic="linear"))
+    model.train()
+    clean = torch.randint(3, 30, (8, 24))
+    maskable = torch.zeros(8, 24, dtype=torch.bool)
+    maskable[:, 8:] = True
+    calls, real = [], loop.generate
+
+    def recorded(m, ids, protected, cfg, **kw):
+        out = real(m, ids, protected, cfg, **kw)
+        calls.append((ids.clone(), protected.clone(), cfg, out.tokens.clone()))
+        return out
+
+    monkeypatch.setattr(loop, "generate", recorded)
+    cfg = TrainConfig(rollout_share=0.5, rollout_steps=3)
+
+    def step(seed):
+        return diffusion_step(model, Batch(clean, maskable), torch.linspace(0.2, 1.0, 8), get_schedule("loglinear"),
+                              cfg, "answer", torch.Generator().manual_seed(seed), torch.device("cpu"))
+
+    out = step(5)
+    assert model.training and len(calls) == 1
+    ids, protected, sampler, tokens = calls[0]
+    assert sampler.policy == "confidence" and 1 <= sampler.steps <= 3
+    assert torch.equal(protected, ids != MASK_ID)
+    rows = torch.arange(4) * 8 // 4
+    art = out.artifacts
+    assert torch.equal(ids, out.noisy[rows]) and torch.equal(art.critic_input[rows], tokens)
+    assert not (art.critic_input == MASK_ID).any()
+    assert torch.equal(art.critic_target, (art.critic_input != clean).float())
+    assert torch.equal(art.critic_valid, out.noisy == MASK_ID)
+    again = step(5)
+    assert torch.equal(again.artifacts.critic_input, art.critic_input)
+
+
+def test_the_rollout_figure_is_what_calibrate_finds_on_the_same_rows(tmp_path):
+    """Training's "own fills" figure runs calibrate's default generation on the first validation rows: on
+    a fresh checkpoint, `cdt calibrate --n-samples 8` finds the same token ECE and AUROC."""
+    from cdt.calibrate import calibrate
+    from cdt.settings import CalibrateSettings, from_flags
+
+    cfg = resolve("tiny")
+    cfg.train.max_iters, cfg.train.eval_interval, cfg.train.rollout_eval_rows = 20, 20, 8
+    train_mod.train(cfg, tmp_path / "run")
+    last = checkpoint.load(tmp_path / "run").extra["eval"]
+    assert last["rollout_rows"] == 8
+    result = calibrate(checkpoint.load(tmp_path / "run"), from_flags(CalibrateSettings, n_samples=8, bootstrap=0,
+                                                                     device="cpu"), tmp_path / "s.jsonl", None)
+    assert last["critic_rollout_ece"] == pytest.approx(result.tokens.ece, abs=1e-9)
+    assert last["critic_rollout_auroc"] == pytest.approx(result.tokens.auroc, abs=2e-3)

@@ -119,6 +119,20 @@ def test_threshold_commits_at_least_one_per_step_and_all_at_once_when_easy():
     assert easy.passes["generator"] == 1 and len(easy.steps) == 1
 
 
+@pytest.mark.parametrize("policy", ["confidence", "critic"])
+def test_a_row_pays_only_the_passes_run_while_it_had_masks(policy):
+    """Threshold commits: one row with 2 masks, one with 16. Each row's count is the passes run while it
+    still had [MASK] left (what a sampler that drops finished rows pays); the batch pays the longest row."""
+    ids, protected = template(16, rows=2)
+    ids[0, 6:] = 9  # row 0: two masks left
+    gen = generate(model(), ids, protected, SampleConfig(policy=policy, commit="threshold", threshold=0.999, steps=40),
+                   record=True)
+    per_step = 2 if policy == "critic" else 1
+    active = [int(rec.masked_before[r].any()) for rec in gen.steps for r in (0, 1)]
+    expected = [per_step * sum(active[r::2]) for r in (0, 1)]
+    assert gen.row_passes.tolist() == expected and expected[0] < expected[1]
+    assert max(expected) == sum(gen.passes.values())
+
 def test_critic_policy_remasks_the_highest_critic_scores():
     gen, _, protected = run(policy="critic", commit="remask", steps=6, schedule="linear")
     for rec in gen.steps[:-1]:

@@ -50,6 +50,8 @@ class EvalRow:
     policy: str
     steps: int
     passes: float  # trunk passes per generation (generator + critic), mean over batches
+    row_passes: float  # the passes a row needed (while it had [MASK] left), mean over rows: what a
+    # sampler that drops finished rows would pay
     char_acc: float  # share of masked characters restored exactly
     exact: float  # share of rows whose masked region reads right ([NULL] dropped)
     json_valid: float | None  # toolcalls: share of answers that parse as JSON
@@ -57,9 +59,19 @@ class EvalRow:
     seconds: float
     outcomes: list[RowOutcome] = field(default_factory=list, repr=False)  # by held-out index
 
+    @property
+    def ms_per_row(self) -> float:
+        return 1000.0 * self.seconds / max(len(self.outcomes), 1)
+
+    @property
+    def exact_per_pass(self) -> float:
+        """Exact-match points per trunk pass a row needed: quality per unit of compute."""
+        return 100.0 * self.exact / max(self.row_passes, 1e-9)
+
     def summary(self) -> dict:
         """The aggregate figures (a row of the table and of `--json`), without the per-row outcomes."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "outcomes"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "outcomes"} | {
+            "ms_per_row": self.ms_per_row, "exact_per_pass": self.exact_per_pass}
 
     def hits(self, metric: str = "exact") -> list[bool] | None:
         """Per row, whether it passed `metric` (exact | json_valid); None where the rows are not graded on it
@@ -151,16 +163,18 @@ def iter_policies(model: DiffusionLM, ckpt: Checkpoint, held: HeldOut, settings:
     """Each setting (policy x steps) as soon as it is finished."""
     for cfg in settings.settings():
         outcomes: list[RowOutcome | None] = [None] * len(held)
-        passes, batches = 0, 0
+        passes, batches, row_passes = 0, 0, 0
         t0 = time.perf_counter()
         plan = [(rows, [seed_for(cfg.seed, int(i)) for i in rows]) for rows in held.by_length(settings.batch_size)]
         for done in infill(model, held, plan, cfg, calibration=maps[cfg.policy],
                            allow_null=ckpt.config.data.emits_null, on_batch=on_batch):
             passes += done.passes
             batches += 1
+            row_passes += int(done.generation.row_passes.sum())
             for j, i in enumerate(done.rows.tolist()):
                 outcomes[i] = _outcome(ckpt.vocab, held, done.part, j, i, done.generation.tokens[j])
-        yield _aggregate(cfg.policy, cfg.steps, passes / batches, outcomes, time.perf_counter() - t0)
+        yield _aggregate(cfg.policy, cfg.steps, passes / batches, row_passes / len(held), outcomes,
+                         time.perf_counter() - t0)
 
 
 def finished_settings(settings: Iterable) -> tuple[list, bool]:
@@ -219,12 +233,13 @@ def _outcome(vocab, held: HeldOut, part: HeldOut, j: int, i: int, row: torch.Ten
     return RowOutcome(i, text == reference, right, int(target.sum()), valid, fields_right, n_fields, text, reference)
 
 
-def _aggregate(policy: str, steps: int, passes: float, outcomes: list[RowOutcome], seconds: float) -> EvalRow:
+def _aggregate(policy: str, steps: int, passes: float, row_passes: float, outcomes: list[RowOutcome],
+               seconds: float) -> EvalRow:
     m = len(outcomes)
     graded = outcomes[0].json_valid is not None
     total = sum(o.chars for o in outcomes)
     n_fields = sum(o.fields for o in outcomes) if graded else 0
-    return EvalRow(policy, steps, passes, sum(o.chars_right for o in outcomes) / max(total, 1),
+    return EvalRow(policy, steps, passes, row_passes, sum(o.chars_right for o in outcomes) / max(total, 1),
                    sum(o.exact for o in outcomes) / m,
                    sum(o.json_valid for o in outcomes) / m if graded else None,
                    sum(o.fields_right for o in outcomes) / max(n_fields, 1) if graded else None,
