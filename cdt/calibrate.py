@@ -372,4 +372,5 @@ def _intervals(cfg: CalibrateSettings, kept: Tokens, report: ReliabilityReport, 
         return out
 
     found = bootstrap.intervals(statistic, None, n_groups, cfg.bootstrap, cfg.sampler.seed, cfg.confidence)
-    return {"level": cfg.confidence, "resamples": cfg.bootstrap, "resampled": "held-out rows (a row's samples stay together)", **found}
+    return {"level": cfg.confidence, "resamples": cfg.bootstrap,
+            "resampled": "held-out rows (a row's samples stay together)", **found}

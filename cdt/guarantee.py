@@ -148,7 +148,8 @@ def recall_status(certified: bool, wrong_units: int, target: float, confidence: 
         return "too little data", (f"too little data for the guarantee: recall >= {target} with probability >= "
                                    f"{confidence} needs at least {least} wrong samples (independent units), and there "
                                    f"are {wrong_units}")
-    return "no candidate", f"no candidate τ certifies recall >= {target}; widen the grid (--grid exact tries every score)"
+    return "no candidate", (f"no candidate τ certifies recall >= {target}; widen the grid (--grid exact tries "
+                            "every score)")
 
 
 def acceptance(scores, labels, unit_scores, unit_labels, direction: str, target: float, confidence: float,

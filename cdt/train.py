@@ -64,14 +64,15 @@ def mask_region(cfg: RunConfig, corpus: Corpus) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.device) -> dict:
+def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.device, rollouts: bool = True) -> dict:
     """Validation figures, generator and critic kept apart (never mixed into one loss).
 
     val_bpc: generator NELBO in bits per maskable character. masked_acc: greedy accuracy on masked
     characters at t ~ U(0, 1) (answer characters on toolcalls, every character of a text file).
     value_acc: see `value_accuracy`. critic_auroc: over every non-[PAD] maskable (answer) position
     of the filled row; critic_auroc_masked: over the filled positions only (harder).
-    critic_rollout_auroc / _ece: the critic on the sampler's own generations (`rollout_figures`).
+    critic_rollout_auroc / _ece: the critic on the sampler's own generations (`rollout_figures`; skipped with
+    rollouts=False, before the critic trains).
     """
     was_training = model.training
     model.eval()
@@ -95,7 +96,7 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
             probs_m.append(p[out.masked].cpu()), wrong_m.append(out.artifacts.critic_target[out.masked].cpu())
     values = (value_accuracy(model, corpus.records[:VALUE_RECORDS], corpus.vocab, device, scaffold=cfg.data.scaffold)
               if corpus.records else None)
-    rollouts = rollout_figures(model, corpus, cfg, device) if probs else {}
+    rollouts = rollout_figures(model, corpus, cfg, device) if probs and rollouts else {}
     model.train(was_training)
     result = {
         "value_acc": values,
@@ -365,7 +366,8 @@ def _train(cfg: RunConfig, out: Path, dist, resume: bool, reporter: Reporter, st
             if step % tc.eval_interval == 0 or step == tc.max_iters:
                 if dist.is_main:
                     with averaged():
-                        last_eval = {"kind": "eval", "step": step, **evaluate(model, corpus, cfg, device)}
+                        last_eval = {"kind": "eval", "step": step,  # the own-fills figure once the critic trains
+                                     **evaluate(model, corpus, cfg, device, rollouts=alpha > 0 or step == tc.max_iters)}
                     log.write(last_eval)
                     reporter.on_eval(last_eval)
                 save(step, last_eval)
