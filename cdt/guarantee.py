@@ -27,6 +27,7 @@ import math
 import numpy as np
 from scipy import stats
 
+from cdt.bootstrap import codes_of
 from cdt.errors import UsageError
 
 ASSUMES = ("the samples to come are exchangeable with these (drawn alike, from the same prompts' "
@@ -72,16 +73,16 @@ def needed(target: float, alpha: float) -> int | None:
 
 def units(groups, seed: int) -> tuple[np.ndarray | None, str]:
     """Rows the tests count (None = all) and why: one seeded row per group when any group holds several."""
-    if groups is None:
+    codes, n_groups = codes_of(groups)
+    if codes is None:
         return None, "no groups in the scores: each sample is taken as independent"
-    keys = np.asarray([str(g) for g in groups])
-    _, codes, sizes = np.unique(keys, return_inverse=True, return_counts=True)
+    sizes = np.bincount(codes, minlength=n_groups)
     if sizes.max() <= 1:
         return None, "every group holds one sample, so samples are independent units"
     rng = np.random.default_rng([seed, 0x6A0])
     order = rng.permutation(len(codes))
     _, first = np.unique(codes[order], return_index=True)  # a random member of each group
-    return np.sort(order[first]), (f"{len(sizes):,} groups hold {len(codes):,} samples (up to {sizes.max()} each); "
+    return np.sort(order[first]), (f"{n_groups:,} groups hold {len(codes):,} samples (up to {sizes.max()} each); "
                                    "samples of one group are not independent, so the tests use one seeded sample "
                                    "per group")
 

@@ -298,10 +298,10 @@ class CalibrateSettings:
     buckets: int = flag(20, "Reliability buckets.")
     binning: str = flag("uniform", "uniform: equal-width buckets; quantile: equal token counts.")
     top: int = flag(5, "A sample's score = mean of its top-N token critic probabilities.")
-    fit: str | None = flag(None, "Recalibrate: temperature | platt | isotonic, cross-fitted over 5 folds of prompts "
-                                 "(the ECE after is measured only on prompts its map was not fitted on); the map "
+    fit: str | None = flag(None, "Recalibrate: temperature | platt | isotonic, cross-fitted over 5 folds of held-out "
+                                 "rows (the ECE after is measured only on rows its map was not fitted on); the map "
                                  "fitted on all samples feeds --policy critic-calibrated.")
-    bootstrap: int = flag(1000, "Bootstrap resamples of prompts for the intervals; 0: none.")
+    bootstrap: int = flag(1000, "Bootstrap resamples of held-out rows for the intervals; 0: none.")
     confidence: float = flag(0.95, "Level of the bootstrap intervals.")
     score_source: str = flag("critic", "critic: score = top-N critic mean (higher = more likely wrong); "
                                        "value-head: the value head (higher = more likely right).")

@@ -163,7 +163,7 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
     allowed = emittable(model.cfg.vocab_size, allow_null, device)
     memory = torch.zeros(b, n, device=device)  # confidence-like scores are kept from the step that sampled
     passes = {"generator": 0, "critic": 0}
-    row_passes = torch.zeros(b, dtype=torch.int64)  # a row that is done needs no more passes (a batch pays for all)
+    row_passes = torch.zeros(b, dtype=torch.int64, device=device)  # a finished row needs no more passes
     cache_in, cache_logits, critic_probs, history = None, None, None, []
     state: dict = {}  # a stateful policy's memory across steps
     for step in range(1, cfg.steps + 1):
@@ -175,7 +175,7 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
                 cache_logits = model.generator_logits(model(x), x).float()
             cache_in = x.clone()
             passes["generator"] += 1
-            row_passes += newly.any(1).cpu()
+            row_passes += newly.any(1)
         logits = filter_logits(cache_logits, cfg, allowed)
         art = build_critic_artifacts(x, logits, temperature=1.0 if cfg.temperature > 0 else 0.0,
                                      allow_null=allow_null, generator=gens)
@@ -188,7 +188,7 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
             with autocast(device):
                 critic_logits = model.critic_logits(model(filled)).float()
             passes["critic"] += 1
-            row_passes += newly.any(1).cpu()
+            row_passes += newly.any(1)
             critic_probs = torch.sigmoid(critic_logits)
         ctx = ScoreContext(probs=logits.softmax(-1), tokens=filled, critic_logits=critic_logits, generator=gens,
                            calibration=calibration, newly=newly, state=state, lock_threshold=cfg.lock_threshold)
@@ -215,7 +215,7 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
         raise CdtError("generation ended with masked positions left")  # cannot happen: the last step commits all
     # the loop only ends once a step remasked nothing, so the last critic pass scored exactly `x`
     return Generation(tokens=x.cpu(), critic_probs=None if critic_probs is None else critic_probs.cpu(),
-                      passes=passes, steps=history, row_passes=row_passes)
+                      passes=passes, steps=history, row_passes=row_passes.cpu())
 
 
 def critic_probs(model: DiffusionLM, rows: torch.Tensor) -> torch.Tensor:
