@@ -84,3 +84,18 @@ def with_rows(art: CriticArtifacts, rows: torch.Tensor, tokens: torch.Tensor, cl
     if art.critic_target is not None:
         art.critic_target[rows] = (tokens != clean[rows]).float()
     return art
+
+
+def partly_masked(art: CriticArtifacts, rows: torch.Tensor, scores: torch.Tensor, shares: torch.Tensor) -> CriticArtifacts:
+    """`art` with `rows` (b',) put in the state a one-pass critic meets while sampling: in each such row the
+    share `shares` (b',) of its filled positions that `scores` (b', n) rates worst (higher = worse, as a
+    remasking policy's scores) is [MASK] again, and the critic is scored on the filled positions still
+    visible, the generator's earlier samples. Targets keep the one definition: input != clean."""
+    filled = art.filled[rows]
+    keys = scores.double().masked_fill(~filled, float("-inf"))
+    rank = keys.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = the worst-scored filled position
+    again = filled & (rank < torch.floor(filled.sum(1) * shares.to(filled.device)).long()[:, None])
+    art.critic_input[rows] = art.critic_input[rows].masked_fill(again, MASK_ID)
+    if art.critic_valid is not None:
+        art.critic_valid[rows] = art.critic_valid[rows] & ~again
+    return art

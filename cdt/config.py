@@ -90,6 +90,7 @@ class TrainConfig:
     fill_temperature: float = 1.0  # temperature of the generator samples the critic judges
     rollout_share: float = 0.0  # share of the critic's rows filled by a short sampler rollout instead of one pass
     rollout_steps: int = 4  # a rollout runs 1..rollout_steps confidence steps (no gradients) from the row's corruption
+    onepass_share: float = 0.0  # share of the critic's rows shown partly masked, as the one-pass critic sees them
     rollout_eval_rows: int = 64  # validation: rows the critic judges after the sampler's full generation (0: off)
     eval_interval: int = 500
     eval_rows: int = 256
@@ -196,6 +197,7 @@ RANGES = {  # numeric keys a value can be out of range for; checked wherever a v
     "train.critic_rows": _NONNEG,
     "train.rollout_share": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
     "train.rollout_steps": _COUNT,
+    "train.onepass_share": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
     "train.rollout_eval_rows": _NONNEG,
     **{f"train.{k}": _COUNT for k in ("max_iters", "batch_size", "length_groups", "grad_accum", "eval_interval",
                                       "eval_rows", "log_interval")},

@@ -3,7 +3,7 @@
 A *trajectory* is one generation recorded step by step by the shared sampler
 (`generate(..., record=True)`); frame 0 is the template, frame k the row after step k's
 fill, with the critic's P(wrong) of every token (the policy's own critic pass, or one
-extra pass for the frames of non-critic policies), the generator's confidence, and the
+extra pass for the frames of non-critic and one-pass policies), the generator's confidence, and the
 positions the policy masks again. `--mode step` shows instead the training step's view
 of the row (`step.one_step`). Keys change the state; `cdt/terminal.py` draws it.
 """
@@ -135,10 +135,11 @@ class Explorer:
                                                   torch.zeros_like(region), torch.zeros_like(region))]
         records = gen.steps
         critic = None
-        if self.has_critic and records and records[0].critic_probs is None:  # non-critic policy: one batched pass
+        one_pass = POLICIES[cfg.policy].one_pass  # its critic judged the row before the fill, not the frame
+        if self.has_critic and records and (records[0].critic_probs is None or one_pass):  # one batched pass
             critic = critic_probs(self.model, torch.cat([r.filled for r in records]))
         for k, r in enumerate(records):
-            probs = r.critic_probs[0] if r.critic_probs is not None else (critic[k] if critic is not None else None)
+            probs = critic[k] if critic is not None else r.critic_probs[0] if r.critic_probs is not None else None
             frames.append(Frame(first_step + k, r.filled[0], r.masked_before[0], probs, r.confidence[0],
                                 r.remasked[0], region.clone()))
         return frames

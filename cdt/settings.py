@@ -20,7 +20,7 @@ COMMITS = ("remask", "lock", "threshold")
 SELECTIONS = ("topk", "gumbel")
 # the registered policies (cdt.sampling.policies.POLICIES), spelled out so that --help does not import torch;
 # a test keeps the two in step
-POLICY_NAMES = ("random", "confidence", "margin", "entropy", "rcr", "critic", "critic-calibrated",
+POLICY_NAMES = ("random", "confidence", "margin", "entropy", "rcr", "critic", "critic-1pass", "critic-calibrated",
                 "critic-confidence")
 MASKS = ("answer", "random", "span")
 BINNINGS = ("uniform", "quantile")
@@ -158,6 +158,8 @@ class SampleConfig:
     commit: str = flag("remask", "remask (committed tokens may be remasked), lock (final once committed), "
                                  "threshold (commit all above --threshold).")
     threshold: float = flag(0.9, "threshold mode: confidence (1 - score) needed to commit.")
+    distrust: float = flag(1.0, "threshold mode: mask an earlier commit again when its score rises above this "
+                                "(a critic policy re-judges every step); 1 = never.")
     lock_threshold: float = flag(0.9, "rcr policy: confidence at which a position locks.")
     # linear commits the same share every step; cosine (MaskGIT) commits few at first and most at the end,
     # when the hardest tokens are left: on toolcalls it lost 5-14 points of valid JSON at 16 steps. power:P
@@ -189,7 +191,8 @@ class SampleConfig:
         schedule_fraction(self.schedule, 0.0)
         _choice("commit", self.commit, COMMITS)
         _choice("selection", self.selection, SELECTIONS)
-        _share(threshold=self.threshold, lock_threshold=self.lock_threshold, randomness=self.randomness)
+        _share(threshold=self.threshold, distrust=self.distrust, lock_threshold=self.lock_threshold,
+               randomness=self.randomness)
         if not 0.0 < self.top_p <= 1.0 or self.top_k < 0 or self.temperature < 0:
             raise UsageError("--top-p must be in (0, 1], --top-k and --temperature at least 0")
         check_seed(self.seed)

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cdt.artifacts import CriticArtifacts, build_critic_artifacts, with_rows
+from cdt.artifacts import CriticArtifacts, build_critic_artifacts, partly_masked, with_rows
 from cdt.config import TrainConfig
 from cdt.data import Batch
 from cdt.device import autocast
 from cdt.losses import critic_bce, diffusion_nelbo
 from cdt.model import DiffusionLM
 from cdt.noise import EPS, Schedule, corrupt, get_schedule
-from cdt.rng import RowGenerators
+from cdt.rng import RowGenerators, fork
 from cdt.vocab import MASK_ID, PAD_ID
 
 
@@ -59,16 +59,33 @@ def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: 
         c_noisy, c_logits, c_clean = noisy[rows], c_logits[rows], clean[rows]
     art = build_critic_artifacts(c_noisy, c_logits, c_clean, temperature=cfg.fill_temperature,
                                  scope=cfg.critic_scope, allow_null=allow_null, generator=generator)
-    k = round(cfg.rollout_share * len(c_clean))
-    if k:  # these rows show the critic what sampling will: a few confidence steps instead of one fill
-        rows = torch.arange(k, device=c_clean.device) * len(c_clean) // k
-        draws = (generator.uniform((2,), torch.float64)[rows.cpu()] if isinstance(generator, RowGenerators)
-                 else torch.rand((k, 2), generator=generator, dtype=torch.float64))
+    rows = spaced_rows(cfg.rollout_share, len(c_clean), c_clean.device)
+    if len(rows):  # these rows show the critic what sampling will: a few confidence steps instead of one fill
+        draws = row_draws(generator, rows, 2)
         art = with_rows(art, rows, rollout(model, c_noisy[rows], cfg.rollout_steps, draws, allow_null), c_clean)
+    rows = len(c_clean) - 1 - spaced_rows(cfg.onepass_share, len(c_clean), c_clean.device)  # from the last row up
+    if len(rows):  # the one-pass critic's state: the least confident fills masked again, a share U(0, 1) per row;
+        # drawn from a fork, so the option leaves every other draw (and validation's masks) as they were
+        confidence = c_logits[rows].float().softmax(-1).gather(-1, art.critic_input[rows][..., None]).squeeze(-1)
+        art = partly_masked(art, rows, 1.0 - confidence, row_draws(fork(generator), rows, 1)[:, 0])
     with autocast(device):
         critic_logits = model.critic_logits(model(art.critic_input)).float()
     return StepOutput(gen_loss, critic_bce(critic_logits, art.critic_target, art.critic_valid), noisy, masked,
                       maskable, logits, art, critic_logits)
+
+
+def spaced_rows(share: float, b: int, device) -> torch.Tensor:
+    """The round(share x b) rows of a batch of b, evenly spaced from row 0 (every stratum of t)."""
+    k = round(share * b)
+    return torch.arange(k, device=device) * b // max(k, 1)
+
+
+def row_draws(generator: torch.Generator | RowGenerators, rows: torch.Tensor, count: int) -> torch.Tensor:
+    """(len(rows), count) float64 uniforms for `rows`; per-row generators draw every row's own, so a row's
+    draws do not depend on the others."""
+    if isinstance(generator, RowGenerators):
+        return generator.uniform((count,), torch.float64)[rows.cpu()]
+    return torch.rand((len(rows), count), generator=generator, dtype=torch.float64)
 
 
 @torch.no_grad()

@@ -91,9 +91,10 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
         correct += int((out.logits.argmax(-1) == clean)[out.masked].sum())
         n_masked += int(out.masked.sum())
         if out.critic_logits is not None:
-            p = torch.sigmoid(out.critic_logits)
-            probs.append(p[out.maskable].cpu()), wrong.append(out.artifacts.critic_target[out.maskable].cpu())
-            probs_m.append(p[out.masked].cpu()), wrong_m.append(out.artifacts.critic_target[out.masked].cpu())
+            p, seen = torch.sigmoid(out.critic_logits), out.artifacts.critic_input != MASK_ID  # one-pass rows hide some
+            every, filled = out.maskable & seen, out.masked & seen
+            probs.append(p[every].cpu()), wrong.append(out.artifacts.critic_target[every].cpu())
+            probs_m.append(p[filled].cpu()), wrong_m.append(out.artifacts.critic_target[filled].cpu())
     values = (value_accuracy(model, corpus.records[:VALUE_RECORDS], corpus.vocab, device, scaffold=cfg.data.scaffold)
               if corpus.records else None)
     rollouts = rollout_figures(model, corpus, cfg, device) if probs and rollouts else {}

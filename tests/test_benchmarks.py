@@ -49,12 +49,18 @@ def test_train_throughput_refuses_what_cdt_train_refuses(flags, says, capsys):
 @pytest.mark.slow
 def test_sample_throughput_prints_its_figures():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sample_throughput.py"), "--preset", "tiny",
-                           "--rows", "8", "--steps", "4", "--batches", "1,8"], capture_output=True, text=True,
+                           "--rows", "8", "--steps", "4", "--batches", "1,8", "--repeats", "2"], capture_output=True, text=True,
                           timeout=600, check=True)
     doc = json.loads(proc.stdout)
     assert doc["results"]["confidence@1"]["passes_per_step"] == 1.0
     assert doc["results"]["critic@8"]["passes_per_step"] == 2.0
     assert doc["results"]["confidence@1"]["passes_per_row"] == 4.0 and doc["results"]["critic@8"]["passes_per_row"] == 8.0
+    assert doc["results"]["critic-1pass@8"]["passes_per_step"] == 1.0  # the critic read from the generator's pass
+    for k, r in doc["cost_over_confidence"].items():
+        conf = doc["results"][f"confidence@{k.split('@')[1]}"]
+        assert r["ms_per_row"] == pytest.approx(doc["results"][k]["ms_per_row"] / conf["ms_per_row"])
+    assert doc["cost_over_confidence"]["critic-1pass@8"]["passes_per_row"] == 1.0
+    assert doc["cost_over_confidence"]["critic@1"]["passes_per_row"] == 2.0
     for r in doc["results"].values():
         assert 0 <= r["exact"] <= 1 and r["ms_per_row"] > 0
         assert r["exact_per_pass"] == pytest.approx(100 * r["exact"] / r["passes_per_row"])

@@ -77,7 +77,7 @@ def test_keys_move_colour_policy_and_remask(tiny_run):
     k = round(0.3 * int((~ex.material.protected).sum()))
     assert int(ex.current().masked_before.sum()) == k  # exactly the remasked share enters the next step
     ex.handle("policy")
-    assert ex.settings.sampler.policy == "critic-calibrated" and ex.frame <= len(ex.frames) - 1
+    assert ex.settings.sampler.policy == "critic-1pass" and ex.frame <= len(ex.frames) - 1
     ex.handle("rand_up")
     assert ex.settings.sampler.randomness == 0.1
     ex.handle("next_sample")

@@ -7,7 +7,9 @@ the policy scores positions -> the worst-scored ones are masked again.
 
 Commit modes: `remask` (any generated position may be remasked later, ReMDM-style),
 `lock` (a committed token is final, LLaDA-style), `threshold` (commit every new token
-whose confidence clears a threshold, at least one per row and step, Fast-dLLM-style).
+whose confidence clears a threshold, at least one per row and step, Fast-dLLM-style; with
+`distrust` < 1, an earlier commit whose score rises above it is masked again, so a critic
+that re-judges every step takes back what it no longer trusts).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class StepRecord:
     filled: torch.Tensor  # (b, n) the row after the fill, before remasking
     scores: torch.Tensor  # (b, n) the policy's scores (higher = remask first)
     remasked: torch.Tensor  # (b, n) bool, positions masked again after this step
-    critic_probs: torch.Tensor | None  # (b, n) when the critic ran
+    critic_probs: torch.Tensor | None  # (b, n) when the critic ran (critic-1pass: on the row entering the step)
     masked_before: torch.Tensor  # (b, n) bool, positions that were [MASK] entering the step
     confidence: torch.Tensor  # (b, n) generator probability of each filled token (after filtering)
 
@@ -164,7 +166,8 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
     memory = torch.zeros(b, n, device=device)  # confidence-like scores are kept from the step that sampled
     passes = {"generator": 0, "critic": 0}
     row_passes = torch.zeros(b, dtype=torch.int64, device=device)  # a finished row needs no more passes
-    cache_in, cache_logits, critic_probs, history = None, None, None, []
+    taken_back = torch.zeros_like(editable)  # threshold mode: a commit is taken back once at most (--distrust)
+    cache_in, cache_logits, cache_critic, critic_probs, history = None, None, None, None, []
     state: dict = {}  # a stateful policy's memory across steps
     for step in range(1, cfg.steps + 1):
         newly = x == MASK_ID
@@ -172,7 +175,9 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
             break
         if cache_in is None or not torch.equal(x, cache_in):
             with autocast(device):
-                cache_logits = model.generator_logits(model(x), x).float()
+                h = model(x)
+                cache_logits = model.generator_logits(h, x).float()
+                cache_critic = model.critic_logits(h).float() if policy.one_pass else None
             cache_in = x.clone()
             passes["generator"] += 1
             row_passes += newly.any(1)
@@ -183,8 +188,8 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
         if constraint is not None:
             uniforms = gens.uniform((n,), torch.float64).to(device) if cfg.temperature > 0 else None
             filled = constraint(x, logits, filled, uniforms)
-        critic_logits = None
-        if policy.needs_critic:
+        critic_logits = cache_critic  # a one-pass critic judged the row the generator read: its visible tokens
+        if policy.needs_critic and not policy.one_pass:
             with autocast(device):
                 critic_logits = model.critic_logits(model(filled)).float()
             passes["critic"] += 1
@@ -204,13 +209,15 @@ def generate(model: DiffusionLM, ids: torch.Tensor, protected: torch.Tensor, cfg
         later = later_blocks(editable, step, cfg, block) if cfg.blocks > 1 else None
         if later is not None:  # later blocks go back to [MASK] before anything else
             scores = torch.where(later, scores + 1e6, scores)
-        remask = _choose(step, scores, newly & open_, open_, still_masked(step, cfg, editable, block), cfg, gens, later)
+        remask = _choose(step, scores, newly & open_, open_, still_masked(step, cfg, editable, block), cfg, gens, later,
+                         taken_back)
+        taken_back |= remask & ~newly
         x = filled.masked_fill(remask, MASK_ID)
         if record:
             confidence = ctx.probs.gather(-1, filled[..., None]).squeeze(-1)
             history.append(StepRecord(step, filled.cpu(), scores.cpu(), remask.cpu(),
-                                      None if critic_logits is None else critic_probs.cpu(), newly.cpu(),
-                                      confidence.cpu()))
+                                      None if critic_logits is None else torch.sigmoid(critic_logits).cpu(),
+                                      newly.cpu(), confidence.cpu()))
     if (x == MASK_ID).any():
         raise CdtError("generation ended with masked positions left")  # cannot happen: the last step commits all
     # the loop only ends once a step remasked nothing, so the last critic pass scored exactly `x`
@@ -234,13 +241,16 @@ def final_critic_probs(model: DiffusionLM, gen: Generation) -> tuple[torch.Tenso
     return critic_probs(model, gen.tokens), 1
 
 
-def _choose(step, scores, newly, editable, k, cfg: SampleConfig, gens, later=None) -> torch.Tensor:
+def _choose(step, scores, newly, editable, k, cfg: SampleConfig, gens, later=None, taken_back=None) -> torch.Tensor:
     """Which positions go back to [MASK] after this step: k (b,) per row, the schedule's count (`later`:
-    blocks whose turn has not come, or None; threshold mode commits by score instead)."""
+    blocks whose turn has not come, or None; threshold mode commits by score instead, and takes back an
+    earlier commit scored above `cfg.distrust` unless it was taken back once already: `taken_back`)."""
     if step == cfg.steps:
         return torch.zeros_like(newly)
     if cfg.commit == "threshold":
         below = newly & (1.0 - scores < cfg.threshold)
+        again = editable & ~newly & (scores > cfg.distrust)  # an earlier commit the policy now distrusts
+        below |= again if taken_back is None else again & ~taken_back  # once: a greedy refill would loop
         now = newly if later is None else newly & ~later  # the current block's new tokens
         below = below if later is None else below | (newly & later)
         best = scores.masked_fill(~now, float("inf")).argmin(dim=1)  # the most confident of them per row

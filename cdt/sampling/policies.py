@@ -34,6 +34,7 @@ class Policy:
     needs_critic: bool = False
     help: str = ""
     stateful: bool = False  # keeps its own memory in ctx.state; may lock positions via ctx.state["locked"]
+    one_pass: bool = False  # reads the critic from the generator's own pass (no second trunk pass)
 
 
 def _token_p(ctx):
@@ -85,6 +86,12 @@ def _critic_confidence(ctx):
     return 1.0 - (1.0 - torch.sigmoid(ctx.critic_logits)) * sampled
 
 
+def _critic_one_pass(ctx):
+    """The critic read from the generator's pass on the partly masked row judges the tokens visible in it (the
+    earlier steps' samples); a token sampled at this step has not been judged yet and scores 1 - p(token)."""
+    return torch.where(ctx.newly, _confidence(ctx), torch.sigmoid(ctx.critic_logits))
+
+
 def _critic_calibrated(ctx):
     p = torch.sigmoid(ctx.critic_logits)
     return ctx.calibration(p) if ctx.calibration is not None else p  # callers warn when the map is missing
@@ -99,6 +106,9 @@ POLICIES = {p.name: p for p in (
            help="running confidence: remask the lowest best-so-far confidence; lock at --lock-threshold"),
     Policy("critic", _critic, needs_critic=True,
            help="critic probability that the token is wrong (higher = more likely wrong)"),
+    Policy("critic-1pass", _critic_one_pass, needs_critic=True, one_pass=True,
+           help="one trunk pass per step: the critic read from the generator's pass judges the earlier steps' "
+                "tokens (P(wrong)); this step's samples score 1 - p(token)"),
     Policy("critic-calibrated", _critic_calibrated, needs_critic=True,
            help="the critic probability through the map `cdt calibrate` wrote (observed error rate)"),
     Policy("critic-confidence", _critic_confidence, needs_critic=True, stateful=True,
