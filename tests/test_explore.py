@@ -288,7 +288,9 @@ def test_interactive_mode_without_colour_keeps_the_heatmap_as_deciles_and_warns_
     term.read_until("step 0/3")
     os.write(term.fd, b"n")
     term.read_until("step 1/3", pattern=r"^critic +[0-9 ]*[0-9]")  # the decile line carries the critic's heatmap
-    os.write(term.fd, b"p")  # policy: critic -> critic-calibrated
+    os.write(term.fd, b"p")  # policy: critic -> critic-1pass
+    term.read_until("critic-1pass")
+    os.write(term.fd, b"p")  # policy: critic-1pass -> critic-calibrated
     term.read_until("no calibration map in")
     assert term.quit() == 0
 
