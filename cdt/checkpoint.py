@@ -19,6 +19,7 @@ from cdt.config import ModelConfig, RunConfig
 from cdt.errors import CdtError
 from cdt.model import DiffusionLM
 from cdt.rundir import CHECKPOINT_NAME, atomic_write
+from cdt.tokenizer import Bpe, from_dict as tokenizer_from_dict
 from cdt.vocab import Vocab
 
 FORMAT, VERSION = "cdt-checkpoint", 1
@@ -29,12 +30,13 @@ ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of every file torch.save writes
 class Checkpoint:
     path: Path
     config: RunConfig
-    vocab: Vocab
+    vocab: Vocab | Bpe  # the tokenizer: characters, or subword pieces (cdt.tokenizer)
     model_state: dict
     step: int
     optimizer_state: dict | None = None
     train_model_state: dict | None = None  # the raw weights, when `model_state` holds their moving average
     extra: dict = field(default_factory=dict)  # corpus info, last metrics
+    backbone: dict | None = None  # a Hugging Face backbone's config (model.backbone hf:PATH), else None
 
     def build_model(self, device: str | torch.device = "cpu", *, raw: bool = False,
                     architecture: ModelConfig | None = None) -> DiffusionLM:
@@ -46,7 +48,7 @@ class Checkpoint:
         arch = architecture or self.config.model
         state = self.train_model_state if raw and self.train_model_state is not None else self.model_state
         with torch.device("meta"):  # the architecture's shapes, without allocating: a config may be tampered with
-            expected = {k: v.shape for k, v in DiffusionLM(arch).state_dict().items()}
+            expected = {k: v.shape for k, v in self._architecture(arch).state_dict().items()}
         new_head = "value_head." if architecture is not None and arch.value_head else None  # starts untrained
         missing = [k for k in expected if k not in state and not (new_head and k.startswith(new_head))]
         unexpected = [k for k in state if k not in expected]
@@ -56,9 +58,18 @@ class Checkpoint:
             parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + (
                 [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []) + wrong[:2]
             raise CdtError(f"{self.path} does not match its own architecture: {'; '.join(parts)}")
-        model = DiffusionLM(arch)
+        model = self._architecture(arch)
         model.load_state_dict(state, strict=new_head is None)
         return model.to(device).eval()
+
+    def _architecture(self, arch: ModelConfig):
+        if arch.backbone == "own":
+            return DiffusionLM(arch)
+        from cdt import backbone
+
+        if not isinstance(self.backbone, dict) or not isinstance(self.backbone.get("model_type"), str):
+            raise CdtError(f"{self.path} names a Hugging Face backbone but holds no config for it")
+        return backbone.from_checkpoint(arch, self.backbone)
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -71,7 +82,7 @@ def checkpoint_path(path: str | Path) -> Path:
     return p
 
 
-def save(path: Path, *, model: DiffusionLM, config: RunConfig, vocab: Vocab, step: int,
+def save(path: Path, *, model: DiffusionLM, config: RunConfig, vocab: Vocab | Bpe, step: int,
          optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
          train_state: dict | None = None) -> Path:
     """`model` holds the weights to use; `train_state`, the raw weights to resume from when they differ."""
@@ -85,6 +96,7 @@ def save(path: Path, *, model: DiffusionLM, config: RunConfig, vocab: Vocab, ste
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "train_model": None if train_state is None else {k: v.detach().cpu() for k, v in train_state.items()},
         "extra": extra or {},
+        "backbone": getattr(model, "hf_config", None),
     }
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path
@@ -116,7 +128,7 @@ def load(path: str | Path | Checkpoint) -> Checkpoint:
         raise CdtError(f"{p} has checkpoint version {state.get('version')}; this cdt reads version {VERSION}")
     try:
         config = RunConfig.from_dict(state["config"])
-        vocab = Vocab.from_dict(state["vocab"])
+        vocab = tokenizer_from_dict(state["vocab"])
         step = state["step"]
         weights = state["model"]
     except KeyError as e:
@@ -130,4 +142,5 @@ def load(path: str | Path | Checkpoint) -> Checkpoint:
             raise CdtError(f"{p} is a damaged cdt checkpoint: its {name!r} entry is not a set of named tensors")
     return Checkpoint(path=p, config=config, vocab=vocab, model_state=weights, step=step,
                       optimizer_state=state.get("optimizer"), train_model_state=state.get("train_model"),
-                      extra=state.get("extra") if isinstance(state.get("extra"), dict) else {})
+                      extra=state.get("extra") if isinstance(state.get("extra"), dict) else {},
+                      backbone=state.get("backbone"))

@@ -347,6 +347,32 @@ def bench(
         raise fail(report.cut, 1)
 
 
+@app.command()
+@friendly_errors
+def export(
+    out: Path = typer.Argument(..., help="A new (or empty) directory to write."),
+    checkpoint: opts.Checkpoint = ...,
+    fmt: str = typer.Option("hf", "--format", help="hf: safetensors weights, config.json and the tokenizer, "
+                            "loadable with transformers."),
+    json_out: opts.Json = False,
+):
+    """Write a checkpoint in a format other tools load, so a model trained with cdt can leave cdt.
+
+    A run on a Hugging Face backbone exports as that model (its critic head beside it); a run on cdt's
+    own trunk loads with trust_remote_code=True where cdt is installed. Needs cdt[hf].
+    """
+    from dataclasses import asdict
+
+    from cdt.export import export as run_export
+
+    result = run_export(checkpoint, out, fmt)
+    if json_out:
+        emit_json(asdict(result))
+    else:
+        out_console.print(f"exported {result.checkpoint} ({result.trunk} trunk) to {result.out}: "
+                          f"{', '.join(result.files)}\nload: {result.load}", soft_wrap=True)
+
+
 def _sigterm_as_ctrl_c(signum, frame):
     raise KeyboardInterrupt
 

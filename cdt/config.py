@@ -41,6 +41,9 @@ class ModelConfig:
     qk_norm: bool = True  # RMS-normalise each head's queries and keys before attention (QK-norm; see model.py)
     value_head: bool = False  # sequence-level value head (cdt train --stage critic); higher = more likely right
     value_dropout: float = 0.3  # dropout inside the value head's MLP
+    backbone: str = "own"  # own (cdt's trunk) | hf:PATH (a local transformers masked LM; see cdt/backbone.py)
+    train_trunk: bool = False  # hf backbone: fine-tune it too (default: frozen, only cdt's heads train)
+    trust_remote_code: bool = False  # hf backbone: run the model directory's own Python code (off unless asked)
 
 
 @dataclass
@@ -53,6 +56,7 @@ class DataConfig:
     mask_region: str = "auto"  # answer | all | auto (answer when the corpus has prompts)
     scaffold: bool = False  # answers in the scaffold layout: only value slots are masked (cdt/scaffold/)
     answer_tail: int = 0  # toolcalls: each answer is followed by 0..N [NULL] (maskable), so the model picks the length
+    tokenizer: str = "char"  # char | bpe:SIZE (byte-level BPE trained on the training split) | a tokenizer.json path
 
     @property
     def emits_null(self) -> bool:

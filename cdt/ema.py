@@ -18,7 +18,8 @@ class WeightAverage:
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay, self.updates = decay, 0
-        self.named = list(model.named_parameters())  # tied parameters appear once
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied ones appear once;
+        # a frozen backbone is left out: its weights stay bit for bit what they were
         self.average = [p.detach().clone() for _, p in self.named]
 
     def rate(self) -> float:

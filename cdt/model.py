@@ -70,6 +70,25 @@ def word_ids(ids: torch.Tensor, word_char: torch.Tensor, buckets: int, max_len: 
 # modules
 
 
+def critic_head(cfg: ModelConfig) -> nn.Module | None:
+    """Per-token P(wrong) logits from the trunk's states (cdt's trunk and a Hugging Face backbone alike)."""
+    if cfg.critic == "linear":
+        return nn.Linear(cfg.d_model, 1)
+    if cfg.critic == "mlp":
+        return nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Dropout(cfg.critic_dropout),
+                             nn.Linear(cfg.d_model, 1))
+    return None
+
+
+def value_head(cfg: ModelConfig) -> nn.Module | None:
+    """Sequence-level value: pooled answer states -> hidden/8 -> hidden/16 -> 1; higher = more likely right."""
+    if not cfg.value_head:
+        return None
+    d, a, b = cfg.d_model, max(1, cfg.d_model // 8), max(1, cfg.d_model // 16)
+    return nn.Sequential(nn.Linear(d, a), nn.GELU(), nn.Dropout(cfg.value_dropout), nn.Linear(a, b), nn.GELU(),
+                         nn.Dropout(cfg.value_dropout), nn.Linear(b, 1))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -133,33 +152,29 @@ class DiffusionLM(nn.Module):
             self.register_buffer("word_char", torch.zeros(cfg.vocab_size, dtype=torch.bool))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
-        if cfg.critic == "linear":
-            self.critic = nn.Linear(cfg.d_model, 1)
-        elif cfg.critic == "mlp":
-            self.critic = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(),
-                                        nn.Dropout(cfg.critic_dropout), nn.Linear(cfg.d_model, 1))
-        else:
-            self.critic = None
-        # sequence-level value: pooled answer states -> hidden/8 -> hidden/16 -> 1; higher = more likely right
-        self.value_head = nn.Sequential(
-            nn.Linear(cfg.d_model, max(1, cfg.d_model // 8)), nn.GELU(), nn.Dropout(cfg.value_dropout),
-            nn.Linear(max(1, cfg.d_model // 8), max(1, cfg.d_model // 16)), nn.GELU(), nn.Dropout(cfg.value_dropout),
-            nn.Linear(max(1, cfg.d_model // 16), 1),
-        ) if cfg.value_head else None
+        self.critic, self.value_head = critic_head(cfg), value_head(cfg)
         # copy head (pointer-generator): one attention over the row's visible characters whose weights,
         # summed per character, form a second distribution; a per-position gate mixes the two
         self.copy = nn.ModuleDict({"q": nn.Linear(cfg.d_model, cfg.d_model, bias=False),
                                    "k": nn.Linear(cfg.d_model, cfg.d_model, bias=False),
                                    "gate": nn.Linear(cfg.d_model, 1)}) if cfg.copy else None
-        self.register_buffer("rotary", rotary_table(cfg.block_size, cfg.d_model // cfg.n_heads), persistent=False)
-        if cfg.copy:
-            self.register_buffer("copy_rotary", rotary_table(cfg.block_size, cfg.d_model), persistent=False)
-        # the generator can never propose [MASK] or [PAD] ([NULL] stays possible for scaffolds)
-        self.register_buffer("never_emit", ~emittable(cfg.vocab_size, allow_null=True), persistent=False)
+        self.reset_buffers()
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled residual projections (GPT-2)
             if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    def reset_buffers(self) -> None:
+        """(Re)compute the tables no checkpoint stores, on the device of the weights (a loader that builds
+        the model on the meta device, as transformers does, calls this once the weights are in)."""
+        cfg, device = self.cfg, self.embed.weight.device
+        self.register_buffer("rotary", rotary_table(cfg.block_size, cfg.d_model // cfg.n_heads).to(device),
+                             persistent=False)
+        if cfg.copy:
+            self.register_buffer("copy_rotary", rotary_table(cfg.block_size, cfg.d_model).to(device), persistent=False)
+        # the generator can never propose [MASK] or [PAD] ([NULL] stays possible for scaffolds)
+        self.register_buffer("never_emit", ~emittable(cfg.vocab_size, allow_null=True, device=device),
+                             persistent=False)
 
     @staticmethod
     def _init(m):

@@ -31,7 +31,8 @@ LOOKUP_TABLES = ("embed.weight", "ngram.weight", "words.weight", "pos.weight")
 def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
     """Muon's share: matrices with more than one row and column, except the lookup tables (the embedding,
     the n-gram table, learned positions), whose rows are inputs to the trunk, not linear maps."""
-    return p.dim() == 2 and min(p.shape) > 1 and name not in LOOKUP_TABLES
+    return p.dim() == 2 and min(p.shape) > 1 and name not in LOOKUP_TABLES and ".embeddings." not in name  # a
+    # Hugging Face backbone's tables (`--backbone hf:PATH --train-trunk`) are lookup tables too
 
 
 class MuonAdamW:
@@ -68,7 +69,7 @@ def state_kind(state: dict | None) -> str | None:
 
 
 def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW | MuonAdamW:
-    named = list(model.named_parameters())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a frozen backbone is not stepped
     hidden = [p for n, p in named if tc.optimizer == "muon" and is_hidden_matrix(n, p)]
     taken = {id(p) for p in hidden}
     rest = [p for _, p in named if id(p) not in taken]

@@ -104,14 +104,17 @@ def eval_table(rows, n: int, masking: str = "answer", ratio: float = 0.0, tail: 
                   pad_edge=False, padding=(0, 0, 0, 1), caption=cut or None, caption_justify="left")
     width = max(len(r.policy) for r in rows)
     graded = rows[0].json_valid is not None
-    columns = ("passes", "policy", "steps", "char acc", "exact") + (("JSON ok", "fields") if graded else ()) + (
+    subword = rows[0].token_acc is not None  # a subword tokenizer: tokens and characters are both graded
+    columns = ("passes", "policy", "steps") + (("token acc",) if subword else ()) + ("char acc", "exact") + (
+        ("JSON ok", "fields") if graded else ()) + (
         "exact/pass", "ms/row")
     for col in columns:
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True,
                          min_width=width if col == "policy" else max(len(col), 5))
     best = max(r.exact for r in rows)
     for r in sorted(rows, key=lambda r: (r.row_passes, r.policy)):  # passes: what a row needed, mean over rows
-        cells = [f"{r.row_passes:.1f}", r.policy, str(r.steps), _pct(r.char_acc),
+        cells = [f"{r.row_passes:.1f}", r.policy, str(r.steps)] + ([_pct(r.token_acc)] if subword else []) + [
+                 _pct(r.char_acc),
                  f"[bold]{_pct(r.exact)}[/bold]" if r.exact == best else _pct(r.exact)]
         cells += [_pct(r.json_valid), _pct(r.field_acc)] if graded else []
         table.add_row(*cells, f"{r.exact_per_pass:.2f}", f"{r.ms_per_row:.0f}")
@@ -300,9 +303,10 @@ SHOWN = {"\n": "⏎", "\t": "⇥"}
 
 
 def glyph(vocab, tok: int) -> str:
-    """One token as one visible character: a newline or tab would break a row of the trajectory."""
-    ch = vocab.decode([tok])
-    return SHOWN.get(ch, ch)
+    """One token as visible characters (one, on a character tokenizer): a newline or tab would break a row
+    of the trajectory."""
+    return "".join(SHOWN.get(c, c if c.isprintable() else "\ufffd") for c in vocab.decode([tok]))  # no control
+    # character reaches the terminal (a byte piece of a subword tokenizer may decode to one)
 
 
 def heat(v: float) -> Color:
@@ -326,11 +330,8 @@ def _frame_scores(ex, f):
 
 
 def _chars(vocab, ids) -> list[str]:
-    out = []
-    for i in ids.tolist():
-        ch = "░" if i == MASK_ID else ("∅" if i == NULL_ID else vocab.decode([i]))
-        out.append(SHOWN.get(ch, ch))
-    return out
+    """Each token's text as shown: a whole piece for a subword token, so its colour covers all of it."""
+    return ["░" if i == MASK_ID else ("∅" if i == NULL_ID else glyph(vocab, i)) for i in ids.tolist()]
 
 
 def frame_heatmap(ex, f, plain: bool, width: int = 80):
@@ -343,14 +344,16 @@ def frame_heatmap(ex, f, plain: bool, width: int = 80):
     text = Text()
     if plain:
         lines = {"text": [], "score": [], "marks": []}
-        for i in keep:
+        for i in keep:  # a piece of several characters: its digit and mark under its first, blanks after
+            pad = " " * (len(chars[i]) - 1)
             lines["text"].append(chars[i])
             s = scores[i] if scores is not None and not m.protected[i] else None
-            lines["score"].append(" " if s is None else str(min(9, int(s * 10))))
+            lines["score"].append((" " if s is None else str(min(9, int(s * 10)))) + pad)
             mark = ("x" if wrong is not None and wrong[i] else "") + ("^" if f.remask_next[i] else "")
-            lines["marks"].append({"x": "x", "^": "^", "x^": "!"}.get(mark, " "))
+            lines["marks"].append({"x": "x", "^": "^", "x^": "!"}.get(mark, " ") + pad)
+        lines = {k: "".join(v) for k, v in lines.items()}  # cut by characters: the three lines stay aligned
         span = max(10, width - 8)
-        for lo in range(0, len(keep), span):
+        for lo in range(0, len(lines["text"]), span):
             for name, label in (("text", "text"), ("score", ex.settings.colouring[:6]), ("marks", "marks")):
                 chunk = "".join(lines[name][lo : lo + span])
                 if name == "text" or chunk.strip():  # no empty score/marks lines under the prompt

@@ -467,6 +467,14 @@ class TrainSettings:
     config: Path | None = flag(None, "YAML file with model/data/train sections; overrides the preset.")
     data: str | None = flag(None, "toolcalls (eight built-in tools), functions (generated functions of every "
                                   "argument type; validation on functions never seen) or a UTF-8 text file.")
+    tokenizer: str | None = flag(None, "char (default: one token per character), bpe:SIZE (a byte-level BPE of "
+                                       "SIZE tokens trained on the training split; needs cdt[hf]) or a "
+                                       "tokenizer.json path.")
+    backbone: str | None = flag(None, "own (default: cdt's trunk) or hf:PATH, a local masked LM in transformers "
+                                      "format (BERT, RoBERTa, ModernBERT...): its head generates, cdt's critic reads "
+                                      "its last hidden states; frozen unless --train-trunk. Needs cdt[hf].")
+    trust_remote_code: bool = flag(False, "--backbone: run the model directory's own Python code (off by default; "
+                                          "only for a directory you trust).")
     out: Path | None = flag(None, "Run directory [default: runs/PRESET-TIMESTAMP].")
     max_iters: int | None = flag(None, "Optimizer steps in all (a resumed run counts the earlier ones).")
     batch_size: int | None = flag(None, "Rows per step.")
@@ -487,7 +495,7 @@ class TrainSettings:
     loss: str | None = flag(None, "--stage value: pairwise (default) or pointwise (BCE baseline).")
     # two plain flags, not a --freeze-trunk/--train-trunk pair: a pair takes a --help column of its own
     freeze_trunk: bool = flag(False, "--stage value: train the value head alone (default).")
-    train_trunk: bool = flag(False, "--stage value: train the trunk too.")
+    train_trunk: bool = flag(False, "--backbone hf:PATH, --stage value: train the trunk too (default: frozen).")
     value_dropout: float | None = flag(None, "--stage value: dropout in the head.")
 
     def __post_init__(self):
@@ -504,8 +512,8 @@ class TrainSettings:
             check_seed(self.seed)
         if self.freeze_trunk and self.train_trunk:
             raise UsageError("give at most one of --freeze-trunk and --train-trunk")
-        other = (("optimizer", "data", "compile", "scaffold", "resume") if self.stage == "value" else
-                 ("samples", "init", "loss", "freeze_trunk", "train_trunk", "value_dropout"))
+        other = (("optimizer", "data", "tokenizer", "backbone", "trust_remote_code", "compile", "scaffold", "resume")
+                 if self.stage == "value" else ("samples", "init", "loss", "freeze_trunk", "value_dropout"))
         misplaced = ["--" + k.replace("_", "-") for k in other if getattr(self, k) not in (None, False)]
         if misplaced:  # a flag of the other stage is refused, not silently dropped
             raise UsageError(f"{', '.join(misplaced)}: not used by --stage {self.stage}; "
@@ -522,7 +530,9 @@ class TrainSettings:
                                     "max_iters": self.max_iters, "batch_size": self.batch_size, "seed": self.seed,
                                     "eval_interval": self.eval_interval},
                     "model": {"value_dropout": self.value_dropout}, "train": {"device": self.device}}
-        return {"data": {"source": self.data, "scaffold": self.scaffold or None},
+        return {"data": {"source": self.data, "scaffold": self.scaffold or None, "tokenizer": self.tokenizer},
+                "model": {"backbone": self.backbone, "train_trunk": self.train_trunk or None,
+                          "trust_remote_code": self.trust_remote_code or None},
                 "train": {"max_iters": self.max_iters, "batch_size": self.batch_size, "lr": self.lr,
                           "optimizer": self.optimizer, "seed": self.seed, "device": self.device,
                           "eval_interval": self.eval_interval, "compile": self.compile or None}}

@@ -67,7 +67,8 @@ def mask_region(cfg: RunConfig, corpus: Corpus) -> str:
 def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.device, rollouts: bool = True) -> dict:
     """Validation figures, generator and critic kept apart (never mixed into one loss).
 
-    val_bpc: generator NELBO in bits per maskable character. masked_acc: greedy accuracy on masked
+    val_bpc: generator NELBO in bits per maskable character (a subword tokenizer's bits per token divided by
+    the validation split's characters per token; val_bits_per_token then says the unconverted figure). masked_acc: greedy accuracy on masked
     characters at t ~ U(0, 1) (answer characters on toolcalls, every character of a text file).
     value_acc: see `value_accuracy`. critic_auroc: over every non-[PAD] maskable (answer) position
     of the filled row; critic_auroc_masked: over the filled positions only (harder).
@@ -102,7 +103,9 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
     result = {
         "value_acc": values,
         "val_nelbo": nelbo / max(n_tok, 1),
-        "val_bpc": nelbo / max(n_tok, 1) / math.log(2),
+        # per token; a subword corpus converts with its validation split's characters per token
+        "val_bpc": nelbo / max(n_tok, 1) / math.log(2) / corpus.info.get("chars_per_token", 1.0),
+        **({"val_bits_per_token": nelbo / max(n_tok, 1) / math.log(2)} if "chars_per_token" in corpus.info else {}),
         "masked_acc": correct / max(n_masked, 1),
         "masked_tokens": n_masked,
     }
@@ -251,14 +254,30 @@ def _train(cfg: RunConfig, out: Path, dist, resume: bool, reporter: Reporter, st
         what = "a value-stage run (cdt train --stage value)" if ckpt.config.model.value_head else "weights alone"
         raise CdtError(f"cannot resume {ckpt.path}: it holds {what}, without the optimizer state a generator run "
                        "continues from; train into a new --out instead")
+    if cfg.model.backbone == "own" and (cfg.model.train_trunk or cfg.model.trust_remote_code):
+        raise UsageError("--train-trunk and --trust-remote-code need --backbone hf:PATH (cdt's own trunk always trains)")
+    if cfg.model.backbone != "own" and not cfg.model.train_trunk:  # nothing but cdt's heads learns: the critic
+        t = cfg.train  # trains at full weight from the first step (the generator-only phase would do nothing)
+        t.critic_alpha_start, t.critic_warmup_start, t.critic_warmup_end = t.critic_alpha_end, 0, 0
+    if cfg.model.backbone != "own" and ckpt is None:  # a backbone reads text with its own tokenizer
+        from cdt import backbone
+
+        if cfg.data.tokenizer != "char":
+            raise UsageError("--backbone brings its own tokenizer; leave --tokenizer out")
+        cfg.data.tokenizer = str(backbone.backbone_dir(cfg.model.backbone) / "tokenizer.json")
+        tokens = backbone.tokenizer_of(cfg.model.backbone)
+    else:
+        tokens = ckpt.vocab if ckpt is not None and cfg.data.tokenizer != "char" else cfg.data.tokenizer  # its own
     corpus = load_corpus(cfg.data.source, cfg.model.block_size, cfg.data.n_records, cfg.data.seed, cfg.data.scaffold,
-                         cfg.data.answer_tail)
+                         cfg.data.answer_tail, tokens)
     cfg.model.vocab_size = len(corpus.vocab)
     if ckpt is not None:
         _check_resume(ckpt, cfg, corpus)
 
     torch.manual_seed(cfg.train.seed)
-    if ckpt is None:
+    if ckpt is None and cfg.model.backbone != "own":
+        model = backbone.pretrained(cfg.model, corpus.vocab).to(device)
+    elif ckpt is None:
         model = DiffusionLM(cfg.model).to(device)
         if model.words is not None:  # which characters make words (a resumed run loads them from its state)
             model.word_char.copy_(corpus.vocab.word_characters())
@@ -344,7 +363,8 @@ def _train(cfg: RunConfig, out: Path, dist, resume: bool, reporter: Reporter, st
                                                      alpha, critic_pass)
                     if not math.isfinite(loss_value := float(loss.detach())):
                         raise NonFiniteLoss(loss_value, step + 1, dist.rank, tc, saved, out)
-                    (loss / tc.grad_accum).backward()
+                    if loss.requires_grad:  # not while a frozen backbone's critic waits for its start
+                        (loss / tc.grad_accum).backward()
                 n += int((batch.ids != PAD_ID).sum())
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)

@@ -61,6 +61,10 @@ class Vocab:
         an unknown character is an error)."""
         return self._index.get(FALLBACK)
 
+    @property
+    def reads_every_character(self) -> bool:
+        return self.fallback is not None
+
     def encode(self, text: str) -> list[int]:
         bad = self.unknown(text)
         if bad and self.fallback is not None:

@@ -109,3 +109,29 @@ def test_training_step_goes_through_the_builder(monkeypatch):
                                   cfg.train, "answer", g, torch.device("cpu"))
     assert calls == [1] and out.critic_loss is not None
     assert torch.equal(out.artifacts.critic_valid, out.masked)
+
+
+@pytest.mark.parametrize("v", [6, 600])  # Gumbel-max (per-token noise) and the inverse CDF (one uniform each)
+def test_both_samplers_draw_from_the_tempered_distribution(v):
+    from scipy.stats import chisquare
+
+    from cdt.artifacts import noise_width, sample_tokens
+
+    gen = torch.Generator().manual_seed(v)
+    logits = torch.randn(v, generator=gen, dtype=torch.float64) * 2
+    logits[1] = float("-inf")  # no mass: never drawn
+    allowed = torch.ones(v, dtype=torch.bool)
+    allowed[0] = False  # excluded by the caller: never drawn
+    n = 40_000
+    noise = torch.rand((n, noise_width(v)), generator=gen, dtype=torch.float64)
+    draws = sample_tokens(logits.expand(n, v), 0.7, noise, allowed)
+    assert noise.shape[1] == (v if v <= 256 else 1)
+    counts = torch.bincount(draws, minlength=v).double()
+    assert counts[0] == 0 and counts[1] == 0
+    p = torch.softmax(logits.masked_fill(~allowed, float("-inf")) / 0.7, -1)
+    keep = p * n >= 5  # the chi-square approximation needs expected counts of 5 or more per cell
+    expected, observed = (p * n)[keep], counts[keep]
+    if (p * n)[~keep].sum() > 0:  # the rare tokens pooled into one cell
+        expected = torch.cat([expected, (p * n)[~keep].sum().reshape(1)])
+        observed = torch.cat([observed, counts[~keep].sum().reshape(1)])
+    assert chisquare(observed.numpy(), expected.numpy() * observed.sum().item() / expected.sum().item()).pvalue > 1e-4

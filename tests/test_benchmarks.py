@@ -114,3 +114,15 @@ def test_promises_benchmark_keeps_the_guarantee_and_shows_the_in_sample_choice_d
     assert g["recall_broken_share"] <= 0.05 + 0.06  # the promise, plus the binomial noise of 100 trials
     assert s["recall_broken_share"] > 0.2 and g["mean_precision"] < s["mean_precision"]  # what the promise costs
     assert g["accuracy_broken_share"] <= 0.11 and g["mean_coverage"] < s["mean_coverage"]
+
+
+@pytest.mark.slow
+def test_backbone_throughput_prints_its_figures():
+    pytest.importorskip("transformers")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "backbone_throughput.py"), "--size", "tiny",
+                           "--device", "cpu", "--iters", "6", "--rows", "4", "--steps", "4"], capture_output=True,
+                          text=True, timeout=600, check=True)
+    doc = json.loads(proc.stdout)
+    assert doc["train_frozen_tokens_per_s"] > 0 and doc["train_trunk_tokens_per_s"] > 0
+    assert doc["sampling"]["critic@4"]["passes_per_step"] == 2.0
+    assert doc["sampling"]["critic-1pass@4"]["passes_per_step"] == 1.0

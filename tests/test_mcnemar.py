@@ -211,8 +211,8 @@ def test_json_validity_is_paired_only_where_it_is_graded():
     from cdt.sampling.evaluate import EvalRow, RowOutcome
 
     def setting(exact, valid):
-        outs = [RowOutcome(i, e, 0, 1, v, None, None, "", "") for i, (e, v) in enumerate(zip(exact, valid))]
-        return EvalRow("critic", 4, 8.0, 8.0, 0.0, 0.0, None, None, 0.0, outs)
+        outs = [RowOutcome(i, e, 0, 1, 0, 1, v, None, None, "", "") for i, (e, v) in enumerate(zip(exact, valid))]
+        return EvalRow("critic", 4, 8.0, 8.0, 0.0, None, 0.0, None, None, 0.0, outs)
 
     toolcalls = setting([True, False, False], [True, True, False])
     assert toolcalls.hits() == [True, False, False] and toolcalls.hits("json_valid") == [True, True, False]

@@ -167,7 +167,7 @@ def test_stage_bad_input(tiny_run, samples_file, tmp_path):
                           "--samples: not used by --stage generator; leave it out")
     assert_one_line_error(cli("train", "--preset", "tiny", "--out", str(tmp_path / "g"),
                               "--train-trunk"), 2,
-                          "--train-trunk: not used by --stage generator; leave it out")
+                          "--train-trunk and --trust-remote-code need --backbone hf:PATH")  # the generator's own trunk
     assert_one_line_error(stage(tiny_run, samples_file, tmp_path / "o", "--freeze-trunk", "--train-trunk"), 2,
                           "give at most one of --freeze-trunk and --train-trunk")
     assert not (tmp_path / "o").exists() and not (tmp_path / "g").exists()

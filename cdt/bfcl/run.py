@@ -116,7 +116,7 @@ def bench(source, settings: BenchSettings, rows_out: Path | None = None, overwri
     cfg = settings.sampler.for_checkpoint(ckpt)
     warnings = [] if ckpt.config.data.scaffold else [
         f"{ckpt.path} was trained without scaffolds; train one with cdt train --data functions --scaffold"]
-    if ckpt.vocab.fallback is None:
+    if not ckpt.vocab.reads_every_character:
         warnings.append("this model's vocabulary has no fallback character: requests with characters outside it "
                         "are counted wrong (unfit)")
     model = ckpt.build_model(pick_device(settings.device))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cdt import tokenizer as tokenizer_module
 from cdt.data import functions, toolcalls
 from cdt.errors import CdtError
 from cdt.vocab import FALLBACK, NULL_ID, PAD_ID, Vocab
@@ -120,30 +121,40 @@ def has_records(source: str) -> bool:
 
 
 def load_corpus(data: str, block_size: int, n_records: int = 40000, seed: int = 0, scaffold: bool = False,
-                answer_tail: int = 0) -> Corpus:
+                answer_tail: int = 0, tokenizer="char") -> Corpus:
     """`toolcalls` or `functions` (embedded) or a path to a UTF-8 text file. scaffold: answers in the
-    slot layout of `cdt.scaffold.layout`, only the value slots maskable. answer_tail: see `_record_rows`."""
+    slot layout of `cdt.scaffold.layout`, only the value slots maskable. answer_tail: see `_record_rows`.
+    tokenizer: char, bpe:SIZE (trained on the training split) or a tokenizer.json (`cdt.tokenizer`); or a
+    checkpoint's own tokenizer, which a subword corpus uses as it is (the character vocabulary is rebuilt)."""
     if answer_tail < 0:
         raise CdtError(f"data.answer_tail must be at least 0, got {answer_tail}")
+    if isinstance(tokenizer, str):
+        tokenizer_module.check_spec(tokenizer)
+    elif isinstance(tokenizer, Vocab):
+        tokenizer = "char"
+    if scaffold and tokenizer != "char":
+        raise CdtError("data.scaffold needs data.tokenizer=char: a slot's automaton reads one character per position")
     if has_records(data):
         if scaffold and answer_tail:
             raise CdtError("data.answer_tail and data.scaffold do not combine (scaffold slots already end in [NULL])")
-        return _records_corpus(data, n_records, block_size, seed, scaffold, answer_tail)
+        return _records_corpus(data, n_records, block_size, seed, scaffold, answer_tail, tokenizer)
     if scaffold:
         raise CdtError("data.scaffold needs a corpus of calls, toolcalls or functions (a text file has no schema)")
     if answer_tail:
         raise CdtError("data.answer_tail needs a corpus of calls, toolcalls or functions (a text file has no answers)")
-    return _text_corpus(Path(data), block_size)
+    return _text_corpus(Path(data), block_size, tokenizer)
 
 
 def _records_corpus(name: str, n_records: int, block_size: int, seed: int, scaffold: bool = False,
-                    answer_tail: int = 0) -> Corpus:
+                    answer_tail: int = 0, tokenizer: str = "char") -> Corpus:
     generate, in_validation, vocab = RECORD_CORPORA[name]
     records = generate(n_records, seed)
     train = [r for r in records if not in_validation(r)]
     val = [r for r in records if in_validation(r)]
     overlap = len({r.prompt for r in train} & {r.prompt for r in val})
     texts = [r.prompt + SEPARATOR + r.answer for r in records]
+    if tokenizer != "char":  # trained on (or read for) the training split alone
+        vocab = tokenizer_module.make(tokenizer, "".join(r.prompt + SEPARATOR + r.answer + "\n" for r in train))
     vocab = vocab or Vocab.from_text("".join(texts), extra=string.printable.strip() + " \n")
 
     from cdt.scaffold.layout import record_row, record_rows
@@ -153,10 +164,14 @@ def _records_corpus(name: str, n_records: int, block_size: int, seed: int, scaff
             return record_rows(recs, vocab, block_size, names=split == 1)
         return _record_rows(recs, vocab, block_size, answer_tail, np.random.default_rng([seed, split]))
 
-    longest = max(len(t) for t in texts) if not scaffold else max(len(record_row(r, vocab)[0]) for r in records)
+    if scaffold:
+        longest = max(len(record_row(r, vocab)[0]) for r in records)
+    else:
+        longest = max(len(t) for t in texts) if tokenizer == "char" else max(len(vocab.encode(t)) for t in texts)
     if longest > block_size:
-        raise CdtError(f"{name} rows{' (scaffolded)' if scaffold else ''} are up to {longest} characters; "
-                       f"raise model.block_size (now {block_size})")
+        raise CdtError(f"{name} rows{' (scaffolded)' if scaffold else ''} are up to {longest} "
+                       f"{'characters' if tokenizer == 'char' else 'tokens'}; raise model.block_size (now {block_size})")
+    per_token = {} if tokenizer == "char" else {"chars_per_token": _chars_per_token(vocab, [r.answer for r in val])}
     return Corpus(
         name=name,
         vocab=vocab,
@@ -164,7 +179,8 @@ def _records_corpus(name: str, n_records: int, block_size: int, seed: int, scaff
         val=rows(val, 2),
         block_size=block_size,
         info={"records": len(records), "train": len(train), "val": len(val), "overlap": overlap,
-              "longest_row": longest, "seed": seed, **({"answer_tail": answer_tail} if answer_tail else {})},
+              "longest_row": longest, "seed": seed, **({"answer_tail": answer_tail} if answer_tail else {}),
+              **per_token},
         records=val,
     )
 
@@ -205,18 +221,29 @@ def read_text(path: Path) -> str:
         raise CdtError(f"data file is not valid UTF-8 (byte {e.start}): {path}") from None
 
 
-def _text_corpus(path: Path, block_size: int) -> Corpus:
+def _text_corpus(path: Path, block_size: int, tokenizer: str = "char") -> Corpus:
     text = read_text(path)
     if len(text) < 20:
         raise CdtError(f"data file is too short to split into train and validation ({len(text)} characters): {path}")
-    vocab = Vocab.from_text(text)
-    stream = vocab.encode_array(text)
-    cut = int(len(stream) * 0.9)  # 90/10 split by position
+    cut = int(len(text) * 0.9)  # 90/10 split by position
+    if tokenizer == "char":
+        vocab = Vocab.from_text(text)
+        train, val, extra = vocab.encode_array(text[:cut]), vocab.encode_array(text[cut:]), {}
+    else:  # a subword tokenizer learns from the training part alone
+        vocab = tokenizer_module.make(tokenizer, text[:cut])
+        train, val = vocab.encode_array(text[:cut]), vocab.encode_array(text[cut:])
+        extra = {"train_tokens": len(train), "val_tokens": len(val),
+                 "chars_per_token": (len(text) - cut) / max(len(val), 1)}
     return Corpus(
         name=str(path),
         vocab=vocab,
-        train=Rows(stream[:cut], None, window=block_size),
-        val=Rows(stream[cut:], None, window=block_size),
+        train=Rows(train, None, window=block_size),
+        val=Rows(val, None, window=block_size),
         block_size=block_size,
-        info={"characters": len(stream), "train_chars": cut, "val_chars": len(stream) - cut, "overlap": 0},
+        info={"characters": len(text), "train_chars": cut, "val_chars": len(text) - cut, "overlap": 0, **extra},
     )
+
+
+def _chars_per_token(vocab, texts: list[str]) -> float:
+    """Characters per token over `texts`: converts bits per token to bits per character."""
+    return sum(map(len, texts)) / max(sum(len(vocab.encode(t)) for t in texts), 1)

@@ -28,6 +28,7 @@ from cdt.sampling.infill import infill
 from cdt.rundir import OutputLock, check_output
 from cdt.scores import ScoreWriter
 from cdt.settings import EvalSettings
+from cdt.vocab import Vocab
 
 
 @dataclass
@@ -36,8 +37,10 @@ class RowOutcome:
 
     index: int  # the row's place in the held-out set (its seed and its region depend on it alone)
     exact: bool
-    chars_right: int
+    chars_right: int  # characters of the region restored in place (the tokens, on a character tokenizer)
     chars: int
+    tokens_right: int
+    tokens: int
     json_valid: bool | None
     fields_right: int | None  # tool name and argument values
     fields: int | None
@@ -53,6 +56,7 @@ class EvalRow:
     row_passes: float  # the passes a row needed (while it had [MASK] left), mean over rows: what a
     # sampler that drops finished rows would pay
     char_acc: float  # share of masked characters restored exactly
+    token_acc: float | None  # share of masked tokens restored exactly (None on a character tokenizer: char_acc)
     exact: float  # share of rows whose masked region reads right ([NULL] dropped)
     json_valid: float | None  # toolcalls: share of answers that parse as JSON
     field_acc: float | None  # toolcalls: share of argument values (and tool names) right
@@ -174,7 +178,7 @@ def iter_policies(model: DiffusionLM, ckpt: Checkpoint, held: HeldOut, settings:
             for j, i in enumerate(done.rows.tolist()):
                 outcomes[i] = _outcome(ckpt.vocab, held, done.part, j, i, done.generation.tokens[j])
         yield _aggregate(cfg.policy, cfg.steps, passes / batches, row_passes / len(held), outcomes,
-                         time.perf_counter() - t0)
+                         time.perf_counter() - t0, not isinstance(ckpt.vocab, Vocab))
 
 
 def finished_settings(settings: Iterable) -> tuple[list, bool]:
@@ -224,22 +228,28 @@ def outcome_file(path: Path | None, note=None, overwrite: bool = False):
 def _outcome(vocab, held: HeldOut, part: HeldOut, j: int, i: int, row: torch.Tensor) -> RowOutcome:
     """Grade row j of a batch (held-out row i); exact as HeldOut.exact defines it."""
     target = part.region(j, j + 1)[0]
-    right = int(((row == part.clean[j]) & target).sum())
+    right, tokens = int(((row == part.clean[j]) & target).sum()), int(target.sum())
     valid = fields_right = n_fields = None
     if held.records is not None:
         check = grade(vocab, part.records[j], row, held.scaffold)
         valid, fields_right, n_fields = check.valid_json, check.name_ok + sum(check.fields.values()), 1 + len(check.fields)
     text, reference = part.region_text(vocab, row, j)
-    return RowOutcome(i, text == reference, right, int(target.sum()), valid, fields_right, n_fields, text, reference)
+    if isinstance(vocab, Vocab):
+        chars_right, chars = right, tokens
+    else:  # subword pieces: the decoded region against the reference, character by character in place
+        chars_right, chars = sum(a == b for a, b in zip(text, reference)), len(reference)
+    return RowOutcome(i, text == reference, chars_right, chars, right, tokens, valid, fields_right, n_fields, text,
+                      reference)
 
 
 def _aggregate(policy: str, steps: int, passes: float, row_passes: float, outcomes: list[RowOutcome],
-               seconds: float) -> EvalRow:
+               seconds: float, subword: bool = False) -> EvalRow:
     m = len(outcomes)
     graded = outcomes[0].json_valid is not None
     total = sum(o.chars for o in outcomes)
     n_fields = sum(o.fields for o in outcomes) if graded else 0
-    return EvalRow(policy, steps, passes, row_passes, sum(o.chars_right for o in outcomes) / max(total, 1),
+    by_token = None if not subword else sum(o.tokens_right for o in outcomes) / max(sum(o.tokens for o in outcomes), 1)
+    return EvalRow(policy, steps, passes, row_passes, sum(o.chars_right for o in outcomes) / max(total, 1), by_token,
                    sum(o.exact for o in outcomes) / m,
                    sum(o.json_valid for o in outcomes) / m if graded else None,
                    sum(o.fields_right for o in outcomes) / max(n_fields, 1) if graded else None,

@@ -87,7 +87,7 @@ def load_heldout(ckpt: Checkpoint, n: int, masking: str | None = None, ratio: fl
         raise UsageError("scaffolds need a checkpoint trained on a corpus of calls (toolcalls or functions)")
     try:
         corpus = load_corpus(data.source, block, data.n_records, data.seed, scaffold,
-                             0 if scaffold else data.answer_tail)
+                             0 if scaffold else data.answer_tail, ckpt.vocab)
     except CdtError as e:
         if scaffold and not data.scaffold and "block_size" in str(e):
             raise CdtError(f"scaffolded rows do not fit this checkpoint's block size {block}; "
