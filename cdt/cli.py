@@ -364,13 +364,10 @@ def export(
     from dataclasses import asdict
 
     from cdt.export import export as run_export
+    from cdt.render import show_export
 
     result = run_export(checkpoint, out, fmt)
-    if json_out:
-        emit_json(asdict(result))
-    else:
-        out_console.print(f"exported {result.checkpoint} ({result.trunk} trunk) to {result.out}: "
-                          f"{', '.join(result.files)}\nload: {result.load}", soft_wrap=True)
+    emit_json(asdict(result)) if json_out else show_export(out_console, result)
 
 
 def _sigterm_as_ctrl_c(signum, frame):

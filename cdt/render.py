@@ -575,3 +575,9 @@ def show_bench(console: Console, report) -> None:
         console.print(f"per-call outcomes: {report.rows_file}\n\nnext:\n  cdt sweep-tau {report.rows_file} "
                       "--recall-target 0.9   # a threshold on the critic's score of a call", soft_wrap=True,
                       highlight=False)
+
+
+def show_export(console: Console, result) -> None:
+    """`cdt export`: what was written where, and the line that loads it."""
+    console.print(f"exported {result.checkpoint} ({result.trunk} trunk) to {result.out}: {', '.join(result.files)}\n"
+                  f"load: {result.load}", soft_wrap=True)

@@ -14,7 +14,6 @@ from cdt import checkpoint  # noqa: E402
 from tests import hf_models  # noqa: E402
 from tests.helpers import assert_one_line_error, cdt_process, cli, evals  # noqa: E402
 
-FAMILIES = ("bert", "roberta", "modernbert")
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +23,22 @@ def text_file(tmp_path_factory):
     return path
 
 
+class _Lazy(dict):
+    """family -> what `make(family)` gives, made on first use (a test that needs one family builds one)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, family):
+        self[family] = self.make(family)
+        return self[family]
+
+
 @pytest.fixture(scope="module")
 def backbones(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
-    return {f: hf_models.build(root / f, f) for f in FAMILIES}
+    return _Lazy(lambda f: hf_models.build(root / f, f))
 
 
 def train(backbone, text_file, out, *extra):
@@ -40,10 +51,11 @@ def train(backbone, text_file, out, *extra):
 @pytest.fixture(scope="module")
 def frozen_runs(backbones, text_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    return {f: (root / f, train(backbones[f], text_file, root / f)) for f in FAMILIES}
+    return _Lazy(lambda f: (root / f, train(backbones[f], text_file, root / f)))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# BERT and RoBERTa name their specials differently ([MASK] at 103-style ids, <mask> last); ModernBERT runs slow
+@pytest.mark.parametrize("family", ["bert", "roberta", pytest.param("modernbert", marks=pytest.mark.slow)])
 def test_a_frozen_backbone_keeps_every_weight_while_the_critic_learns(frozen_runs, backbones, family):
     out, doc = frozen_runs[family]
     saved = safetensors_torch.load_file(str(backbones[family] / "model.safetensors"))
@@ -81,6 +93,7 @@ def test_the_backbone_reads_cdt_ids_through_its_own_tokenizer(frozen_runs, backb
     assert torch.allclose(ours[finite], theirs[..., model.inner_of][finite], atol=1e-5)
 
 
+@pytest.mark.slow  # a training run of its own
 def test_train_trunk_fine_tunes_the_backbone(backbones, text_file, tmp_path):
     out = tmp_path / "tuned"
     train(backbones["bert"], text_file, out, "--train-trunk")
@@ -89,17 +102,15 @@ def test_train_trunk_fine_tunes_the_backbone(backbones, text_file, tmp_path):
     assert any(not torch.equal(state[f"hf.{k}"], v) for k, v in saved.items())
 
 
-def test_sample_eval_explore_and_calibrate_run_on_a_backbone(frozen_runs, tmp_path):
+def test_sample_eval_and_calibrate_run_on_a_backbone(frozen_runs, tmp_path):
     out, _ = frozen_runs["bert"]
     s = cli("sample", "--checkpoint", out, "--prompt", "the class", "--length", 8, "--n", 2, "--steps", 4,
             "--policy", "critic", "--json")
     assert s.exit_code == 0, s.output
     assert len(json.loads(s.stdout)["samples"]) == 2
-    e = cli("eval", "--checkpoint", out, "--n", 4, "--steps", 4, "--policies", "confidence,critic-1pass", "--json")
+    e = cli("eval", "--checkpoint", out, "--n", 4, "--steps", 4, "--policies", "critic-1pass", "--json")
     assert e.exit_code == 0, e.output
-    assert {r["policy"] for r in json.loads(e.stdout)["rows"]} == {"confidence", "critic-1pass"}
-    x = cli("explore", "--checkpoint", out, "--no-interactive", "--steps", 2, "--json")
-    assert x.exit_code == 0, x.output
+    assert [r["policy"] for r in json.loads(e.stdout)["rows"]] == ["critic-1pass"]
     c = cli("calibrate", "--checkpoint", out, "--n-samples", 4, "--out", tmp_path / "s.jsonl", "--json")
     assert c.exit_code == 0, c.output
     assert json.loads(c.stdout)["tokens"]["n"] > 0
@@ -176,13 +187,17 @@ def test_a_directory_that_is_not_a_model_is_refused(text_file, tmp_path, backbon
     assert_one_line_error(long, 2, "exceeds the backbone's 256 positions")
 
 
-def test_trust_remote_code_is_off_unless_asked_and_warns_when_on(backbones, text_file, tmp_path):
-    out = tmp_path / "trusted"
-    result = cli("train", "--preset", "tiny", "--data", text_file, "--backbone", f"hf:{backbones['bert']}",
-                 "--out", out, "--max-iters", 2, "--device", "cpu", "--json", "--trust-remote-code")
-    assert result.exit_code == 0, result.output
-    assert "--trust-remote-code: Python files in" in result.stderr
-    assert checkpoint.load(out).config.model.trust_remote_code is True
+def test_trust_remote_code_is_off_unless_asked_and_warns_when_on(backbones, capsys):
+    from cdt import backbone
+    from cdt.config import ModelConfig
+
+    path = backbones["bert"]
+    tok = backbone.tokenizer_of(f"hf:{path}")
+    quiet = backbone.pretrained(ModelConfig(vocab_size=len(tok), backbone=f"hf:{path}"), tok)
+    assert "trust-remote-code" not in capsys.readouterr().err and not quiet.cfg.trust_remote_code
+    backbone.pretrained(ModelConfig(vocab_size=len(tok), backbone=f"hf:{path}", trust_remote_code=True), tok)
+    assert "--trust-remote-code: Python files in" in capsys.readouterr().err
+    assert cli("train", "--help").stdout.count("--trust-remote-code") == 1  # a flag of its own, off by default
 
 
 def test_without_the_extra_the_backbone_names_the_install_line(backbones, text_file, tmp_path, monkeypatch):

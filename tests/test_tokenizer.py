@@ -167,7 +167,7 @@ def bpe_run(tmp_path_factory):
     (root / "topics.txt").write_text(topics_text(120_000), encoding="utf-8")
     out = root / "run"
     result = cli("train", "--preset", "tiny", "--data", root / "topics.txt", "--tokenizer", "bpe:300",
-                 "--out", out, "--max-iters", 20, "--device", "cpu", "--json")
+                 "--out", out, "--max-iters", 10, "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     return out, json.loads(result.stdout)
 
@@ -222,9 +222,9 @@ def test_a_bpe_run_resumes_with_its_own_tokenizer(bpe_run, tmp_path):
     out, _ = bpe_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
-    r = cli("train", "--out", copy, "--resume", "--max-iters", 25, "--json")
+    r = cli("train", "--out", copy, "--resume", "--max-iters", 12, "--json")
     assert r.exit_code == 0, r.output
-    assert checkpoint.load(copy).step == 25 and checkpoint.load(copy).vocab == checkpoint.load(out).vocab
+    assert checkpoint.load(copy).step == 12 and checkpoint.load(copy).vocab == checkpoint.load(out).vocab
 
 
 def test_tiny_config_still_defaults_to_characters():
