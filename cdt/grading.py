@@ -22,12 +22,21 @@ def value_spans(record: ToolCall, vocab, scaffold: bool = False) -> tuple[list[i
         starts = [i for i, s in enumerate(slots) if s and (i == 0 or not slots[i - 1])]
         ends = [i + 1 for i, s in enumerate(slots) if s and (i + 1 == len(slots) or not slots[i + 1])]
         return ids, list(zip(starts, ends))
-    spans = []
+    text, cuts = record.prompt + SEPARATOR + record.answer, []
     for key, value in record.arguments.items():
         val = json.dumps(value, ensure_ascii=False)
         start = len(record.prompt) + 1 + record.answer.index(f'"{key}": {val}') + len(f'"{key}": ')
-        spans.append((start, start + len(val)))
-    return vocab.encode(record.prompt + SEPARATOR + record.answer), spans
+        cuts.append((start, start + len(val)))
+    # the text between values and each value encode apart, so a value is whole tokens under any tokenizer
+    # (one per character: the same ids as encoding the row at once)
+    ids, spans, at = [], [], 0
+    for start, end in sorted(cuts):
+        ids += vocab.encode(text[at:start])
+        value = vocab.encode(text[start:end])
+        spans.append((len(ids), len(ids) + len(value)))
+        ids += value
+        at = end
+    return ids + vocab.encode(text[at:]), spans
 
 
 def answer_text(vocab, row) -> str:

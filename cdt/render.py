@@ -46,8 +46,10 @@ def train_summary(result, ema: float = 0.0) -> Text:
                                 "command use it"))
     e = result.final_eval
     if e:
-        rows.append(("generator", f"validation bits/char {_num(e['val_bpc'])} · "
-                                  f"{_graded(result.mask_region)}-character accuracy {_pct(e['masked_acc'])} "
+        unit = "token" if "val_bits_per_token" in e else "character"  # a subword tokenizer grades tokens
+        rows.append(("generator", f"validation bits/char {_num(e['val_bpc'])}"
+                                  + (f" ({_num(e['val_bits_per_token'])} per token)" if unit == "token" else "")
+                                  + f" · {_graded(result.mask_region)}-{unit} accuracy {_pct(e['masked_acc'])} "
                                   "(t ~ U(0,1))"
                                   + (f" · values restored {_pct(e['value_acc'])} (one masked at a time)"
                                      if e.get("value_acc") is not None else "")))

@@ -229,3 +229,19 @@ def test_a_bpe_run_resumes_with_its_own_tokenizer(bpe_run, tmp_path):
 
 def test_tiny_config_still_defaults_to_characters():
     assert tiny_config().data.tokenizer == "char"
+
+
+def test_value_spans_are_whole_tokens_under_bpe():
+    import json as j
+
+    from cdt.grading import value_spans
+
+    c = load_corpus("toolcalls", 256, 400, tokenizer="bpe:300")
+    char = load_corpus("toolcalls", 256, 400)
+    for r in c.records[:20]:
+        ids, spans = value_spans(r, c.vocab)
+        assert [c.vocab.decode(ids[a:b]) for a, b in spans] == [j.dumps(v, ensure_ascii=False)
+                                                                for v in r.arguments.values()]
+        assert c.vocab.decode(ids) == r.prompt + "\n" + r.answer
+        ids, _ = value_spans(r, char.vocab)
+        assert ids == char.vocab.encode(r.prompt + "\n" + r.answer)  # characters: the row as it always was
