@@ -38,25 +38,12 @@ from cdt.train import train
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests import hf_models  # noqa: E402  (the tiny families the tests build; the base shape is built here)
 
-SIZES = {"base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-         "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)}
+SIZES = {"base": (hf_models.BASE, 30522), "tiny": (hf_models.TINY, 500)}
 
 
 def build_backbone(path: Path, size: str) -> Path:
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.BertPreTokenizer(), decoders.WordPiece()
-    tok.train_from_iterator([hf_models.topics_text(None)], trainers.WordPieceTrainer(
-        vocab_size=30522 if size == "base" else 500, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-        show_progress=False))
-    config = transformers.BertConfig(vocab_size=tok.get_vocab_size(), max_position_embeddings=512, **SIZES[size])
-    torch.manual_seed(0)
-    transformers.BertForMaskedLM(config).save_pretrained(path)
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, mask_token="[MASK]", pad_token="[PAD]",
-                                         sep_token="[SEP]", unk_token="[UNK]").save_pretrained(path)
-    return path
+    shape, tokens = SIZES[size]
+    return hf_models.build(path, "bert", shape=shape, tokens=tokens, text_chars=None)
 
 
 def training(backbone: Path, text: Path, out: Path, args, train_trunk: bool) -> dict:

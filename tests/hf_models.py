@@ -15,14 +15,14 @@ def topics_text(chars: int | None = None) -> str:
     return "\n".join(pydoc_data.topics.topics.values())[:chars]
 
 
-def _bert_tokenizer(text: str):
+def _bert_tokenizer(text: str, size: int = 300):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     tok.train_from_iterator([text], trainers.WordPieceTrainer(
-        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False))
+        vocab_size=size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False))
     return tok, {"mask_token": "[MASK]", "pad_token": "[PAD]", "sep_token": "[SEP]", "unk_token": "[UNK]",
                  "cls_token": "[CLS]"}
 
@@ -40,15 +40,20 @@ def _roberta_tokenizer(text: str):
                  "bos_token": "<s>", "unk_token": "<unk>", "cls_token": "<s>"}
 
 
-def build(path: Path, family: str = "bert", seed: int = 0) -> Path:
-    """A tiny random `family` (bert, roberta, modernbert) masked LM and its tokenizer, saved in `path`."""
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)  # BERT-base
+
+
+def build(path: Path, family: str = "bert", seed: int = 0, shape: dict = TINY, tokens: int = 300,
+          text_chars: int | None = 30_000) -> Path:
+    """A random `family` (bert, roberta, modernbert) masked LM (tiny by default; `shape` sets its widths,
+    `tokens` a BERT tokenizer's size, trained on the first `text_chars` of pydoc's topics), saved in `path`."""
     import transformers
 
-    text = topics_text(30_000)
-    tok, specials = (_bert_tokenizer if family == "bert" else _roberta_tokenizer)(text)
+    text = topics_text(text_chars)
+    tok, specials = _bert_tokenizer(text, tokens) if family == "bert" else _roberta_tokenizer(text)
     size, ids = tok.get_vocab_size(), {k: tok.token_to_id(v) for k, v in specials.items()}
-    common = dict(vocab_size=size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                  pad_token_id=ids["pad_token"])
+    common = dict(vocab_size=size, pad_token_id=ids["pad_token"], **shape)
     if family == "bert":
         config, cls = transformers.BertConfig(max_position_embeddings=256, **common), transformers.BertForMaskedLM
     elif family == "roberta":  # positions start after the pad id: two more than the longest row
