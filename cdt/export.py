@@ -122,4 +122,3 @@ def _card(ckpt, trunk: str, heads: bool) -> dict:
                    "null": getattr(vocab, "null_token", NULL)},
         "block_size": ckpt.config.model.block_size,
     }
-

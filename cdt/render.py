@@ -357,7 +357,7 @@ def frame_heatmap(ex, f, plain: bool, width: int = 80):
         span = max(10, width - 8)
         for lo in range(0, len(lines["text"]), span):
             for name, label in (("text", "text"), ("score", ex.settings.colouring[:6]), ("marks", "marks")):
-                chunk = "".join(lines[name][lo : lo + span])
+                chunk = lines[name][lo : lo + span]
                 if name == "text" or chunk.strip():  # no empty score/marks lines under the prompt
                     text.append(f"{label:<7} ", style="dim").append(chunk + "\n")
         return text

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from cdt import checkpoint, distributed
+from cdt import backbone, checkpoint, distributed
 from cdt.config import RunConfig, TrainConfig, to_yaml
 from cdt.data import Batch, Corpus, has_records, load_corpus
 from cdt.device import pick_device
@@ -68,8 +68,8 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
     """Validation figures, generator and critic kept apart (never mixed into one loss).
 
     val_bpc: generator NELBO in bits per maskable character (a subword tokenizer's bits per token divided by
-    the validation split's characters per token; val_bits_per_token then says the unconverted figure). masked_acc: greedy accuracy on masked
-    characters at t ~ U(0, 1) (answer characters on toolcalls, every character of a text file).
+    the validation split's characters per token; val_bits_per_token then says the unconverted figure).
+    masked_acc: greedy accuracy on masked characters at t ~ U(0, 1) (answer characters on toolcalls, every character of a text file).
     value_acc: see `value_accuracy`. critic_auroc: over every non-[PAD] maskable (answer) position
     of the filled row; critic_auroc_masked: over the filled positions only (harder).
     critic_rollout_auroc / _ece: the critic on the sampler's own generations (`rollout_figures`; skipped with
@@ -100,12 +100,13 @@ def evaluate(model: DiffusionLM, corpus: Corpus, cfg: RunConfig, device: torch.d
               if corpus.records else None)
     rollouts = rollout_figures(model, corpus, cfg, device) if probs and rollouts else {}
     model.train(was_training)
+    bits_per_token = nelbo / max(n_tok, 1) / math.log(2)
     result = {
         "value_acc": values,
         "val_nelbo": nelbo / max(n_tok, 1),
         # per token; a subword corpus converts with its validation split's characters per token
-        "val_bpc": nelbo / max(n_tok, 1) / math.log(2) / corpus.info.get("chars_per_token", 1.0),
-        **({"val_bits_per_token": nelbo / max(n_tok, 1) / math.log(2)} if "chars_per_token" in corpus.info else {}),
+        "val_bpc": bits_per_token / corpus.info.get("chars_per_token", 1.0),
+        **({"val_bits_per_token": bits_per_token} if "chars_per_token" in corpus.info else {}),
         "masked_acc": correct / max(n_masked, 1),
         "masked_tokens": n_masked,
     }
@@ -260,8 +261,6 @@ def _train(cfg: RunConfig, out: Path, dist, resume: bool, reporter: Reporter, st
         t = cfg.train  # trains at full weight from the first step (the generator-only phase would do nothing)
         t.critic_alpha_start, t.critic_warmup_start, t.critic_warmup_end = t.critic_alpha_end, 0, 0
     if cfg.model.backbone != "own" and ckpt is None:  # a backbone reads text with its own tokenizer
-        from cdt import backbone
-
         if cfg.data.tokenizer != "char":
             raise UsageError("--backbone brings its own tokenizer; leave --tokenizer out")
         cfg.data.tokenizer = str(backbone.backbone_dir(cfg.model.backbone) / "tokenizer.json")
