@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from cdt import checkpoint
-from cdt.errors import CdtError, UsageError
+from cdt.errors import UsageError
 from cdt.tokenizer import Bpe, need_hf
 from cdt.vocab import FALLBACK, MASK, NULL, PAD, Vocab
 
@@ -55,9 +55,6 @@ def export(source, out: Path, fmt: str = "hf") -> ExportResult:
         heads = {k: v.contiguous() for k, v in model.state_dict().items() if k.startswith(("critic.", "value_head."))}
         trunk, load = ckpt.backbone["model_type"], f"AutoModelForMaskedLM.from_pretrained({str(out)!r})"
     else:
-        if isinstance(ckpt.vocab, Bpe) and (ckpt.vocab.inner_of != range(len(ckpt.vocab))).any():
-            raise CdtError(f"{ckpt.path}: its tokenizer file numbers tokens otherwise than cdt's trunk reads them "
-                           "([MASK], [PAD], [NULL] not first), so an export would read the wrong rows")
         _own_trunk(ckpt, model, out)
         trunk = "own"
         load = f"AutoModelForMaskedLM.from_pretrained({str(out)!r}, trust_remote_code=True)"
@@ -73,7 +70,9 @@ def export(source, out: Path, fmt: str = "hf") -> ExportResult:
 def _own_trunk(ckpt, model, out: Path) -> None:
     from cdt.hf_modeling import CdtConfig, CdtForMaskedLM
 
-    config = CdtConfig(cdt_model=asdict(ckpt.config.model), vocab_size=len(ckpt.vocab))
+    renumbered = isinstance(ckpt.vocab, Bpe) and (ckpt.vocab.inner_of != range(len(ckpt.vocab))).any()
+    config = CdtConfig(cdt_model=asdict(ckpt.config.model), vocab_size=len(ckpt.vocab),
+                       cdt_ids=ckpt.vocab.cdt_of.tolist() if renumbered else None)
     config.auto_map = {"AutoConfig": "modeling_cdt.CdtConfig", "AutoModelForMaskedLM": "modeling_cdt.CdtForMaskedLM"}
     config.architectures = ["CdtForMaskedLM"]
     wrapped = CdtForMaskedLM(config)

@@ -9,6 +9,9 @@ rebuilds the model with cdt's own `DiffusionLM` (cdt must be installed: the file
 there is one copy of the architecture). The output's `logits` are the generator's; `hidden_states`
 holds the trunk's last states, which `model.cdt.critic_logits` turns into the critic's logits
 (higher = more likely wrong). Pad a batch with the [PAD] id: the trunk masks those keys itself.
+A tokenizer that numbers its tokens otherwise than cdt (a `tokenizer.json` whose mask token is not
+id 0) comes with `cdt_ids` in the config: input ids are read through it, and the logits' columns are
+the tokenizer's ids, so the model reads and writes the exported tokenizer's ids.
 """
 
 from transformers import PretrainedConfig, PreTrainedModel
@@ -18,8 +21,9 @@ from transformers.modeling_outputs import MaskedLMOutput
 class CdtConfig(PretrainedConfig):
     model_type = "cdt"
 
-    def __init__(self, cdt_model: dict | None = None, **kwargs):
+    def __init__(self, cdt_model: dict | None = None, cdt_ids: list | None = None, **kwargs):
         self.cdt_model = dict(cdt_model or {})  # cdt's ModelConfig as plain values
+        self.cdt_ids = None if cdt_ids is None else list(cdt_ids)  # the tokenizer's id -> cdt's (None: the same)
         super().__init__(**kwargs)
 
 
@@ -46,5 +50,16 @@ class CdtForMaskedLM(PreTrainedModel):
         if not self._tables_ready:  # built on the meta device by the loader: the unsaved tables are empty
             self.cdt.reset_buffers()
             self._tables_ready = True
-        h = self.cdt(input_ids)
-        return MaskedLMOutput(logits=self.cdt.generator_logits(h, input_ids), hidden_states=(h,))
+        ids = input_ids if self.config.cdt_ids is None else self._ids(input_ids.device)[input_ids]
+        h = self.cdt(ids)
+        logits = self.cdt.generator_logits(h, ids)
+        if self.config.cdt_ids is not None:  # column j: the tokenizer's token j
+            logits = logits[..., self._ids(logits.device)]
+        return MaskedLMOutput(logits=logits, hidden_states=(h,))
+
+    def _ids(self, device):
+        import torch
+
+        if getattr(self, "_id_table", None) is None or self._id_table.device != device:
+            self._id_table = torch.tensor(self.config.cdt_ids, dtype=torch.long, device=device)
+        return self._id_table

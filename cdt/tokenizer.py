@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ from cdt.vocab import MASK, MASK_ID, NULL, NULL_ID, PAD, PAD_ID, SPECIALS, Vocab
 HF_INSTALL = "pip install 'cdt[hf]'"
 # what a pretrained tokenizer may call the tokens cdt names [MASK] and [PAD] (BERT's, RoBERTa's spellings)
 MASK_NAMES, PAD_NAMES, END_NAMES = (MASK, "<mask>"), (PAD, "<pad>"), ("[SEP]", "</s>")
+# JSON as a scaffold writes it, and letters a lowercasing or ASCII-only tokenizer loses: what a slot's
+# tokenizer must write back as it read it
+COMPOSE_PROBE, CASE_PROBE = '{"name": "Fn_1", "arguments": {"a b": [1, -2.5], "c": "x\\"y", "d": null}}', "Über"
 
 
 def need_hf(what: str):
@@ -48,6 +52,7 @@ class Bpe:
     inner_of: np.ndarray = field(init=False, repr=False, compare=False)  # (len,) cdt id -> inner id
     cdt_of: np.ndarray = field(init=False, repr=False, compare=False)  # (inner size,) inner id -> cdt id
     pieces: tuple = field(init=False, repr=False, compare=False)  # each cdt id's text on its own
+    composes: bool = field(init=False, repr=False, compare=False)  # decoding = joining the pieces (see slot_pieces)
 
     mask_id, pad_id, null_id = MASK_ID, PAD_ID, NULL_ID
 
@@ -73,6 +78,9 @@ class Bpe:
         object.__setattr__(self, "inner_of", inner_of)
         object.__setattr__(self, "cdt_of", cdt_of)
         object.__setattr__(self, "pieces", tuple(inner.decode([int(i)], skip_special_tokens=False) for i in inner_of))
+        joined = "".join(self.pieces[i] for i in self.encode(COMPOSE_PROBE))  # ASCII: whole characters each
+        round_trip = self.decode(self.encode(CASE_PROBE)) == CASE_PROBE
+        object.__setattr__(self, "composes", joined == COMPOSE_PROBE and round_trip)
 
     def __len__(self) -> int:
         return len(self.inner_of)
@@ -125,10 +133,20 @@ class Bpe:
     def emittable(self, allow_null: bool = False) -> torch.Tensor:
         return emittable(len(self), allow_null)
 
-    @property
-    def chars(self):
-        raise CdtError("schema scaffolds need the character tokenizer (--tokenizer char): a slot's automaton "
-                       "reads one character per position")
+    def slot_pieces(self) -> tuple:
+        """Each id's text for a scaffold slot's automaton (`cdt.scaffold.automaton`), None for the specials
+        and for a byte piece that is no whole character (such a character cannot be written in a slot).
+        Only a tokenizer whose decoded text is its pieces joined can hold a slot: byte-level BPE can;
+        WordPiece (spaces between words), lowercasing or an unknown token cannot, and say so."""
+        if not self.composes:
+            raise CdtError(f"schema scaffolds need a tokenizer whose text is its tokens' pieces joined (a byte-level "
+                           f"BPE such as --tokenizer bpe:SIZE); {self.spec} does not write JSON back as it read it")
+        return self._slot_pieces
+
+    @cached_property
+    def _slot_pieces(self) -> tuple:  # once per tokenizer: a scaffold compiles a language per slot
+        return (None,) * len(SPECIALS) + tuple(p if p and "\ufffd" not in p else None
+                                               for p in self.pieces[len(SPECIALS):])
 
     def to_dict(self) -> dict:
         return {"kind": "bpe", "json": self.json_text, "mask_token": self.mask_token, "pad_token": self.pad_token,

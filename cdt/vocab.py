@@ -96,6 +96,10 @@ class Vocab:
                 out.append(self.chars[i - len(SPECIALS)])
         return "".join(out)
 
+    def slot_pieces(self) -> tuple:
+        """Each id's text for a scaffold slot's automaton: None for the specials, then one character each."""
+        return (None,) * len(SPECIALS) + self.chars
+
     def word_characters(self) -> torch.Tensor:
         """(len,) bool: the ids of letters and digits, the characters a word is made of (model.word_buckets)."""
         out = torch.zeros(len(self), dtype=torch.bool)

@@ -158,6 +158,33 @@ def test_a_run_on_cdts_own_trunk_exports_and_loads_with_its_code(tiny_run, tmp_p
         assert torch.equal(loaded(input_ids=x).logits, model.generator_logits(model(x), x))
 
 
+def test_an_own_trunk_run_on_a_renumbered_tokenizer_exports_in_the_tokenizers_ids(text_file, tmp_path):
+    """A tokenizer.json with [PAD] at 0 and the mask token at 4 (as BERT's): cdt reads it renumbered, and
+    the exported model reads and writes the file's own ids."""
+    from tests.test_tokenizer import _wordpiece_file
+
+    (tmp_path / "tok").mkdir()
+    _wordpiece_file(tmp_path / "tok")
+    r = cli("train", "--preset", "tiny", "--data", text_file, "--tokenizer", tmp_path / "tok", "--max-iters", 3,
+            "--out", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    ck = checkpoint.load(tmp_path / "run")
+    assert (ck.vocab.inner_of != range(len(ck.vocab))).any()
+    dest = tmp_path / "export"
+    assert cli("export", dest, "--checkpoint", tmp_path / "run").exit_code == 0
+    loaded = transformers.AutoModelForMaskedLM.from_pretrained(dest, trust_remote_code=True).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(dest)
+    text = "the class statement defines"
+    ids = ck.vocab.encode(text)
+    inner = tok(text, add_special_tokens=False)["input_ids"]
+    assert inner == ck.vocab.inner_of[ids].tolist() and tok.mask_token_id == int(ck.vocab.inner_of[0])
+    model = ck.build_model()
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        theirs = loaded(input_ids=torch.tensor([inner])).logits
+        assert torch.equal(theirs[..., torch.from_numpy(ck.vocab.inner_of)], model.generator_logits(model(x), x))
+
+
 @pytest.mark.parametrize("args, code, fragment", [
     (("--backbone", "hf:/no/such/dir"), 2, "not a directory"),
     (("--backbone", "bert-base-uncased"), 2, "expected own or hf:PATH"),

@@ -43,7 +43,11 @@ MULTIPLE = [
 
 @pytest.fixture(scope="module")
 def bfcl_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bfcl")
+    return write_bfcl_dir(tmp_path_factory.mktemp("bfcl"))
+
+
+def write_bfcl_dir(root):
+    """SIMPLE and MULTIPLE as a BFCL data folder (questions, and answers under possible_answer/)."""
     (root / "possible_answer").mkdir()
     for category, items in (("simple_python", SIMPLE), ("multiple", MULTIPLE)):
         (root / f"BFCL_v4_{category}.json").write_text("".join(

@@ -130,7 +130,7 @@ def test_no_bfcl_request_function_or_answer_in_the_corpus():
 def test_training_teaches_the_choice_of_tool_in_the_layout_sampling_uses():
     """Records offered several tools name them after the request, and add a training row that ends after the
     tool-name slot: the first pass `sample` and `bench` take, position for position."""
-    from cdt.scaffold.layout import NAME_OFFSET, name_row, record_rows
+    from cdt.scaffold.layout import name_offset, name_row, record_rows
     from cdt.scaffold.schema import Field
     from cdt.vocab import MASK_ID, NULL_ID
 
@@ -145,7 +145,7 @@ def test_training_teaches_the_choice_of_tool_in_the_layout_sampling_uses():
     taught, slot = name_row(r.prompt, name, SEPARATOR, VOCAB, r.tool)
     asked, asked_slot = name_row(r.prompt, name, SEPARATOR, VOCAB)
     assert slot == asked_slot and sum(slot) == max(map(len, r.offered))
-    start = len(VOCAB.encode(r.prompt + SEPARATOR)) + NAME_OFFSET
+    start = len(VOCAB.encode(r.prompt + SEPARATOR)) + name_offset(VOCAB)
     assert VOCAB.decode(taught[start : start + name.slot]) == r.tool
     assert taught[start + len(r.tool) : start + name.slot] == [NULL_ID] * (name.slot - len(r.tool))
     assert asked[start : start + name.slot] == [MASK_ID] * name.slot

@@ -147,11 +147,6 @@ def test_the_text_corpus_learns_its_merges_from_the_training_part_alone(tmp_path
     assert isinstance(char.vocab, Vocab) and "chars_per_token" not in char.info  # char corpora as they were
 
 
-def test_scaffolds_need_the_character_tokenizer():
-    with pytest.raises(CdtError, match="data.tokenizer=char"):
-        load_corpus("functions", 256, 200, scaffold=True, tokenizer="bpe:300")
-
-
 def test_a_record_corpus_reads_prompts_and_answers_in_tokens():
     c = load_corpus("toolcalls", 256, 400, tokenizer="bpe:300")
     row, maskable = c.val.ids[0], c.val.maskable[0]
@@ -245,3 +240,23 @@ def test_value_spans_are_whole_tokens_under_bpe():
         assert c.vocab.decode(ids) == r.prompt + "\n" + r.answer
         ids, _ = value_spans(r, char.vocab)
         assert ids == char.vocab.encode(r.prompt + "\n" + r.answer)  # characters: the row as it always was
+
+
+def test_a_subword_run_trains_its_critic_on_context_too_and_from_early_on_unless_told(tmp_path):
+    from cdt.config import resolve_flags
+
+    def resolved(flags, sets=(), preset=None, config=None):
+        return resolve_flags(preset, config, {"data": flags}, list(sets)).train
+
+    t = resolved({"tokenizer": "bpe:768"})
+    assert (t.critic_scope, t.critic_warmup_start, t.critic_warmup_end) == ("masked+context", 500, 700)
+    t = resolved({"tokenizer": "bpe:768"}, ["train.max_iters=1000"], preset="small")
+    assert (t.critic_warmup_start, t.critic_warmup_end) == (179, 250)  # the same shares of a shorter run
+    t = resolved({"tokenizer": "bpe:768"}, ["train.critic_scope=masked"])
+    assert (t.critic_scope, t.critic_warmup_start) == ("masked", 500)  # a key the user names stays as named
+    (tmp_path / "c.yaml").write_text("train:\n  critic_warmup_start: 1200\n  critic_warmup_end: 1300\n")
+    t = resolved({"tokenizer": "bpe:768"}, config=tmp_path / "c.yaml")
+    assert (t.critic_scope, t.critic_warmup_start, t.critic_warmup_end) == ("masked+context", 1200, 1300)
+    for flags in ({}, {"tokenizer": "char"}):  # characters keep the preset's settings
+        t = resolved(flags)
+        assert (t.critic_scope, t.critic_warmup_start, t.critic_warmup_end) == ("masked", 1750, 1950)

@@ -132,8 +132,6 @@ def load_corpus(data: str, block_size: int, n_records: int = 40000, seed: int = 
         tokenizer_module.check_spec(tokenizer)
     elif isinstance(tokenizer, Vocab):
         tokenizer = "char"
-    if scaffold and tokenizer != "char":
-        raise CdtError("data.scaffold needs data.tokenizer=char: a slot's automaton reads one character per position")
     if has_records(data):
         if scaffold and answer_tail:
             raise CdtError("data.answer_tail and data.scaffold do not combine (scaffold slots already end in [NULL])")
@@ -156,6 +154,8 @@ def _records_corpus(name: str, n_records: int, block_size: int, seed: int, scaff
     if tokenizer != "char":  # trained on (or read for) the training split alone
         vocab = tokenizer_module.make(tokenizer, "".join(r.prompt + SEPARATOR + r.answer + "\n" for r in train))
     vocab = vocab or Vocab.from_text("".join(texts), extra=string.printable.strip() + " \n")
+    if scaffold:
+        vocab.slot_pieces()  # a tokenizer that cannot hold a slot says so before any row is laid out
 
     from cdt.scaffold.layout import record_row, record_rows
 

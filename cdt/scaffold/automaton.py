@@ -1,9 +1,10 @@
-"""Slot languages as automata over the model's characters, and the decoder that fills a slot with the most
+"""Slot languages as automata over the model's tokens, and the decoder that fills a slot with the most
 probable string its automaton accepts (or one sampled from the model restricted to them).
 
 A language is a small expression (`lit`, `chars`, `but`, `seq`, `alt`, `star`), compiled once into a DFA
-over a vocabulary's characters. A slot of B positions holds an accepted string followed by [NULL] up to B,
-so its table adds one state reached by [NULL] from any accepting state and left only by [NULL].
+over characters, then lifted to the vocabulary's tokens (a token runs the DFA over its piece). A slot of
+B positions holds an accepted string's tokens followed by [NULL] up to B, so its table adds one state
+reached by [NULL] from any accepting state and left only by [NULL].
 
 `fill` is dynamic programming over positions x automaton states (Viterbi at temperature 0, forward
 filtering and backward sampling otherwise), the way DINGO constrains diffusion decoding to a regular
@@ -16,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 
-from cdt.vocab import NULL_ID, SPECIALS, Vocab
+from cdt.vocab import NULL_ID
 
 # expressions: ("chars", frozenset) | ("but", frozenset) | ("seq", tuple) | ("alt", tuple) | ("star", expr)
 
@@ -71,7 +73,7 @@ def words(texts) -> tuple:
 class Table:
     """A compiled slot language over one vocabulary: `next[s, v]` is the state after token v in state s
     (-1: refused); `final[s]` whether a slot may end in s. State 0 starts; the last state is the [NULL]
-    tail. `shortest` is the fewest characters of an accepted string."""
+    tail. `shortest` is the fewest tokens of an accepted string."""
 
     next: torch.Tensor  # (S, V) long
     final: torch.Tensor  # (S,) bool
@@ -119,14 +121,23 @@ def _nfa(expr, alphabet: frozenset):
     return edges, eps, start, end, count[0]
 
 
-def compile_language(expr, vocab: Vocab) -> Table:
-    """The slot table of `expr` over `vocab`'s characters (cached: schemas repeat their types)."""
-    return _compile(expr, vocab.chars)
+def compile_language(expr, vocab) -> Table:
+    """The slot table of `expr` over `vocab`'s tokens (cached: schemas repeat their types). A token moves
+    the automaton through every character of its piece (one character each in the character vocabulary,
+    several for a subword tokenizer), so a slot holds exactly the strings the language accepts, however
+    they are cut into tokens."""
+    return _compile(expr, vocab.slot_pieces())
 
 
 @lru_cache(maxsize=512)
-def _compile(expr, vocab_chars: tuple[str, ...]) -> Table:
-    alphabet = frozenset(vocab_chars)
+def _compile(expr, pieces: tuple) -> Table:
+    alphabet = sorted({c for p in pieces if p for c in p})
+    trans, accepting = _dfa(expr, frozenset(alphabet))
+    return _table(_by_token(trans, alphabet, pieces), accepting)
+
+
+def _dfa(expr, alphabet: frozenset) -> tuple[list[dict], list[bool]]:
+    """Subset construction: each state's {character: next state}, and which states accept (state 0 starts)."""
     edges, eps, start, end, n = _nfa(expr, alphabet)
     closure_of = [{i} for i in range(n)]
     eps_out = [[] for _ in range(n)]
@@ -163,27 +174,51 @@ def _compile(expr, vocab_chars: tuple[str, ...]) -> Table:
                 order.append(t)
             row[c] = index[t]
         trans.append(row)
-    ids = {c: i + len(SPECIALS) for i, c in enumerate(vocab_chars)}
-    return _table(trans, [end in st for st in order], ids, len(SPECIALS) + len(vocab_chars))
+    return trans, [end in st for st in order]
 
 
-def _table(trans, accepting, ids, vocab_size) -> Table:
-    tail = len(trans)  # the state after the first [NULL]
-    nxt = torch.full((tail + 1, vocab_size), -1, dtype=torch.long)
+def _by_token(trans: list[dict], alphabet: list[str], pieces: tuple) -> np.ndarray:
+    """(S, V) the state after each token from each state (-1: refused): the character automaton run over the
+    token's piece, all tokens and states at once, one character column at a time."""
+    dead = len(trans)
+    col = {c: i for i, c in enumerate(alphabet)}
+    by_char = np.full((dead + 1, len(alphabet)), dead, dtype=np.int64)
     for s, row in enumerate(trans):
         for c, t in row.items():
-            nxt[s, ids[c]] = t
-        if accepting[s]:
-            nxt[s, NULL_ID] = tail
-    nxt[tail, NULL_ID] = tail
-    final = torch.tensor(list(accepting) + [True])
-    # fewest characters to an accepting state (breadth-first)
-    dist, frontier, seen = 0, {0}, {0}
-    while frontier and not any(accepting[s] for s in frontier):
-        frontier = {t for s in frontier for t in trans[s].values()} - seen
-        seen |= frontier
-        dist += 1
-    return Table(nxt, final, dist if frontier else 10**9)
+            by_char[s, col[c]] = t
+    longest = max((len(p) for p in pieces if p), default=0)
+    codes = np.full((len(pieces), longest), -1, dtype=np.int64)
+    for v, p in enumerate(pieces):
+        if p:
+            codes[v, : len(p)] = [col[c] for c in p]
+    state = np.repeat(np.arange(dead)[:, None], len(pieces), axis=1)
+    state[:, codes[:, 0] < 0] = dead  # a special, an empty piece or a broken byte: never in a slot
+    for j in range(longest):
+        on = codes[:, j] >= 0
+        state[:, on] = by_char[state[:, on], codes[on, j]]
+    return np.where(state == dead, -1, state)
+
+
+def _table(by_token: np.ndarray, accepting: list[bool]) -> Table:
+    """The slot table: the states a token boundary can reach from the start (in their order, so a character
+    vocabulary keeps every state and its numbering), each accepting one left by [NULL] into the tail,
+    which only [NULL] leaves."""
+    depth = {0: 0}
+    reach = [0]
+    for s in reach:  # breadth-first: a state's depth is the fewest tokens that reach it
+        for t in np.unique(by_token[s][by_token[s] >= 0]).tolist():
+            if t not in depth:
+                depth[t] = depth[s] + 1
+                reach.append(t)
+    order = sorted(reach)
+    new = np.full(len(by_token) + 1, -1, dtype=np.int64)  # old state -> new (the last entry: -1 stays -1)
+    new[order] = np.arange(len(order))
+    nxt = torch.from_numpy(new[by_token[order]])
+    nxt = torch.cat([nxt, torch.full((1, nxt.shape[1]), -1, dtype=torch.long)])
+    final = torch.tensor([accepting[s] for s in order] + [True])
+    nxt[final, NULL_ID] = len(order)
+    shortest = min((depth[s] for s in order if accepting[s]), default=10**9)
+    return Table(nxt, final, shortest)
 
 
 def fill(logp: torch.Tensor, fixed: torch.Tensor, table: Table, uniforms: torch.Tensor | None = None) -> torch.Tensor:

@@ -36,9 +36,10 @@ def render(schema: Schema, vocab: Vocab, values: dict | None = None) -> tuple[li
     ids: list[int] = []
     slots: list[bool] = []
 
-    def text(s: str) -> None:
-        ids.extend(vocab.encode(s))
-        slots.extend([False] * len(s))
+    def text(s: str) -> None:  # each piece of structure encodes apart: a subword tokenizer cuts it alike every time
+        piece = vocab.encode(s)
+        ids.extend(piece)
+        slots.extend([False] * len(piece))
 
     def fields(fs, vals) -> None:
         for i, f in enumerate(fs):
@@ -53,17 +54,24 @@ def render(schema: Schema, vocab: Vocab, values: dict | None = None) -> tuple[li
             if vals is None:
                 ids.extend([MASK_ID] * f.slot)
             else:
-                content = f.slot_text(value)
-                if len(content) > f.slot:
-                    raise CdtError(f"value {content!r} of {f.name!r} does not fit its slot of {f.slot} positions")
-                ids.extend(vocab.encode(content) + [NULL_ID] * (f.slot - len(content)))
+                ids.extend(_slot_ids(vocab, f, f.slot_text(value)))
             slots.extend([True] * f.slot)
             text('"' if f.quoted_by_scaffold else "")
 
-    text('{"name": ' + json_text(schema.tool) + ', "arguments": {')
+    text(NAME_HEAD)  # the name apart, as `name_row` lays it out
+    text(json_text(schema.tool)[1:-1])
+    text(NAME_TAIL)
     fields(schema.fields, values)
     text("}}")
     return ids, slots
+
+
+def _slot_ids(vocab, f: Field, content: str) -> list[int]:
+    """A slot holding `content`: its tokens, then [NULL] up to the slot's size."""
+    ids = vocab.encode(content)
+    if len(ids) > f.slot:
+        raise CdtError(f"value {content!r} of {f.name!r} does not fit its slot of {f.slot} positions")
+    return ids + [NULL_ID] * (f.slot - len(ids))
 
 
 def slot_fields(schema: Schema) -> list[Field]:
@@ -111,7 +119,7 @@ def template(schema: Schema | list[Schema], vocab: Vocab, prompts: list[str], se
         body, slots = bodies[id(s)]
         if len(head) + len(body) > block_size:
             big = max(slot_fields(s), key=lambda f: f.slot)
-            raise UsageError(f"prompt ({len(head)} characters) plus the {s.tool} scaffold ({len(body)}) exceeds "
+            raise UsageError(f"prompt ({len(head)} positions) plus the {s.tool} scaffold ({len(body)}) exceeds "
                              f"the model's block size {block_size}; shorten the request or lower slot budgets "
                              f"(the largest: {big.name!r}, {big.slot} positions; --budget {big.name}=N)")
         rows.append((head + body, [True] * len(head) + [not x for x in slots]))
@@ -220,14 +228,19 @@ def record_rows(records: list, vocab: Vocab, block_size: int, names: bool = Fals
     return Rows(ids, maskable)
 
 
-NAME_OFFSET = len('{"name": "')  # where the tool-name slot starts after the request and separator
+NAME_HEAD, NAME_TAIL = '{"name": "', '", "arguments": {'  # around the tool's name
+
+
+def name_offset(vocab) -> int:
+    """Where the tool-name slot starts after the request and separator, in positions."""
+    return len(vocab.encode(NAME_HEAD))
 
 
 def name_row(prompt: str, name: Field, separator: str, vocab: Vocab, value: str | None = None):
     """(ids, slot) of a row that ends after the tool-name slot, `{"name": "` + slot + `", "arguments": {`:
     the slot masked (value None: the first of two passes when several tools are offered) or holding
     `value` padded with [NULL] (training rows that teach the choice)."""
-    head = vocab.encode(prompt + separator + '{"name": "')
-    slot = [MASK_ID] * name.slot if value is None else vocab.encode(value) + [NULL_ID] * (name.slot - len(value))
-    tail = vocab.encode('", "arguments": {')
+    head = vocab.encode(prompt + separator) + vocab.encode(NAME_HEAD)
+    slot = [MASK_ID] * name.slot if value is None else _slot_ids(vocab, name, value)
+    tail = vocab.encode(NAME_TAIL)
     return head + slot + tail, [False] * len(head) + [True] * name.slot + [False] * len(tail)

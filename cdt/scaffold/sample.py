@@ -12,7 +12,7 @@ from cdt.data import SEPARATOR
 from cdt.data.functions import with_tools
 from cdt.device import pick_device
 from cdt.sampling.loop import Generation, generate
-from cdt.scaffold.layout import NAME_OFFSET, SlotConstraint, name_row, padded, slot_fields, template
+from cdt.scaffold.layout import SlotConstraint, name_offset, name_row, padded, slot_fields, template
 from cdt.scaffold.schema import Field, Schema, json_text
 from cdt.scaffold.validate import Parsed, parse
 from cdt.settings import SampleConfig
@@ -116,11 +116,11 @@ def fill_calls(model, vocab: Vocab, rows: list[tuple[str, list[Schema]]], cfg: S
         names = [Field("name", "enum", tuple(t.tool for t in rows[i][1])) for i in choosing]
         ids, protected = padded([(r, [not x for x in slot]) for r, slot in
                                  (name_row(prompts[i], name, separator, vocab) for i, name in zip(choosing, names))])
-        slots = [[(starts[i] + NAME_OFFSET, name)] for i, name in zip(choosing, names)]
+        slots = [[(starts[i] + name_offset(vocab), name)] for i, name in zip(choosing, names)]
         gen = generate(model, ids, protected, cfg, allow_null=True, calibration=calibration,
                        constraint=SlotConstraint(slots, vocab))
         for row, i, name in zip(gen.tokens, choosing, names):
-            at = starts[i] + NAME_OFFSET
+            at = starts[i] + name_offset(vocab)
             picked = vocab.decode(row[at : at + name.slot])
             chosen[i] = next(t for t in rows[i][1] if t.tool == picked)
         passes = dict(gen.passes)
