@@ -369,12 +369,15 @@ SUBWORD_CRITIC_PHASE = (500 / 2800, 700 / 2800)  # as shares of the run: steps 5
 
 
 def fit_subword_critic(cfg: RunConfig, chosen: set[str]) -> None:
-    """A subword tokenizer on cdt's own trunk: the critic also learns that the context tokens are right
-    (train.critic_scope masked+context) and starts at 18% of the run, not 62%. On pydoc's topics at the
-    small preset's budget this lifted BPE's critic AUROC from 0.80-0.84 to 0.90-0.91 with bits per
-    character as good or better (docs/measurements.md). Keys named in a config file or on the command
-    line are left as given; characters keep the preset's settings."""
-    if cfg.data.tokenizer == "char" or cfg.model.backbone != "own":
+    """A subword tokenizer on cdt's own trunk, on a text file: the critic also learns that the context
+    tokens are right (train.critic_scope masked+context) and starts at 18% of the run, not 62%. On pydoc's
+    topics at the small preset's budget this lifted BPE's critic AUROC from 0.80-0.84 to 0.90-0.91 with
+    bits per character as good or better (docs/measurements.md). Keys named in a config file or on the
+    command line are left as given; characters, and the embedded corpora of calls (measured with the
+    presets' settings), keep them."""
+    from cdt.data import has_records
+
+    if cfg.data.tokenizer == "char" or cfg.model.backbone != "own" or has_records(cfg.data.source):
         return
     t = cfg.train
     if "train.critic_scope" not in chosen:

@@ -332,6 +332,7 @@ def test_a_run_too_short_for_the_critic_warm_up_still_trains_the_critic(tmp_path
     assert max(r["alpha"] for r in logged if r["kind"] == "train") > 0
 
 
+@pytest.mark.slow  # 5-7 s; the README's test command stays near 3 minutes
 def test_the_commands_train_suggests_run_as_printed(tmp_path):
     out = tmp_path / "run"
     result = cli("train", "--preset", "tiny", "--out", out, "--json")

@@ -246,7 +246,7 @@ def test_a_subword_run_trains_its_critic_on_context_too_and_from_early_on_unless
     from cdt.config import resolve_flags
 
     def resolved(flags, sets=(), preset=None, config=None):
-        return resolve_flags(preset, config, {"data": flags}, list(sets)).train
+        return resolve_flags(preset, config, {"data": {"source": "notes.txt"} | flags}, list(sets)).train
 
     t = resolved({"tokenizer": "bpe:768"})
     assert (t.critic_scope, t.critic_warmup_start, t.critic_warmup_end) == ("masked+context", 500, 700)
@@ -257,6 +257,6 @@ def test_a_subword_run_trains_its_critic_on_context_too_and_from_early_on_unless
     (tmp_path / "c.yaml").write_text("train:\n  critic_warmup_start: 1200\n  critic_warmup_end: 1300\n")
     t = resolved({"tokenizer": "bpe:768"}, config=tmp_path / "c.yaml")
     assert (t.critic_scope, t.critic_warmup_start, t.critic_warmup_end) == ("masked+context", 1200, 1300)
-    for flags in ({}, {"tokenizer": "char"}):  # characters keep the preset's settings
+    for flags in ({}, {"tokenizer": "char"}, {"source": "functions", "tokenizer": "bpe:768"}):  # as they were
         t = resolved(flags)
         assert (t.critic_scope, t.critic_warmup_start, t.critic_warmup_end) == ("masked", 1750, 1950)

@@ -128,6 +128,7 @@ def test_model_without_critic_trains(tmp_path):
     assert "critic_auroc" not in result.final_eval and result.final_eval["val_bpc"] > 0
 
 
+@pytest.mark.slow  # 5-7 s; the README's test command stays near 3 minutes
 def test_copy_head_trains_resumes_and_samples(tmp_path):
     """The copy head learns, rebuilds from its checkpoint, resumes exactly and feeds the sampler."""
     from cdt.sampling.loop import generate
