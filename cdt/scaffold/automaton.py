@@ -192,7 +192,7 @@ def _by_token(trans: list[dict], alphabet: list[str], pieces: tuple) -> np.ndarr
         if p:
             codes[v, : len(p)] = [col[c] for c in p]
     state = np.repeat(np.arange(dead)[:, None], len(pieces), axis=1)
-    state[:, codes[:, 0] < 0] = dead  # a special, an empty piece or a broken byte: never in a slot
+    state[:, [not p for p in pieces]] = dead  # a special, an empty piece or a broken byte: never in a slot
     for j in range(longest):
         on = codes[:, j] >= 0
         state[:, on] = by_char[state[:, on], codes[on, j]]
