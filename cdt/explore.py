@@ -18,6 +18,7 @@ import torch
 from cdt import calibration_map, checkpoint
 from cdt.artifacts import CRITIC_POLARITY
 from cdt.checkpoint import Checkpoint
+from cdt.data import SEPARATOR
 from cdt.device import pick_device
 from cdt.errors import UsageError
 from cdt.metrics import frame_stats
@@ -26,6 +27,7 @@ from cdt.sampling.heldout import load_heldout
 from cdt.sampling.loop import critic_probs, generate
 from cdt.sampling.policies import POLICIES
 from cdt.sampling.template import prompt_template
+from cdt.scaffold.layout import SlotConstraint, record_schema
 from cdt.settings import COLOURINGS, ExploreSettings
 from cdt.step import one_step
 from cdt.vocab import MASK_ID, PAD_ID
@@ -39,6 +41,7 @@ class Material:
     protected: torch.Tensor  # (n,) bool
     reference: torch.Tensor | None  # (n,) clean ids (held-out rows), None for a free prompt
     label: str
+    constraint: SlotConstraint | None = None  # a scaffolded row's slots, each kept in its type's language
 
 
 @dataclass
@@ -77,8 +80,14 @@ def load_materials(ckpt: Checkpoint, prompt: str | None, length: int, rows: int,
     if index >= len(held):
         raise UsageError(f"--index {index} is past the validation split: it has {len(held)} rows (0-{len(held) - 1})")
     rows = [held.take(torch.tensor([i])) for i in range(len(held))]  # each at its own length, no padding
-    return [Material(row.template[0], row.protected[0], row.clean[0], f"held-out row {i} ({held.masking})")
+    return [Material(row.template[0], row.protected[0], row.clean[0], f"held-out row {i} ({held.masking})",
+                     _slots(ckpt.vocab, held.records[i]) if held.scaffold else None)
             for i, row in enumerate(rows)]
+
+
+def _slots(vocab, record) -> SlotConstraint:
+    """The constraint `cdt sample --schema` and `cdt eval --scaffold` put on a scaffolded row's slots."""
+    return SlotConstraint.of([(record_schema(record), len(vocab.encode(record.prompt + SEPARATOR)))], vocab)
 
 
 @dataclass
@@ -129,7 +138,7 @@ class Explorer:
         calibration, warning = calibration_map.for_sampler(self.ckpt.path.parent, cfg)
         self.message = warning or self.message
         gen = generate(self.model, template[None], m.protected[None], cfg, row_seeds=[self.row_seed()], record=True,
-                       allow_null=self.ckpt.config.data.emits_null, calibration=calibration)
+                       allow_null=self.ckpt.config.data.emits_null, calibration=calibration, constraint=m.constraint)
         region = ~m.protected & (m.template != PAD_ID)
         frames = [] if first_step > 1 else [Frame(0, template.clone(), template == MASK_ID, None, None,
                                                   torch.zeros_like(region), torch.zeros_like(region))]

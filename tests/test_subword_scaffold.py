@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdt import scaffold
+from cdt import checkpoint, scaffold
 from cdt.config import ModelConfig
 from cdt.data import SEPARATOR, load_corpus
 from cdt.errors import CdtError
@@ -224,6 +224,21 @@ def test_cli_bpe_scaffold_run_samples_evaluates_and_benches_valid_calls(bpe_func
     assert bench.exit_code == 0, bench.output
     for c in json.loads(bench.stdout)["categories"]:  # BFCL's own functions, Zürich included
         assert c["parse_rate"] == c["valid_rate"] == 1.0 and c["n"] > 0
+
+
+def test_explore_keeps_a_scaffolded_rows_slots_in_their_languages(bpe_functions_run):
+    """explore fills held-out slots under the same constraint as sample --schema and eval --scaffold."""
+    from cdt.scaffold.layout import record_schema
+    from cdt.sampling.heldout import load_heldout
+
+    records = load_heldout(checkpoint.load(bpe_functions_run), 2).records
+    for index, record in enumerate(records):
+        x = cli("explore", "--checkpoint", bpe_functions_run, "--no-interactive", "--steps", 3, "--index", index,
+                "--temperature", 1.5, "--json")
+        assert x.exit_code == 0, x.output
+        for frame in json.loads(x.stdout)["frames"][1:]:  # after every step, not only the last
+            parsed = scaffold.parse(record_schema(record), frame["text"].split(SEPARATOR, 1)[1])
+            assert parsed.valid, (frame["text"], parsed.errors)
 
 
 def test_cli_bpe_scaffold_errors_are_one_line(bpe_functions_run):
