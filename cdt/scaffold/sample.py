@@ -116,11 +116,12 @@ def fill_calls(model, vocab: Vocab, rows: list[tuple[str, list[Schema]]], cfg: S
         names = [Field("name", "enum", tuple(t.tool for t in rows[i][1])) for i in choosing]
         ids, protected = padded([(r, [not x for x in slot]) for r, slot in
                                  (name_row(prompts[i], name, separator, vocab) for i, name in zip(choosing, names))])
-        slots = [[(starts[i] + name_offset(vocab), name)] for i, name in zip(choosing, names)]
+        offset = name_offset(vocab)
+        slots = [[(starts[i] + offset, name)] for i, name in zip(choosing, names)]
         gen = generate(model, ids, protected, cfg, allow_null=True, calibration=calibration,
                        constraint=SlotConstraint(slots, vocab))
         for row, i, name in zip(gen.tokens, choosing, names):
-            at = starts[i] + name_offset(vocab)
+            at = starts[i] + offset
             picked = vocab.decode(row[at : at + name.slot])
             chosen[i] = next(t for t in rows[i][1] if t.tool == picked)
         passes = dict(gen.passes)
