@@ -16,6 +16,7 @@ from cdt import checkpoint, scaffold
 from cdt.config import ModelConfig
 from cdt.data import SEPARATOR, load_corpus
 from cdt.errors import CdtError
+from cdt.grading import value_spans
 from cdt.model import DiffusionLM
 from cdt.sampling.loop import generate
 from cdt.scaffold.automaton import alt, chars, compile_language, fill, lit, opt, seq, star
@@ -127,21 +128,9 @@ def test_the_bpe_scaffold_trains_on_the_layout_it_generates_into(bpe):
         template, masked = scaffold.render(schema, bpe)
         assert masked == slots[head:] and len(template) == len(ids) - head
         assert [t for t, m in zip(template, masked) if not m] == [t for t, m in zip(ids[head:], slots[head:]) if not m]
-        for a, b in _runs(slots):  # a value encoded on its own, not cut where the text around it falls
+        for a, b in value_spans(r, bpe, scaffold=True)[1]:  # a value encoded on its own, whole tokens
             value = bpe.encode(bpe.decode(ids[a:b]))
             assert ids[a:b] == value + [NULL_ID] * (b - a - len(value))
-
-
-def _runs(flags):
-    """[start, end) of each run of True."""
-    out, start = [], None
-    for i, x in enumerate(list(flags) + [False]):
-        if x and start is None:
-            start = i
-        elif not x and start is not None:
-            out.append((start, i))
-            start = None
-    return out
 
 
 TOOLS = [{"name": "book_table", "parameters": {"type": "dict", "properties": {
