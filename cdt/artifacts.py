@@ -26,6 +26,7 @@ class CriticArtifacts:
     filled: torch.Tensor  # (b, n) bool, positions that were [MASK] and are now generator samples
     critic_target: torch.Tensor | None = None  # (b, n) float, 1 = token differs from the clean row
     critic_valid: torch.Tensor | None = None  # (b, n) bool, positions the critic is scored on
+    scope: str = "masked"  # which positions critic_valid holds (SCOPES)
 
 
 # Up to this many tokens a sample takes one uniform per token (Gumbel-max, as character models always have,
@@ -87,18 +88,24 @@ def build_critic_artifacts(noisy: torch.Tensor, logits: torch.Tensor, clean: tor
     critic_input = noisy.clone()
     noise = _fill_noise(filled, logits.shape[-1], generator) if temperature > 0 else None
     critic_input[filled] = sample_tokens(logits[filled], temperature, noise, allowed)  # only (m, v) rows
-    out = CriticArtifacts(pred_tokens=critic_input, critic_input=critic_input, filled=filled)
+    out = CriticArtifacts(pred_tokens=critic_input, critic_input=critic_input, filled=filled, scope=scope)
     if clean is not None:
         out.critic_target = (critic_input != clean).float()
         out.critic_valid = filled.clone() if scope == "masked" else noisy != PAD_ID
     return out
 
 
-def with_rows(art: CriticArtifacts, rows: torch.Tensor, tokens: torch.Tensor, clean: torch.Tensor) -> CriticArtifacts:
+def with_rows(art: CriticArtifacts, rows: torch.Tensor, tokens: torch.Tensor, clean: torch.Tensor,
+              filled: torch.Tensor | None = None) -> CriticArtifacts:
     """`art` with the critic input of `rows` replaced by `tokens` (b', n), rows the sampler filled in several
-    steps from the same corruption (the same positions filled, so `filled` and `critic_valid` hold), and
-    their targets relabelled the one way: input != clean."""
+    steps, and their targets relabelled the one way: input != clean. `filled` (b', n): the positions the
+    sampler filled when they are not the corruption's (a span rollout); the critic is then scored on those
+    instead (and on the context too under scope masked+context)."""
     art.critic_input[rows] = tokens
+    if filled is not None:
+        art.filled[rows] = filled
+        if art.critic_valid is not None and art.scope == "masked":  # masked+context: every non-[PAD] one still
+            art.critic_valid[rows] = filled
     if art.critic_target is not None:
         art.critic_target[rows] = (tokens != clean[rows]).float()
     return art

@@ -101,3 +101,20 @@ def corrupt(clean: torch.Tensor, maskable: torch.Tensor, t: torch.Tensor, schedu
         u = torch.rand(clean.shape, generator=generator).to(clean.device)
     masked = (u < p) & maskable
     return clean.masked_fill(masked, MASK_ID), masked
+
+
+def span_region(maskable: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(b, n) bool: in row i, the maskable positions ranked starts[i] .. starts[i] + counts[i] - 1 among that
+    row's maskable ones: one contiguous run of them (`--mask span`'s region, and training's span rollouts)."""
+    rank = maskable.long().cumsum(1) - 1
+    starts, counts = starts.to(maskable.device)[:, None], counts.to(maskable.device)[:, None]
+    return maskable & (rank >= starts) & (rank < starts + counts)
+
+
+def span_like(noisy: torch.Tensor, maskable: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(b, n) bool: as many positions as each row of `noisy` has masked, now one contiguous run of its
+    maskable positions, starting at a uniform place (`u` (b,) uniforms)."""
+    counts = (noisy == MASK_ID).sum(1)
+    room = maskable.sum(1) - counts + 1
+    starts = torch.minimum((u.to(room.device) * room).long(), room - 1)
+    return span_region(maskable, starts, counts)

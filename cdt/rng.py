@@ -30,10 +30,12 @@ class RowGenerators:
                                        dtype=dtype) for s in self.seeds])
 
 
-def fork(generator: torch.Generator | RowGenerators) -> torch.Generator | RowGenerators:
+def fork(generator: torch.Generator | RowGenerators, salt: int = 0) -> torch.Generator | RowGenerators:
     """A generator seeded from `generator`'s current state, which stays as it was: optional draws (a training
-    option's) taken from the fork leave every later draw of the parent, and the figures built on them, unchanged."""
+    option's) taken from the fork leave every later draw of the parent, and the figures built on them, unchanged.
+    Forks of one state with different `salt`s draw apart (two options in one step)."""
+    extra = (salt,) if salt else ()
     if isinstance(generator, RowGenerators):
-        return RowGenerators([seed_for(s, generator.calls, 104_729) for s in generator.seeds])
+        return RowGenerators([seed_for(s, generator.calls, 104_729, *extra) for s in generator.seeds])
     state = np.frombuffer(generator.get_state().numpy().tobytes(), dtype=np.uint32)
-    return torch.Generator().manual_seed(seed_for(*state[::97].tolist(), int(state.sum(dtype=np.uint64))))
+    return torch.Generator().manual_seed(seed_for(*state[::97].tolist(), int(state.sum(dtype=np.uint64)), *extra))

@@ -18,7 +18,7 @@ from cdt.data import Batch
 from cdt.device import autocast
 from cdt.losses import critic_bce, diffusion_nelbo
 from cdt.model import DiffusionLM
-from cdt.noise import EPS, Schedule, corrupt, get_schedule
+from cdt.noise import EPS, Schedule, corrupt, get_schedule, span_like
 from cdt.rng import RowGenerators, fork
 from cdt.vocab import MASK_ID, PAD_ID
 
@@ -53,16 +53,22 @@ def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: 
         gen_loss = diffusion_nelbo(logits, clean, masked, schedule.weight(t), maskable.sum())
     if not model.has_critic or not critic:
         return StepOutput(gen_loss, None, noisy, masked, maskable, logits, None, None)
-    c_noisy, c_logits, c_clean = noisy, logits.detach(), clean
+    c_noisy, c_logits, c_clean, c_maskable = noisy, logits.detach(), clean, maskable
     if 0 < critic_rows < len(clean):  # every (b / critic_rows)-th row: the critic sees every stratum of t
         rows = torch.arange(critic_rows, device=clean.device) * len(clean) // critic_rows
-        c_noisy, c_logits, c_clean = noisy[rows], c_logits[rows], clean[rows]
+        c_noisy, c_logits, c_clean, c_maskable = noisy[rows], c_logits[rows], clean[rows], maskable[rows]
     art = build_critic_artifacts(c_noisy, c_logits, c_clean, temperature=cfg.fill_temperature,
                                  scope=cfg.critic_scope, allow_null=allow_null, generator=generator)
     rows = spaced_rows(cfg.rollout_share, len(c_clean), c_clean.device)
     if len(rows):  # these rows show the critic what sampling will: a few confidence steps instead of one fill
-        draws = row_draws(generator, rows, 2)
-        art = with_rows(art, rows, rollout(model, c_noisy[rows], cfg.rollout_steps, draws, allow_null), c_clean)
+        draws, start = row_draws(generator, rows, 2), c_noisy[rows].clone()
+        spans = spaced_rows(cfg.rollout_span, len(rows), c_clean.device)
+        if len(spans):  # the same count masked as one contiguous run, as infilling a span or a continuation
+            u = row_draws(fork(generator, salt=1), rows[spans], 1)[:, 0]  # a fork: other draws stay as they were
+            region = span_like(start[spans], c_maskable[rows[spans]], u)
+            start[spans] = c_clean[rows[spans]].masked_fill(region, MASK_ID)
+        tokens = rollout(model, start, cfg.rollout_steps, draws, allow_null)
+        art = with_rows(art, rows, tokens, c_clean, filled=start == MASK_ID if len(spans) else None)
     rows = len(c_clean) - 1 - spaced_rows(cfg.onepass_share, len(c_clean), c_clean.device)  # from the last row up
     if len(rows):  # the one-pass critic's state: the least confident fills masked again, a share U(0, 1) per row;
         # drawn from a fork, so the option leaves every other draw (and validation's masks) as they were

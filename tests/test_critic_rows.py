@@ -130,3 +130,56 @@ def test_the_rollout_figure_is_what_calibrate_finds_on_the_same_rows(tmp_path):
                                                                      device="cpu"), tmp_path / "s.jsonl", None)
     assert last["critic_rollout_ece"] == pytest.approx(result.tokens.ece, abs=1e-9)
     assert last["critic_rollout_auroc"] == pytest.approx(result.tokens.auroc, abs=2e-3)
+
+
+def test_span_rollout_rows_fill_one_contiguous_run_of_the_corruptions_size(monkeypatch):
+    """train.rollout_span: a rollout row's masked positions become one contiguous run of its maskable
+    positions (as many as its corruption masked, at a seeded place); the sampler fills exactly that run,
+    the critic is scored on it, targets stay input != clean, and the other rows are as without the option."""
+    import cdt.sampling.loop as loop
+    from cdt.config import ModelConfig, TrainConfig
+    from cdt.data import Batch
+    from cdt.model import DiffusionLM
+    from cdt.noise import get_schedule
+    from cdt.step import diffusion_step
+    from cdt.vocab import MASK_ID, PAD_ID
+
+    torch.manual_seed(0)
+    model = DiffusionLM(ModelConfig(vocab_size=30, d_model=32, n_layers=2, n_heads=2, block_size=24, critic="linear"))
+    clean = torch.randint(3, 30, (8, 24))
+    maskable = torch.zeros(8, 24, dtype=torch.bool)
+    maskable[:, 5:] = True
+    calls, real = [], loop.generate
+
+    def recorded(m, ids, protected, cfg, **kw):
+        calls.append(ids.clone())
+        return real(m, ids, protected, cfg, **kw)
+
+    monkeypatch.setattr(loop, "generate", recorded)
+
+    def step(span, scope="masked"):
+        cfg = TrainConfig(rollout_share=0.5, rollout_steps=2, rollout_span=span, critic_scope=scope)
+        return diffusion_step(model, Batch(clean, maskable), torch.linspace(0.2, 0.9, 8), get_schedule("loglinear"),
+                              cfg, "answer", torch.Generator().manual_seed(3), torch.device("cpu"))
+
+    plain, out = step(0.0), step(1.0)
+    rows = torch.arange(4) * 8 // 4
+    start, noisy = calls[-1], out.noisy[rows]
+    assert torch.equal(plain.noisy, out.noisy)  # the corruption itself is untouched
+    for i in range(4):
+        where = (start[i] == MASK_ID).nonzero().flatten()
+        assert len(where) == int((noisy[i] == MASK_ID).sum())  # the same count ...
+        assert len(where) == 0 or (where.min() >= 5 and where.max() - where.min() + 1 == len(where))  # ... one run
+        assert torch.equal(start[i][start[i] != MASK_ID], clean[rows[i]][start[i] != MASK_ID])
+    art = out.artifacts
+    assert torch.equal(art.filled[rows], start == MASK_ID)
+    assert torch.equal(art.critic_valid[rows], start == MASK_ID)
+    assert torch.equal(art.critic_target, (art.critic_input != clean).float())
+    others = torch.tensor([i for i in range(8) if i not in rows.tolist()])
+    assert torch.equal(art.critic_input[others], plain.artifacts.critic_input[others])
+    assert torch.equal(art.critic_valid[others], plain.artifacts.critic_valid[others])
+    # scope masked+context: every non-[PAD] position is still scored
+    assert torch.equal(step(1.0, "masked+context").artifacts.critic_valid, clean != PAD_ID)
+    # the run's start place is seeded: same seed, same run
+    step(1.0)
+    assert torch.equal(calls[-1], start)

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from cdt.noise import SCHEDULES, corrupt, get_schedule, sample_t
+from hypothesis import given, settings, strategies as st
+
+from cdt.noise import SCHEDULES, corrupt, get_schedule, sample_t, span_like, span_region
 from cdt.errors import UsageError
 from cdt.vocab import MASK_ID
 
@@ -51,3 +53,26 @@ def test_corrupt_masks_only_maskable_at_the_schedule_rate():
     assert torch.allclose(rate, s.mask_prob(t).float(), atol=0.015)
     again, _ = corrupt(clean, maskable, t, s, torch.Generator().manual_seed(0))
     assert torch.equal(noisy, again)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_span_region_is_one_contiguous_run_of_the_maskable_positions(data):
+    """span_region against a loop over each row's maskable positions; span_like keeps each row's count
+    and puts the run anywhere it fits."""
+    b, n = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 12))
+    maskable = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=n, max_size=n), min_size=b, max_size=b)))
+    where = [maskable[i].nonzero().flatten().tolist() for i in range(b)]
+    counts = torch.tensor([data.draw(st.integers(0, len(w))) for w in where])
+    starts = torch.tensor([data.draw(st.integers(0, len(w) - int(c))) for w, c in zip(where, counts)])
+    expect = torch.zeros(b, n, dtype=torch.bool)
+    for i, w in enumerate(where):
+        expect[i, w[int(starts[i]) : int(starts[i]) + int(counts[i])]] = True
+    assert torch.equal(span_region(maskable, starts, counts), expect)
+    noisy = torch.full((b, n), 7).masked_fill(expect, MASK_ID)
+    u = torch.tensor(data.draw(st.lists(st.floats(0, 1, exclude_max=True), min_size=b, max_size=b)), dtype=torch.float64)
+    got = span_like(noisy, maskable, u)
+    assert torch.equal(got.sum(1), counts) and not (got & ~maskable).any()
+    for i, w in enumerate(where):
+        picked = [w.index(j) for j in got[i].nonzero().flatten().tolist()]
+        assert picked == list(range(picked[0], picked[0] + len(picked))) if picked else int(counts[i]) == 0

@@ -260,3 +260,27 @@ def test_a_subword_run_trains_its_critic_on_context_too_and_from_early_on_unless
     for flags in ({}, {"tokenizer": "char"}, {"source": "functions", "tokenizer": "bpe:768"}):  # as they were
         t = resolved(flags)
         assert (t.critic_scope, t.critic_warmup_start, t.critic_warmup_end) == ("masked", 1750, 1950)
+
+
+def test_a_text_run_trains_its_critic_on_span_rollouts_unless_told(tmp_path):
+    """Text files of characters on cdt's own trunk: half the critic's rows are spans the sampler fills; a key
+    the user names stays as named; subwords, the corpora of calls, backbones and resumed runs keep theirs."""
+    from cdt.config import resolve, resolve_flags
+
+    def resolved(flags, sets=(), model=None):
+        return resolve_flags(None, None, {"data": {"source": "notes.txt"} | flags} | ({"model": model} if model else {}),
+                             list(sets)).train
+
+    for flags in ({}, {"tokenizer": "char"}):
+        t = resolved(flags)
+        assert (t.rollout_share, t.rollout_span) == (0.5, 1.0)
+    t = resolved({}, ["train.rollout_share=0"])
+    assert (t.rollout_share, t.rollout_span) == (0.0, 1.0)
+    (tmp_path / "c.yaml").write_text("train:\n  rollout_span: 0.25\n")
+    assert resolve_flags(None, tmp_path / "c.yaml", {"data": {"source": "notes.txt"}}, []).train.rollout_span == 0.25
+    for t in (resolved({"source": "toolcalls"}), resolved({"source": "functions"}),
+              resolved({"tokenizer": "bpe:768"}), resolved({}, model={"backbone": "hf:/some/bert"})):
+        assert (t.rollout_share, t.rollout_span) == (0.0, 0.0)
+    old = resolve_flags(None, None, {"data": {"source": "notes.txt"}}, ["train.rollout_share=0"])
+    old.train.rollout_span = 0.0
+    assert (resolve(base=old).train.rollout_share, resolve(base=old).train.rollout_span) == (0.0, 0.0)

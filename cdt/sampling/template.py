@@ -7,6 +7,7 @@ import torch
 
 from cdt.data import SEPARATOR
 from cdt.errors import CdtError, UsageError
+from cdt.noise import span_region
 from cdt.rng import seed_for
 from cdt.settings import MASKS
 from cdt.vocab import MASK_ID, PAD_ID, Vocab
@@ -28,17 +29,18 @@ def heldout_templates(corpus, n: int, masking: str = "answer", ratio: float = 0.
     batch = next(corpus.val_batches(n, n))
     clean, maskable = batch.ids, batch.maskable & (batch.ids != PAD_ID)
     region = maskable.clone() if masking == "answer" else torch.zeros_like(maskable)
+    starts, counts = torch.zeros(len(clean), dtype=torch.long), torch.zeros(len(clean), dtype=torch.long)
     for i in range(len(clean)) if masking != "answer" else ():
         rng = np.random.default_rng(seed_for(seed, i))
         where = maskable[i].nonzero().flatten().numpy()
         if masking == "random":
             pick = where[rng.random(len(where)) < ratio]
-            pick = pick if len(pick) else where[rng.integers(len(where)):][:1]
+            region[i, torch.from_numpy(pick if len(pick) else where[rng.integers(len(where)):][:1])] = True
         else:
-            span = max(1, round(ratio * len(where)))
-            start = int(rng.integers(len(where) - span + 1))
-            pick = where[start : start + span]
-        region[i, torch.from_numpy(pick)] = True
+            counts[i] = max(1, round(ratio * len(where)))
+            starts[i] = int(rng.integers(len(where) - counts[i] + 1))
+    if masking == "span":
+        region = span_region(maskable, starts, counts)
     return clean, clean.masked_fill(region, MASK_ID), ~region
 
 
