@@ -64,9 +64,9 @@ def diffusion_step(model: DiffusionLM, batch: Batch, t: torch.Tensor, schedule: 
         draws, start = row_draws(generator, rows, 2), c_noisy[rows].clone()
         spans = spaced_rows(cfg.rollout_span, len(rows), c_clean.device)
         if len(spans):  # the same count masked as one contiguous run, as infilling a span or a continuation
-            u = row_draws(fork(generator, salt=1), rows[spans], 1)[:, 0]  # a fork: other draws stay as they were
-            region = span_like(start[spans], c_maskable[rows[spans]], u)
-            start[spans] = c_clean[rows[spans]].masked_fill(region, MASK_ID)
+            at = rows[spans]
+            u = row_draws(fork(generator, salt=1), at, 1)[:, 0]  # a fork: other draws stay as they were
+            start[spans] = c_clean[at].masked_fill(span_like(start[spans], c_maskable[at], u), MASK_ID)
         tokens = rollout(model, start, cfg.rollout_steps, draws, allow_null)
         art = with_rows(art, rows, tokens, c_clean, filled=start == MASK_ID if len(spans) else None)
     rows = len(c_clean) - 1 - spaced_rows(cfg.onepass_share, len(c_clean), c_clean.device)  # from the last row up
