@@ -59,7 +59,12 @@ def test_scores_equal_an_independent_generation_and_critic_pass(tiny_run, tmp_pa
 def test_results_do_not_depend_on_batch_size(tiny_run, tmp_path):
     _, a = run(tiny_run, tmp_path / "a", batch_size=12)
     _, b = run(tiny_run, tmp_path / "b", batch_size=5)
-    assert a == b
+    # the same generations and labels; a batched matmul may round a critic probability's last bits differently
+    assert [{k: v for k, v in r.items() if not isinstance(v, float)} for r in a] == \
+           [{k: v for k, v in r.items() if not isinstance(v, float)} for r in b]
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if isinstance(v, float)} == pytest.approx(
+            {k: v for k, v in y.items() if isinstance(v, float)}, rel=1e-6)
 
 
 def test_samples_per_prompt_draws_distinct_generations(tiny_run, tmp_path):
@@ -298,3 +303,4 @@ def test_what_a_hard_kill_left_becomes_the_partial_file(tmp_path):
     nothing = left_behind(path, dead_pid(), "", age=300)
     os.unlink(tmp_path / "s.jsonl.partial")
     assert recover_stale(path) is None and not nothing.exists() and not (tmp_path / "s.jsonl.partial").exists()
+

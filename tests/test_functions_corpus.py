@@ -10,6 +10,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from cdt.config import FUNCTIONS_BLOCK_SIZE
 from cdt.data import RECORD_CORPORA, SEPARATOR, functions, load_corpus
 from cdt.data.toolcalls import check_answer
 from cdt.scaffold.layout import record_row, slot_fields
@@ -87,8 +88,8 @@ def test_unknown_characters_read_as_the_trained_fallback():
 
 
 def test_scaffolded_rows_hold_every_call_and_fit_the_block():
-    corpus = load_corpus("functions", 640, 2000, seed=1, scaffold=True)
-    assert corpus.info["longest_row"] <= 640
+    corpus = load_corpus("functions", FUNCTIONS_BLOCK_SIZE, 2000, seed=1, scaffold=True)
+    assert corpus.info["longest_row"] <= FUNCTIONS_BLOCK_SIZE
     for r in corpus.records[:300]:
         ids, slots = record_row(r, VOCAB)
         text = VOCAB.decode(ids).split(SEPARATOR, 1)[1]
@@ -150,3 +151,34 @@ def test_training_teaches_the_choice_of_tool_in_the_layout_sampling_uses():
     assert taught[start + len(r.tool) : start + name.slot] == [NULL_ID] * (name.slot - len(r.tool))
     assert asked[start : start + name.slot] == [MASK_ID] * name.slot
     assert [t for t, s in zip(taught, slot) if not s] == [t for t, s in zip(asked, slot) if not s]
+
+
+def test_requests_speak_as_people_do_and_stay_unambiguous():
+    """Compound argument names said whole or by their base; values said without a name only where that is
+    unambiguous: two arguments of one type named by neither are said in the function's order; money."""
+    import random
+
+    from cdt.data.functions import KINDS, _request
+
+    fields = [f.name for r in RECORDS for f in r.schema.fields]
+    assert sum("_" in f for f in fields) > 0.2 * len(fields)  # start_location, player_name
+    base_alone = [r for r in RECORDS for f in r.schema.fields if r.arguments[f.name] is not None
+                  and f.name.split("_", 1)[0] in functions.QUALIFIERS and f.name.count("_") == 1
+                  and f.name.replace("_", " ") not in r.prompt and f" {f.name.split('_')[1]} " in r.prompt]
+    assert len(base_alone) > 30  # "location" for start_location
+    count = next(k for k in KINDS if "count" in k.names)
+    args = [(count, "width", False, (), "width"), (count, "height", False, (), "height")]
+    unnamed = 0
+    for seed in range(600):
+        prompt, values = _request(random.Random(seed), "measure the frame", args)
+        said = [str(values[a]) for a in ("width", "height")]
+        if "width" in prompt or "height" in prompt or not all(s in prompt for s in said) or said[0] == said[1]:
+            continue  # named, said as words, or the same value twice: nothing to order
+        unnamed += 1
+        assert prompt.index(said[0]) < prompt.index(said[1]) or said[0] in said[1], prompt
+    assert unnamed > 20
+    for seed in range(200):  # offered a tool on the same subject, a request says what to do with it
+        assert "measure the frame" in _request(random.Random(seed), "measure the frame", args, say_verb=True)[0].lower()
+    money = [r for r in RECORDS for f in r.schema.fields if f.type in ("integer", "number") and r.arguments[f.name]
+             and (f"${r.arguments[f.name]:,}" in r.prompt or f"${r.arguments[f.name]}" in r.prompt)]
+    assert len(money) > 30  # $2,000,000 -> 2000000

@@ -34,6 +34,13 @@ NOUNS = ("harvest yield", "tide level", "orbit period", "ticket price", "river f
          "storm track", "market share", "vaccine stock", "glacier melt", "poll result", "shelf space",
          "pixel density", "battery life", "league table", "sensor reading", "patient record", "invoice total",
          "shipping cost", "mortgage rate", "crowd size", "ocean temperature", "forest cover", "traffic volume")
+# compound argument names, as real functions have them (start_location, player_name); a request may say
+# the whole name or only its base ("location") where no other argument shares that base
+COMPOUND_SHARE = 0.35
+QUALIFIERS = ("start", "end", "min", "max", "target", "initial", "final", "total", "home", "away", "first",
+              "second", "new", "current", "default", "user", "base", "primary", "num")
+SUFFIXES = {"string": ("name", "id", "code", "type", "input"), "integer": ("count", "id", "value", "amount"),
+            "number": ("value", "amount"), "enum": ("type", "option"), "array": ("list",)}
 MODULES = ("utils", "service", "api", "data", "core", "tools", "client", "engine", "helper", "db")
 SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "dor", "sa", "li", "ta", "mon", "be", "ri", "zu", "fe", "no", "qua",
              "el", "an", "tor", "is", "ba", "cu", "dri", "po", "ne", "ho", "ju", "wa", "yo", "xi")
@@ -83,6 +90,10 @@ def _string(rng):
         return rng.choice(WORDS) + ("" if rng.random() < 0.5 else " " + rng.choice(WORDS))
     if r < 0.58:
         return rng.choice(FOREIGN)
+    if r < 0.66:  # strings that hold digits and dashes: a season, a ticker, a code
+        y = rng.randint(1950, 2030)
+        return rng.choice((f"{y}-{y + 1}", f"{y}-{str(y + 1)[2:]}", _word(rng).upper()[:4],
+                           f"{_word(rng)[:2].upper()}-{rng.randint(100, 999)}"))
     return rng.choice(PLACES + PEOPLE)
 
 
@@ -99,13 +110,15 @@ def _int(rng):
     if 0 <= n < 100 and rng.random() < 0.3:
         return n, number_words(n)
     said = f"{n:,}" if abs(n) >= 1000 and rng.random() < 0.5 else str(n)  # 12,000 is 12000
+    if n > 0 and rng.random() < 0.1:
+        return n, "$" + said  # $2,000,000 is 2000000
     return n, said + rng.choice(UNITS["integer"])  # 5m, 300K, 45 kg: the unit is not the value
 
 
 def _float(rng):
     digits = rng.choice((1, 1, 2, 2, 3))
     v = round(rng.uniform(0, 10 ** rng.randint(0, 3)), digits)
-    return v, str(v) + rng.choice(UNITS["number"])
+    return v, ("$" + str(v)) if rng.random() < 0.1 else str(v) + rng.choice(UNITS["number"])
 
 
 def _percent(rng):
@@ -196,7 +209,7 @@ KINDS = KINDS + OBJECTS
 
 
 def _function(rng) -> tuple[str, str, list]:
-    """A function: (name, what it does in words, [(kind, argument name, optional, choices)])."""
+    """A function: (name, what it does in words, [(kind, argument name, optional, choices, base name)])."""
     verb, noun = rng.choice(VERBS), rng.choice(NOUNS)
     words = [verb] + noun.split()
     style = rng.random()
@@ -209,13 +222,16 @@ def _function(rng) -> tuple[str, str, list]:
     args, used = [], set()
     for _ in range(rng.choice((1, 2, 2, 3, 3, 3, 4, 4, 5, 6))):
         kind = rng.choice(KINDS)
-        arg = rng.choice(kind.names)
+        base = rng.choice(kind.names)
+        arg = base
+        if kind.type in SUFFIXES and "_" not in base and rng.random() < COMPOUND_SHARE:  # start_location
+            arg = f"{rng.choice(QUALIFIERS)}_{base}" if rng.random() < 0.6 else f"{base}_{rng.choice(SUFFIXES[kind.type])}"
         if arg in used:
             continue
         used.add(arg)
         choices = rng.choice(kind.extra["choices"]) if "choices" in kind.extra else ()
         optional = bool(args) and kind.type != "object" and rng.random() < 0.3  # a scaffolded object is never null
-        args.append((kind, arg, optional, choices))
+        args.append((kind, arg, optional, choices, base))
     return name, f"{verb} the {noun}", args
 
 
@@ -224,7 +240,7 @@ def schema_of(name: str, args: list):
     from cdt.scaffold.schema import Field, Schema  # the scaffold package reads cdt.data: imported when used
 
     fields = []
-    for kind, arg, optional, choices in args:
+    for kind, arg, optional, choices, _ in args:
         if kind.type == "enum":
             fields.append(Field(arg, "enum", tuple(choices), optional))
         elif kind.type == "array":
@@ -259,17 +275,30 @@ def with_type_budgets(schema):
 
 BUDGETS = {"string": 20, "integer": 6, "number": 8}  # slot positions: every generated value fits
 OPENERS = ("{Do}", "Please {do}", "Can you {do}", "I need to {do}", "Help me {do}", "Could you {do}",
-           "I want to {do}", "{Do} for me", "Quick: {do}", "We should {do}")
+           "I want to {do}", "{Do} for me", "Quick: {do}", "We should {do}", "I'd like to {do}",
+           "What is the {noun}", "Tell me the {noun}", "Show me the {noun}", "Get me the {noun}",
+           "Find the {noun}", "How about the {noun}")  # the last ones name what is wanted, not the verb
+QUESTIONS = ("Can", "Could", "What", "How")
+UNNAMED = ("{v}", "for {v}", "of {v}", "on {v}", "about {v}")  # a value said without its argument's name
+ORDERED_SHARE = 0.5  # requests that say their values in the function's order, some without names
 
 
-def _request(rng, doing: str, args: list) -> tuple[str, dict]:
+def _request(rng, doing: str, args: list, say_verb: bool = False) -> tuple[str, dict]:
+    """A request and the call's values. Most requests name each argument whose type another argument
+    shares; a request in the function's order (ORDERED_SHARE) may leave names out, as people do ("directions
+    from Sydney to Melbourne"), and the values then fill the arguments of their type in order."""
     values, phrases = {}, []
     types = [kind.type for kind, *_ in args]
-    for kind, arg, optional, choices in args:
+    bases = [base for *_, base in args]
+    ordered, skipped = rng.random() < ORDERED_SHARE, set()
+    for kind, arg, optional, choices, base in args:
         if optional and rng.random() < 0.5:
             values[arg] = None  # not mentioned: the call leaves it null
+            skipped.add(kind.type)  # a later value of its type must then be named
             continue
         words = arg.replace("_", " ")
+        if base != arg and bases.count(base) == 1 and rng.random() < 0.5:
+            words = base.replace("_", " ")  # "location" for start_location, where no other argument is one
         if kind.type == "boolean":
             v, said = _bool(rng, words)
         elif kind.type == "enum":
@@ -278,16 +307,21 @@ def _request(rng, doing: str, args: list) -> tuple[str, dict]:
         else:
             v, said = kind.value(rng)
         values[arg] = v
-        # a phrase without the argument's name only where no other argument has its type (else it is ambiguous)
         keyed = [p for p in kind.phrases if "{k}" in p or kind.type == "boolean"]
-        phrases.append(rng.choice(kind.phrases if types.count(kind.type) == 1 else keyed).format(k=words, v=said))
-    rng.shuffle(phrases)
-    opener = rng.choice(OPENERS)
-    head = opener.replace("{Do}", doing[0].upper() + doing[1:]).replace("{do}", doing)
+        unnamed = [p for p in kind.phrases if "{k}" not in p] or list(UNNAMED)
+        # without the name only where that is unambiguous: no other argument has the type, or the order says it
+        in_order = ordered and kind.type not in skipped
+        bare = kind.type != "boolean" and (types.count(kind.type) == 1 or in_order) and rng.random() < 0.5
+        phrases.append(rng.choice(unnamed if bare else keyed).format(k=words, v=said))
+    if not ordered:
+        rng.shuffle(phrases)
+    opener = rng.choice([o for o in OPENERS if "o}" in o] if say_verb else OPENERS)
+    noun = doing.split(" the ", 1)[1]
+    head = opener.replace("{Do}", doing[0].upper() + doing[1:]).replace("{do}", doing).replace("{noun}", noun)
     joined = ""
     for i, p in enumerate(phrases):
         joined += (" " if i == 0 else rng.choice((", ", " ", " and ", "; "))) + p
-    end = "?" if opener.startswith(("Can", "Could")) else rng.choice((".", "", "!", "."))
+    end = "?" if opener.startswith(QUESTIONS) else rng.choice((".", "", "!", "."))
     return head + joined + end, values
 
 
@@ -310,13 +344,15 @@ def generate(n: int, seed: int = 0, functions: int = 3000) -> list[ToolCall]:
             pool.append((name, doing, args, schema_of(name, args)))
     sides = {False: [p[0] for p in pool if not is_validation(p[0])], True: [p[0] for p in pool if is_validation(p[0])]}
     out = []
+    noun = {p[0]: p[1].split(" the ", 1)[1] for p in pool}
     for i in range(n):
         name, doing, args, schema = pool[rng.randrange(len(pool))]
-        prompt, values = _request(rng, doing, args)
         offered = ()
         if rng.random() < OFFERED_SHARE:
             others = [t for t in rng.sample(sides[is_validation(name)], 4) if t != name][: rng.randint(1, 3)]
             offered = tuple(rng.sample([name, *others], len(others) + 1))
+        # the noun alone would not tell two offered tools on one subject apart: then the verb is said
+        prompt, values = _request(rng, doing, args, say_verb=any(noun[t] == noun[name] for t in offered if t != name))
         out.append(ToolCall(id=f"fn-{seed}-{i}", prompt=with_tools(prompt, offered), tool=name, arguments=values,
                             schema=schema, offered=offered))
     return out
