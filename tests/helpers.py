@@ -87,5 +87,10 @@ def left_behind(path, pid: int, text: str, age: float):
     """What a run killed `age` seconds ago while writing `path` would have left: `<name>.<pid>.writing`."""
     f = path.with_name(f"{path.name}.{pid}.writing")
     f.write_text(text)
-    os.utime(f, (time.time() - age,) * 2)
+    return aged(f, age)
+
+
+def aged(f, seconds: float):
+    """f as a later run finds it: last touched `seconds` ago."""
+    os.utime(f, (time.time() - seconds,) * 2)
     return f

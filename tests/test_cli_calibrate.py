@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import assert_one_line_error, cdt_process, cli
+from tests.helpers import aged, assert_one_line_error, cdt_process, cli
 
 
 @pytest.fixture(scope="module")
@@ -319,8 +319,7 @@ def test_a_rerun_keeps_what_a_killed_calibrate_scored(tiny_run, tmp_path):
     (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".writing")]
     assert left.name == f"s.jsonl.{proc.pid}.writing"
     written = left.read_text().count("\n")
-    old = time.time() - 120  # what a later run finds: untouched for over a minute
-    os.utime(left, (old, old))
+    aged(left, 120)  # what a later run finds: untouched for over a minute
     rerun = cli("calibrate", "--checkpoint", tiny_run, "--n-samples", 3, "--steps", 2, "--out", out)
     assert rerun.exit_code == 0, rerun.stderr
     assert f"a run that was killed (process {proc.pid}) left {written} line" in rerun.stderr.replace("\n", " ")
