@@ -45,9 +45,10 @@ BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, inter
 
 
 def build(path: Path, family: str = "bert", seed: int = 0, shape: dict = TINY, tokens: int = 300,
-          text_chars: int | None = 30_000) -> Path:
+          text_chars: int | None = 30_000, positions: int = 256) -> Path:
     """A random `family` (bert, roberta, modernbert) masked LM (tiny by default; `shape` sets its widths,
-    `tokens` a BERT tokenizer's size, trained on the first `text_chars` of pydoc's topics), saved in `path`."""
+    `tokens` a BERT tokenizer's size, trained on the first `text_chars` of pydoc's topics; rows of up to
+    `positions` tokens), saved in `path`."""
     import transformers
 
     text = topics_text(text_chars)
@@ -55,13 +56,13 @@ def build(path: Path, family: str = "bert", seed: int = 0, shape: dict = TINY, t
     size, ids = tok.get_vocab_size(), {k: tok.token_to_id(v) for k, v in specials.items()}
     common = dict(vocab_size=size, pad_token_id=ids["pad_token"], **shape)
     if family == "bert":
-        config, cls = transformers.BertConfig(max_position_embeddings=256, **common), transformers.BertForMaskedLM
+        config, cls = transformers.BertConfig(max_position_embeddings=positions, **common), transformers.BertForMaskedLM
     elif family == "roberta":  # positions start after the pad id: two more than the longest row
-        config = transformers.RobertaConfig(max_position_embeddings=258, bos_token_id=ids["bos_token"],
+        config = transformers.RobertaConfig(max_position_embeddings=positions + 2, bos_token_id=ids["bos_token"],
                                             eos_token_id=ids["eos_token"], **common)
         cls = transformers.RobertaForMaskedLM
     else:
-        config = transformers.ModernBertConfig(max_position_embeddings=256, global_attn_every_n_layers=1,
+        config = transformers.ModernBertConfig(max_position_embeddings=positions, global_attn_every_n_layers=1,
                                                local_attention=16, bos_token_id=ids["bos_token"],
                                                eos_token_id=ids["eos_token"], cls_token_id=ids["cls_token"],
                                                sep_token_id=ids["sep_token"], **common)

@@ -243,3 +243,21 @@ def test_export_refuses_a_used_directory_and_an_unknown_format(tiny_run, tmp_pat
     assert_one_line_error(cli("export", tmp_path / "new", "--checkpoint", tiny_run, "--format", "onnx"), 2,
                           "expected one of hf")
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow  # a corpus, a tokenizer, a backbone run and a bench: ten seconds
+def test_a_backbone_learns_the_functions_scaffold_and_answers_bfcl_with_valid_calls(tmp_path):
+    """The way to BFCL's targets past a small trunk: a pretrained masked LM under `--preset functions`.
+    Its rows are counted in its own tokens, and every call it makes parses and validates."""
+    from tests.test_bfcl_bench import write_bfcl_dir
+
+    backbone = hf_models.build(tmp_path / "roberta", "roberta", positions=640)
+    out = tmp_path / "run"
+    result = cli("train", "--preset", "functions", "--backbone", f"hf:{backbone}", "--out", out, "--max-iters", 4,
+                 "--set", "model.block_size=640", "--set", "data.n_records=600", "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    bench = cli("bench", "bfcl", "--checkpoint", out, "--data", write_bfcl_dir(tmp_path), "--steps", 3,
+                "--json")
+    assert bench.exit_code == 0, bench.output
+    for c in json.loads(bench.stdout)["categories"]:
+        assert c["n"] > 0 and c["parse_rate"] == c["valid_rate"] == 1.0
