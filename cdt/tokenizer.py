@@ -68,6 +68,7 @@ class Bpe:
         missing = [t for t in names if inner.token_to_id(t) is None]
         if missing:
             inner.add_special_tokens(missing)
+        inner.encode_special_tokens = True  # "[MASK]" or "<s>" written in a text is text, never a special id
         heads = [inner.token_to_id(t) for t in names]
         size = inner.get_vocab_size(with_added_tokens=True)
         rest = [i for i in range(size) if i not in heads]

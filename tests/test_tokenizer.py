@@ -41,6 +41,13 @@ def test_bpe_keeps_the_specials_first_and_is_deterministic(bpe):
     assert len(ids) < 2000 * 0.6  # merges learned from one part of the text compress another
 
 
+@pytest.mark.parametrize("text", ["[NULL]", "fill the [MASK] here", "[PAD][PAD]", "<s>x</s> <mask>"])
+def test_special_tokens_written_in_a_text_stay_text(text):
+    """A request that says "[MASK]" is not asking for a mask: it encodes as ordinary pieces and comes back."""
+    bpe = _shared_bpe()
+    assert min(bpe.encode(text)) >= 3 and bpe.decode(bpe.encode(text)) == text
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.text(max_size=80))
 def test_any_text_round_trips_through_byte_level_bpe(text):
