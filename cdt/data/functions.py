@@ -283,6 +283,11 @@ UNNAMED = ("{v}", "for {v}", "of {v}", "on {v}", "about {v}")  # a value said wi
 ORDERED_SHARE = 0.5  # requests that say their values in the function's order, some without names
 
 
+def _noun(doing: str) -> str:
+    """What a function works on: "tide level" of "measure the tide level"."""
+    return doing.split(" the ", 1)[1]
+
+
 def _request(rng, doing: str, args: list, say_verb: bool = False) -> tuple[str, dict]:
     """A request and the call's values. Most requests name each argument whose type another argument
     shares; a request in the function's order (ORDERED_SHARE) may leave names out, as people do ("directions
@@ -315,9 +320,8 @@ def _request(rng, doing: str, args: list, say_verb: bool = False) -> tuple[str, 
         phrases.append(rng.choice(unnamed if bare else keyed).format(k=words, v=said))
     if not ordered:
         rng.shuffle(phrases)
-    opener = rng.choice([o for o in OPENERS if "o}" in o] if say_verb else OPENERS)
-    noun = doing.split(" the ", 1)[1]
-    head = opener.replace("{Do}", doing[0].upper() + doing[1:]).replace("{do}", doing).replace("{noun}", noun)
+    opener = rng.choice([o for o in OPENERS if "{noun}" not in o] if say_verb else OPENERS)
+    head = opener.replace("{Do}", doing[0].upper() + doing[1:]).replace("{do}", doing).replace("{noun}", _noun(doing))
     joined = ""
     for i, p in enumerate(phrases):
         joined += (" " if i == 0 else rng.choice((", ", " ", " and ", "; "))) + p
@@ -344,7 +348,7 @@ def generate(n: int, seed: int = 0, functions: int = 3000) -> list[ToolCall]:
             pool.append((name, doing, args, schema_of(name, args)))
     sides = {False: [p[0] for p in pool if not is_validation(p[0])], True: [p[0] for p in pool if is_validation(p[0])]}
     out = []
-    noun = {p[0]: p[1].split(" the ", 1)[1] for p in pool}
+    noun = {p[0]: _noun(p[1]) for p in pool}
     for i in range(n):
         name, doing, args, schema = pool[rng.randrange(len(pool))]
         offered = ()
