@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,30 @@ def test_backbone_throughput_prints_its_figures():
     assert doc["train_frozen_tokens_per_s"] > 0 and doc["train_trunk_tokens_per_s"] > 0
     assert doc["sampling"]["critic@4"]["passes_per_step"] == 2.0
     assert doc["sampling"]["critic-1pass@4"]["passes_per_step"] == 1.0
+
+
+@pytest.mark.slow
+def test_critic_ceiling_decodes_as_eval_does_and_repairs_only_what_is_flagged(tiny_run):
+    from tests.helpers import cdt_process
+
+    sampler = ["--steps", "4", "--threshold", "0.5"]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "critic_ceiling.py"), "--checkpoint",
+                           str(tiny_run), "--n", "24", "--batch-size", "8", "--levels", "0.5,1", *sampler],
+                          capture_output=True, text=True, timeout=600, check=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})  # as cdt_process runs eval: the same floats
+    doc = json.loads(proc.stdout)
+    done = cdt_process("eval", "--checkpoint", str(tiny_run), "--n", "24", "--policies", "confidence", "--commit",
+                       "threshold", "--temperature", "0", "--spread", "--json", *sampler)
+    row = json.loads(done.stdout)["rows"][0]
+    assert doc["decoded"] == {"exact": row["exact"], "passes_per_row": row["row_passes"]}  # the same decode
+    base = doc["decoded"]["passes_per_row"]
+    nothing = doc["judges"]["critic>1"]  # P(wrong) > 1 flags nothing: nothing changes, the judge's pass is paid
+    assert nothing["rows_flagged"] == 0
+    assert nothing["refill"] == nothing["second_choice"] == {"exact": doc["decoded"]["exact"], "passes_per_row": base + 1}
+    oracle = doc["judges"]["oracle"]  # flags exactly the rows that are wrong
+    assert oracle["rows_flagged"] == pytest.approx(1 - doc["decoded"]["exact"])
+    assert oracle["second_choice"]["passes_per_row"] == pytest.approx(base + 1 + oracle["rows_flagged"])
+    for j in doc["judges"].values():  # a row nothing flags is left as it was: right rows stay right
+        assert j["refill"]["exact"] >= doc["decoded"]["exact"] - j["rows_flagged"]
+    assert 0.0 <= doc["critic_token_auroc"] <= 1.0
+    print(json.dumps(doc, indent=2))
