@@ -78,9 +78,8 @@ def main():
                                           for j in judges}
     scores, wrongs = [], []
     plan = [(rows, [seed_for(cfg.seed, int(i)) for i in rows]) for rows in held.by_length(args.batch_size)]
-    for done in infill(model, held, plan, cfg, allow_null=null):
+    for (_, seeds), done in zip(plan, infill(model, held, plan, cfg, allow_null=null)):  # batch by batch
         part, x = done.part, done.generation.tokens
-        seeds = [seed_for(cfg.seed, int(i)) for i in done.rows]
         region = part.region()
         wrong = (x != part.clean) & region
         tally["exact"] += sum(part.exact(ckpt.vocab, x))
