@@ -25,6 +25,7 @@ import torch
 
 from cdt.checkpoint import load
 from cdt.device import autocast, pick_device
+from cdt.errors import CdtError
 from cdt.metrics import auroc
 from cdt.rng import seed_for
 from cdt.sampling.heldout import load_heldout
@@ -61,11 +62,14 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto [default: cpu]")
     args = ap.parse_args()
-    levels = [float(v) for v in args.levels.split(",")]
-    cfg = SampleConfig(policy=args.policy, steps=args.steps, commit=args.commit, threshold=args.threshold,
-                       distrust=args.distrust, temperature=args.temperature, spread=not args.no_spread)
-    cfg.validate()
-    ckpt = load(args.checkpoint)
+    try:  # bad input: one line, as cdt's commands say it
+        levels = [float(v) for v in args.levels.split(",")]
+        cfg = SampleConfig(policy=args.policy, steps=args.steps, commit=args.commit, threshold=args.threshold,
+                           distrust=args.distrust, temperature=args.temperature, spread=not args.no_spread)
+        cfg.validate()
+        ckpt = load(args.checkpoint)
+    except (ValueError, CdtError) as e:
+        ap.error(str(e))
     device = pick_device(args.device)
     model = ckpt.build_model(device)
     if not model.has_critic:

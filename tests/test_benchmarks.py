@@ -154,3 +154,6 @@ def test_critic_ceiling_decodes_as_eval_does_and_repairs_only_what_is_flagged(ti
         assert j["refill"]["exact"] >= doc["decoded"]["exact"] - j["rows_flagged"]
     assert 0.0 <= doc["critic_token_auroc"] <= 1.0
     print(json.dumps(doc, indent=2))
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "critic_ceiling.py"), "--checkpoint",
+                          str(tiny_run), "--levels", "half"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and not bad.stdout and "could not convert string to float: 'half'" in bad.stderr
